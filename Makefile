@@ -1,0 +1,72 @@
+# The front door. `make up` runs the whole stack on this machine (no Docker);
+# `make test` installs what is missing and runs the whole suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install system-deps kafka-jars up down status logs clean test test-fast lint fmt typecheck check bench bench-quick
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "[make] creating $(VENV) and installing Python packages ..."
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps: ## install PostgreSQL, Java and Maven if missing (apt-get, as root)
+	@bash devstack/install-system.sh
+
+kafka-jars: $(STAMP) ## fetch the Kafka broker's jars from Maven Central (once)
+	@$(PY) -m devstack install-kafka
+
+install: system-deps $(STAMP) kafka-jars ## everything `make up` needs
+
+up: install ## start PostgreSQL, Kafka, migrations, the three APIs, relays and consumer
+	@$(PY) -m devstack up
+
+down: ## stop everything `make up` started (data stays)
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+
+status: ## show what runs, with PIDs and log files
+	@$(PY) -m devstack status
+
+clean: down ## stop and delete all local data and logs
+	rm -rf .devstack/pgdata .devstack/kafka .devstack/logs .devstack/run .devstack/test-*
+
+test: ## install what is missing and run the whole test suite against fresh servers
+	@bash devstack/install-system.sh --test
+	@$(MAKE) --no-print-directory $(STAMP) kafka-jars
+	@set +e; $(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP) ## the suite without the slow fault-injection tests
+	@$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow"'
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP) ## ruff format + fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy --strict
+	$(VENV)/bin/mypy .
+
+check: lint typecheck ## lint and types
+
+bench: install ## full benchmark (1M orders / 10M goods, 1M events): long
+	@bash devstack/install-system.sh --bench
+	@$(PY) -m bench
+
+bench-quick: install ## the same measurements at a small scale, a few minutes
+	@bash devstack/install-system.sh --bench
+	@$(PY) -m bench --quick

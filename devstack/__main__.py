@@ -1,0 +1,41 @@
+"""`python -m devstack up|down|status|install-kafka`: the Makefile's back end."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from devstack.errors import StackError
+from devstack.kafka import install_jars
+from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "install-kafka", "infra"])
+    args = parser.parse_args(argv)
+    try:
+        config = StackConfig.from_env(os.environ)
+        stack = Stack(config)
+        if args.command == "install-kafka":
+            install_jars(kafka_libs_dir())
+        elif args.command == "infra":
+            stack.start_infrastructure()
+        elif args.command == "up":
+            stack.up()
+            stack.print_summary()
+        elif args.command == "down":
+            stack.down()
+        else:
+            print(dump(stack.status()))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

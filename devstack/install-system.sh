@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the machine packages the stack needs, when they are missing:
+# PostgreSQL server binaries, Java 17+ and Maven (for the Kafka broker's jars),
+# and with --test also docker-compose (to validate docker-compose.yml) and wrk.
+# Uses Debian's apt-get as root; otherwise says what to install.
+set -euo pipefail
+
+want=()
+have_pg() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "${PG_BINDIR:-}" ]; }
+have_pg || want+=(postgresql)
+command -v java >/dev/null 2>&1 || want+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || want+=(maven)
+command -v runuser >/dev/null 2>&1 || want+=(util-linux)
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--bench" ]; then
+    command -v docker-compose >/dev/null 2>&1 || want+=(docker-compose)
+fi
+if [ "${1:-}" = "--bench" ]; then
+    command -v wrk >/dev/null 2>&1 || want+=(wrk)
+fi
+
+[ ${#want[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: missing system packages: ${want[*]}" >&2
+    echo "       install them (Debian/Ubuntu: sudo apt-get install -y ${want[*]}) and run make again" >&2
+    exit 1
+fi
+
+echo "[devstack] installing system packages: ${want[*]} ..." >&2
+export DEBIAN_FRONTEND=noninteractive
+# Do not let the packages start their own services (Debian's postgresql would
+# start a cluster on 5432): the stack runs its own PostgreSQL.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
+fi
+trap '[ $created_policy = 1 ] && rm -f "$policy"' EXIT
+apt-get update -qq >/dev/null
+apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null
+echo "[devstack] installed: ${want[*]}" >&2

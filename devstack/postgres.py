@@ -1,0 +1,223 @@
+"""A PostgreSQL cluster in a project-local data directory, run as a non-root user."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from devstack.errors import StackError
+from devstack.processes import port_accepts, port_is_free, run
+from devstack.progress import say, step
+
+SUPERUSER = "postgres"
+SUPERUSER_PASSWORD = "postgres"
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    role: str
+    password: str
+
+    def url(self, port: int, host: str = "127.0.0.1") -> str:
+        return f"postgresql://{self.role}:{self.password}@{host}:{port}/{self.name}"
+
+
+# The three databases of SPEC.md, one owning role per service.
+DATABASES: tuple[Database, ...] = (
+    Database("orders", "order_svc", "order_svc"),
+    Database("goods", "goods_svc", "goods_svc"),
+    Database("order_history", "order_history_svc", "order_history_svc"),
+)
+
+
+def find_bindir() -> Path:
+    explicit = os.environ.get("PG_BINDIR")
+    if explicit:
+        return Path(explicit)
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1]
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise StackError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found. Install them with "
+        "`apt-get install -y postgresql` (the Makefile does this when run as root), "
+        "or set PG_BINDIR to the folder that holds them."
+    )
+
+
+@dataclass
+class PostgresServer:
+    data_dir: Path
+    port: int
+    log_file: Path
+    fast: bool = False  # fsync off: only for throwaway test clusters
+    extra_settings: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.bindir = find_bindir()
+        self.run_as: str | None = None
+        if os.geteuid() == 0:
+            self.run_as = os.environ.get("PG_OS_USER", "postgres")
+            try:
+                pwd.getpwnam(self.run_as)
+            except KeyError as exc:
+                raise StackError(
+                    f"PostgreSQL refuses to run as root and there is no user {self.run_as!r} "
+                    "to run it as: install Debian's postgresql package or set PG_OS_USER."
+                ) from exc
+
+    # -- helpers -------------------------------------------------------------
+    def _argv(self, tool: str, *args: str) -> list[str]:
+        argv = [str(self.bindir / tool), *args]
+        if self.run_as is not None:
+            return ["runuser", "-u", self.run_as, "--", *argv]
+        return argv
+
+    def _own(self, path: Path) -> None:
+        if self.run_as is not None:
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def running(self) -> bool:
+        result = self._status()
+        return result == 0
+
+    def _status(self) -> int:
+        import subprocess
+
+        if not self.initialised():
+            return 4
+        return subprocess.run(
+            self._argv("pg_ctl", "status", "-D", str(self.data_dir)),
+            capture_output=True,
+        ).returncode
+
+    # -- lifecycle -----------------------------------------------------------
+    def init(self) -> None:
+        if self.initialised():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._own(self.data_dir)
+        self.data_dir.chmod(0o700)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
+        pwfile.write_text(SUPERUSER_PASSWORD + "\n")
+        self._own(pwfile)
+        try:
+            with step(f"initialising PostgreSQL cluster in {self.data_dir}"):
+                run(
+                    self._argv(
+                        "initdb",
+                        "-D", str(self.data_dir),
+                        "-U", SUPERUSER,
+                        f"--pwfile={pwfile}",
+                        "--auth-local=scram-sha-256",
+                        "--auth-host=scram-sha-256",
+                        "-E", "UTF8",
+                        "--locale=C.UTF-8",
+                    ),
+                    "initdb",
+                )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def settings(self) -> dict[str, str]:
+        values = {
+            "port": str(self.port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "shared_buffers": "512MB",
+            "max_locks_per_transaction": "256",
+            "timezone": "UTC",
+        }
+        if self.fast:
+            values.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+        values.update(self.extra_settings)
+        return values
+
+    def start(self) -> None:
+        self.init()
+        if self.running():
+            return
+        if not port_is_free(self.port):
+            raise StackError(
+                f"PostgreSQL port {self.port} on 127.0.0.1 is taken by another process; "
+                "stop it or choose another port with PG_PORT=..."
+            )
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.touch()
+        self._own(self.log_file)
+        options = " ".join(f"-c {k}={v!r}" if v == "" else f"-c {k}={v}" for k, v in self.settings().items())
+        with step(f"starting PostgreSQL on 127.0.0.1:{self.port}"):
+            run(
+                self._argv(
+                    "pg_ctl", "start", "-w", "-t", "60",
+                    "-D", str(self.data_dir),
+                    "-l", str(self.log_file),
+                    "-o", options,
+                ),
+                f"starting PostgreSQL (log: {self.log_file})",
+            )
+        deadline = time.monotonic() + 30
+        while not port_accepts(self.port):
+            if time.monotonic() > deadline:
+                raise StackError(f"PostgreSQL did not accept connections; see {self.log_file}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if not self.initialised() or not self.running():
+            return
+        with step("stopping PostgreSQL"):
+            run(self._argv("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir)), "pg_ctl stop")
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    # -- databases -----------------------------------------------------------
+    def create_databases(self, databases: Sequence[Database] = DATABASES) -> None:
+        asyncio.run(self._create_databases(databases))
+
+    async def _create_databases(self, databases: Sequence[Database]) -> None:
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            for db in databases:
+                role_exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", db.role)
+                if not role_exists:
+                    await conn.execute(f"CREATE ROLE {db.role} LOGIN PASSWORD '{db.password}'")
+                db_exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db.name)
+                if not db_exists:
+                    say(f"creating database {db.name} owned by {db.role}")
+                    await conn.execute(f"CREATE DATABASE {db.name} OWNER {db.role}")
+        finally:
+            await conn.close()
+
+    async def recreate_database(self, db: Database) -> None:
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")
+            await conn.execute(f"CREATE DATABASE {db.name} OWNER {db.role}")
+        finally:
+            await conn.close()

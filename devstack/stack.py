@@ -1,0 +1,226 @@
+"""The whole local stack: PostgreSQL, Kafka, migrations, APIs, relays, consumer."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.errors import StackError
+from devstack.kafka import KafkaBroker
+from devstack.postgres import DATABASES, PostgresServer
+from devstack.processes import ManagedProcess, port_is_free, run
+from devstack.progress import say, step
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path = REPO / ".devstack"
+    pg_port: int = 5432
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_partitions: int = 3
+    order_port: int = 8080
+    goods_port: int = 8081
+    history_port: int = 8082
+    consumers: int = 1
+    fast_pg: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StackConfig:
+        def num(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise StackError(f"{name} must be a whole number, got {raw!r}") from exc
+
+        return cls(
+            state_dir=Path(env.get("STACK_DIR") or REPO / ".devstack"),
+            pg_port=num("PG_PORT", 5432),
+            kafka_port=num("KAFKA_PORT", 9092),
+            kafka_controller_port=num("KAFKA_CONTROLLER_PORT", 9093),
+            kafka_partitions=num("KAFKA_PARTITIONS", 3),
+            order_port=num("ORDER_PORT", 8080),
+            goods_port=num("GOODS_PORT", 8081),
+            history_port=num("ORDER_HISTORY_PORT", 8082),
+            consumers=num("ORDER_HISTORY_CONSUMERS", 1),
+        )
+
+
+def kafka_libs_dir() -> Path:
+    # Shared by every stack of this checkout (make up, tests, benchmarks).
+    return REPO / ".devstack" / "kafka-libs"
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        root = config.state_dir
+        self.logs = root / "logs"
+        self.run_dir = root / "run"
+        self.postgres = PostgresServer(
+            data_dir=root / "pgdata", port=config.pg_port, log_file=self.logs / "postgres.log", fast=config.fast_pg
+        )
+        self.kafka = KafkaBroker(
+            home=root / "kafka",
+            libs_dir=kafka_libs_dir(),
+            port=config.kafka_port,
+            controller_port=config.kafka_controller_port,
+            partitions=config.kafka_partitions,
+        )
+
+    # -- environment shared by every service process -------------------------
+    def service_env(self) -> dict[str, str]:
+        c = self.config
+        urls = {db.name: db.url(c.pg_port) for db in DATABASES}
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "ORDER_DATABASE_URL": urls["orders"],
+            "GOODS_DATABASE_URL": urls["goods"],
+            "ORDER_HISTORY_DATABASE_URL": urls["order_history"],
+            "ORDER_HOST": "127.0.0.1",
+            "ORDER_PORT": str(c.order_port),
+            "GOODS_HOST": "127.0.0.1",
+            "GOODS_PORT": str(c.goods_port),
+            "ORDER_HISTORY_HOST": "127.0.0.1",
+            "ORDER_HISTORY_PORT": str(c.history_port),
+            "LOG_FORMAT": "json",
+        }
+        env.update(c.extra_env)
+        return env
+
+    def processes(self) -> list[ManagedProcess]:
+        def proc(name: str, *args: str) -> ManagedProcess:
+            return ManagedProcess(
+                name=name,
+                argv=[sys.executable, "-m", *args],
+                pid_file=self.run_dir / f"{name}.pid",
+                log_file=self.logs / f"{name}.log",
+                env=self.service_env(),
+                cwd=REPO,
+            )
+
+        procs = [
+            proc("order-api", "order", "api"),
+            proc("goods-api", "goods", "api"),
+            proc("order_history-api", "order_history", "api"),
+            proc("order-relay", "order", "relay"),
+            proc("goods-relay", "goods", "relay"),
+        ]
+        for i in range(self.config.consumers):
+            p = proc(f"order_history-consumer-{i}", "order_history", "consumer")
+            p.argv = [*p.argv, f"--instance={i}"]
+            procs.append(p)
+        return procs
+
+    def api_ports(self) -> dict[str, int]:
+        c = self.config
+        return {"order-api": c.order_port, "goods-api": c.goods_port, "order_history-api": c.history_port}
+
+    # -- lifecycle -----------------------------------------------------------
+    def start_infrastructure(self) -> None:
+        self.postgres.start()
+        self.postgres.create_databases()
+        self.kafka.start()
+
+    def migrate(self) -> None:
+        with step("applying migrations"):
+            for service in ("order", "goods", "order_history"):
+                run([sys.executable, "-m", service, "migrate"], f"migrations of {service}",
+                    env={**_base_env(), **self.service_env()}, cwd=str(REPO))
+
+    def up(self, timeout: float = 120.0) -> None:
+        self.start_infrastructure()
+        self.migrate()
+        ports = self.api_ports()
+        for p in self.processes():
+            if p.running():
+                continue
+            port = ports.get(p.name)
+            if port is not None and not port_is_free(port):
+                raise StackError(f"{p.name}: port {port} on 127.0.0.1 is taken by another process; set its *_PORT variable")
+            p.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with step("waiting for every /readyz to answer 200"):
+            pending = dict(self.api_ports())
+            while pending:
+                for p in self.processes():
+                    if p.exited_early():
+                        raise StackError(f"{p.name} exited; last lines of {p.log_file}:\n{p.tail()}")
+                for name, port in list(pending.items()):
+                    if readyz(port) == 200:
+                        del pending[name]
+                if pending and time.monotonic() > deadline:
+                    raise StackError(f"not ready after {timeout:.0f}s: {', '.join(pending)}; logs in {self.logs}")
+                time.sleep(0.2)
+
+    def down(self) -> None:
+        for p in reversed(self.processes()):
+            if p.running():
+                say(f"stopping {p.name}")
+            p.stop()
+        # Consumers started with a larger ORDER_HISTORY_CONSUMERS than now.
+        for pid_file in sorted(self.run_dir.glob("order_history-consumer-*.pid")):
+            ManagedProcess(pid_file.stem, ["", "order_history", "consumer"], pid_file, self.logs / "x.log").stop()
+        self.kafka.stop()
+        self.postgres.stop()
+
+    def status(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "postgres": {"port": self.config.pg_port, "running": self.postgres.running(), "pid": self.postgres.postmaster_pid()},
+            "kafka": {"bootstrap": self.kafka.bootstrap, "running": self.kafka.running(), "pid": self.kafka.process.pid()},
+        }
+        ports = self.api_ports()
+        for p in self.processes():
+            entry: dict[str, object] = {"pid": p.pid(), "log": str(p.log_file)}
+            if p.name in ports:
+                entry["url"] = f"http://127.0.0.1:{ports[p.name]}"
+            out[p.name] = entry
+        return out
+
+    def print_summary(self) -> None:
+        c = self.config
+        print()
+        print("order-history stack is up")
+        print(f"  order API          http://127.0.0.1:{c.order_port}/docs")
+        print(f"  goods API          http://127.0.0.1:{c.goods_port}/docs")
+        print(f"  order-history API  http://127.0.0.1:{c.history_port}/v1/order-history")
+        print(f"  PostgreSQL         127.0.0.1:{c.pg_port} (databases orders, goods, order_history)")
+        print(f"  Kafka              {self.kafka.bootstrap} (topics order.events, goods.events)")
+        print(f"  logs               {self.logs}/")
+        print(f"  data               {self.config.state_dir}/ (pgdata, kafka)")
+        print("  stop with `make down`; wipe data with `make clean`")
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def readyz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def dump(status: dict[str, object]) -> str:
+    return json.dumps(status, indent=2)

@@ -1,0 +1,1 @@
+"""The goods command service: goods in its own database, events via the outbox."""

@@ -1,0 +1,1 @@
+"""The read side: consumes order and goods events into a joined read model and serves it."""

@@ -1,0 +1,88 @@
+"""`python -m order_history api|consumer|migrate|reset`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import asyncpg
+
+from order_history.consumer import ConsumerConfig, HistoryConsumer
+from order_history.settings import Settings
+from shared.entrypoints import install_stop_signals, run_api, run_migrations
+from shared.logs import configure_logging
+
+log = logging.getLogger("order_history")
+
+
+async def run_consumer(settings: Settings, instance: str) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    consumer = HistoryConsumer(
+        ConsumerConfig(
+            dsn=settings.database_url,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group=settings.consumer_group,
+            max_records=settings.batch_max_records,
+            fetch_timeout_ms=settings.fetch_timeout_ms,
+            client_id=f"order-history-consumer-{instance}",
+            topic_prefix=settings.kafka_topic_prefix,
+        )
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            await consumer.start()
+            break
+        except Exception as exc:  # Kafka or the database not up yet
+            log.warning("consumer cannot start yet, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+            await consumer.stop()
+            consumer = HistoryConsumer(consumer.config)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+    log.info("consumer started", extra={"group": settings.consumer_group, "instance": instance})
+    task = asyncio.create_task(consumer.run())
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    consumer.request_stop()
+    if task in done:
+        task.result()  # re-raise a crash of the loop
+    else:
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except TimeoutError:
+            task.cancel()
+    stopper.cancel()
+    await consumer.stop()
+    log.info("consumer stopped", extra={"events": consumer.total.events, "poison": consumer.total.poison})
+
+
+async def reset(settings: Settings) -> None:
+    """Empty the read model and its positions: the consumer then rebuilds it from the topics."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m order_history")
+    parser.add_argument("command", choices=["api", "consumer", "migrate", "reset"])
+    parser.add_argument("--instance", default="0", help="consumer instance name (for logs and client id)")
+    args = parser.parse_args()
+    settings = Settings()
+    if args.command == "api":
+        run_api("order_history.api:create_app", settings.host, settings.port, settings)
+    elif args.command == "consumer":
+        asyncio.run(run_consumer(settings, args.instance))
+    elif args.command == "migrate":
+        asyncio.run(run_migrations("order_history", settings.database_url, settings))
+    else:
+        asyncio.run(reset(settings))
+
+
+if __name__ == "__main__":
+    main()

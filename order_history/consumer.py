@@ -1,0 +1,327 @@
+"""The order-history consumer: Kafka -> projection, exactly-once in effect.
+
+Delivery semantics: Kafka delivers at least once; the effect is exactly once.
+Positions (next offset per topic-partition) live in the read database, in the
+table consumer_positions, and advance in the same transaction as the changes
+their events made. On every partition assignment the consumer seeks to those
+positions, so after a crash, a kill -9 or a rebalance it resumes from what its
+own database says it applied. Kafka's committed offsets are written too, after
+the database commit, only so that lag tools can read them.
+
+A transaction first locks the position rows of the partitions in its batch and
+skips events below them: if two instances ever hold a batch of one partition
+(during a rebalance), the second one applies nothing twice.
+
+Poison messages go to `<topic>.dlq` (raw value, with the reason and the original
+topic/partition/offset as headers) and to the dead_letters table, then are
+skipped. A database outage is not poison: the batch is retried, then the
+consumer re-seeks to the database's positions and reads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from order_history.projections import apply_batch, reduce_events
+from shared.database import RETRYABLE_ERRORS
+from shared.events import TOPICS, Event, PoisonMessage, decode_event, dlq_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsumerConfig:
+    dsn: str
+    bootstrap_servers: str
+    group: str = "order-history"
+    topics: tuple[str, ...] = TOPICS
+    max_records: int = 5000
+    fetch_timeout_ms: int = 100
+    max_backoff: float = 5.0
+    client_id: str = "order-history-consumer"
+    topic_prefix: str = ""
+
+    def kafka_topic(self, topic: str) -> str:
+        return self.topic_prefix + topic
+
+    def contract_topic(self, kafka_topic: str) -> str:
+        return kafka_topic.removeprefix(self.topic_prefix)
+
+
+@dataclass
+class BatchStats:
+    events: int = 0
+    applied: int = 0
+    skipped_seen: int = 0
+    poison: int = 0
+
+
+class Positions:
+    """consumer_positions: the tracking records of one consumer group."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    async def load(self, conn: asyncpg.Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        rows = await conn.fetch(
+            """SELECT topic, partition, next_offset FROM consumer_positions
+               WHERE consumer_group = $1 AND topic = ANY($2::text[])""",
+            self.group,
+            sorted({tp.topic for tp in tps}),
+        )
+        wanted = set(tps)
+        found = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+        return {tp: off for tp, off in found.items() if tp in wanted}
+
+    async def lock(self, conn: asyncpg.Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        ordered = sorted(tps)
+        topics = [tp.topic for tp in ordered]
+        parts = [tp.partition for tp in ordered]
+        await conn.execute(
+            """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
+               SELECT $1, t, p, 0 FROM unnest($2::text[], $3::integer[]) AS x(t, p)
+               ON CONFLICT DO NOTHING""",
+            self.group,
+            topics,
+            parts,
+        )
+        rows = await conn.fetch(
+            """SELECT c.topic, c.partition, c.next_offset FROM consumer_positions c
+               JOIN unnest($2::text[], $3::integer[]) AS x(t, p) ON c.topic = x.t AND c.partition = x.p
+               WHERE c.consumer_group = $1
+               ORDER BY c.topic, c.partition FOR UPDATE OF c""",
+            self.group,
+            topics,
+            parts,
+        )
+        return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+    async def advance(self, conn: asyncpg.Connection, next_offsets: dict[TopicPartition, int]) -> None:
+        ordered = sorted(next_offsets)
+        await conn.execute(
+            """UPDATE consumer_positions c SET next_offset = x.o, updated_at = now()
+               FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS x(t, p, o)
+               WHERE c.consumer_group = $1 AND c.topic = x.t AND c.partition = x.p AND c.next_offset < x.o""",
+            self.group,
+            [tp.topic for tp in ordered],
+            [tp.partition for tp in ordered],
+            [next_offsets[tp] for tp in ordered],
+        )
+
+
+class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: HistoryConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if revoked:
+            log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in revoked]})
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in assigned]})
+        await self.owner.seek_to_stored_positions(list(assigned))
+
+
+class HistoryConsumer:
+    def __init__(self, config: ConsumerConfig) -> None:
+        self.config = config
+        self.positions = Positions(config.group)
+        self.pool: asyncpg.Pool | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stopping = False
+        self._last_kafka_commit = 0.0
+        self.total = BatchStats()
+
+    async def start(self) -> None:
+        self.pool = await asyncpg.create_pool(
+            self.config.dsn, min_size=1, max_size=2, server_settings={"timezone": "UTC"}, command_timeout=60
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            client_id=f"{self.config.client_id}-dlq",
+        )
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=self.config.group,
+            client_id=self.config.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=300000,
+        )
+        topics = [self.config.kafka_topic(t) for t in self.config.topics]
+        self.consumer.subscribe(topics, listener=_SeekFromDatabase(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+
+    # -- positions -------------------------------------------------------------
+    async def seek_to_stored_positions(self, tps: list[TopicPartition]) -> None:
+        assert self.pool is not None and self.consumer is not None
+        if not tps:
+            return
+        backoff = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    stored = await self.positions.load(conn, tps)
+                break
+            except RETRYABLE_ERRORS as exc:
+                log.warning("cannot read positions, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.max_backoff)
+        for tp in tps:
+            if tp in stored:
+                self.consumer.seek(tp, stored[tp])
+            else:
+                await self.consumer.seek_to_beginning(tp)
+        log.info(
+            "seeked to stored positions",
+            extra={"positions": {f"{tp.topic}[{tp.partition}]": stored.get(tp, 0) for tp in tps}},
+        )
+
+    # -- one batch -------------------------------------------------------------
+    async def process(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> BatchStats:
+        """Apply one fetched batch in one transaction (with its DLQ messages)."""
+        assert self.pool is not None
+        stats = BatchStats()
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored = await self.positions.lock(conn, list(records))
+            events: list[Event] = []
+            poison: list[tuple[ConsumerRecord, str]] = []
+            next_offsets: dict[TopicPartition, int] = {}
+            for tp, messages in records.items():
+                floor = stored.get(tp, 0)
+                for msg in messages:
+                    stats.events += 1
+                    if msg.offset < floor:
+                        stats.skipped_seen += 1
+                        continue
+                    try:
+                        events.append(decode_event(msg.value, self.config.contract_topic(tp.topic)))
+                    except PoisonMessage as exc:
+                        poison.append((msg, exc.reason))
+                if messages:
+                    next_offsets[tp] = max(floor, messages[-1].offset + 1)
+            if poison:
+                await self._dead_letter(conn, poison)
+                stats.poison = len(poison)
+            batch = reduce_events(events)
+            if len(batch):
+                await apply_batch(conn, batch)
+            stats.applied = len(events)
+            await self.positions.advance(conn, next_offsets)
+        return stats
+
+    async def _dead_letter(self, conn: asyncpg.Connection, poison: list[tuple[ConsumerRecord, str]]) -> None:
+        assert self.producer is not None
+        futures = []
+        for msg, reason in poison:
+            headers = [
+                ("dlq.reason", reason.encode()),
+                ("dlq.original.topic", msg.topic.encode()),
+                ("dlq.original.partition", str(msg.partition).encode()),
+                ("dlq.original.offset", str(msg.offset).encode()),
+            ]
+            futures.append(
+                await self.producer.send(dlq_topic(msg.topic), value=msg.value, key=msg.key, headers=headers)
+            )
+            log.warning(
+                "poison message sent to DLQ",
+                extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "reason": reason},
+            )
+        await asyncio.gather(*futures)
+        await conn.executemany(
+            """INSERT INTO dead_letters (topic, partition, "offset", reason) VALUES ($1, $2, $3, $4)
+               ON CONFLICT DO NOTHING""",
+            [(m.topic, m.partition, m.offset, r) for m, r in poison],
+        )
+
+    # -- the loop --------------------------------------------------------------
+    async def run(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping:
+            records = await self.consumer.getmany(
+                timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.max_records
+            )
+            records = {tp: msgs for tp, msgs in records.items() if msgs}
+            if not records:
+                continue
+            await self._process_with_retry(records)
+
+    async def _process_with_retry(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        assert self.consumer is not None
+        backoff = 0.1
+        attempt = 0
+        while not self._stopping:
+            attempt += 1
+            try:
+                started = time.monotonic()
+                stats = await self.process(records)
+            except (*RETRYABLE_ERRORS, KafkaError) as exc:
+                log.warning(
+                    "batch not applied, will retry",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt, "events": sum(map(len, records.values()))},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.max_backoff)
+                if attempt >= 3:
+                    # Long outage: drop what we hold, resume from the database's positions.
+                    await self.seek_to_stored_positions(list(self.consumer.assignment()))
+                    return
+                continue
+            self._account(stats, records, time.monotonic() - started)
+            await self._commit_to_kafka(records)
+            return
+
+    def _account(self, stats: BatchStats, records: dict[TopicPartition, list[ConsumerRecord]], took: float) -> None:
+        self.total.events += stats.events
+        self.total.applied += stats.applied
+        self.total.skipped_seen += stats.skipped_seen
+        self.total.poison += stats.poison
+        last = {f"{tp.topic}[{tp.partition}]": msgs[-1].offset for tp, msgs in records.items()}
+        log.debug(
+            "batch applied",
+            extra={"events": stats.events, "applied": stats.applied, "skipped": stats.skipped_seen,
+                   "poison": stats.poison, "ms": round(took * 1000, 1), "last_offsets": last},
+        )
+
+    async def _commit_to_kafka(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Best effort, at most once a second: only for lag monitoring."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if now - self._last_kafka_commit < 1.0:
+            return
+        self._last_kafka_commit = now
+        assigned = self.consumer.assignment()
+        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if tp in assigned}
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError:
+            pass

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+
+class Settings(CommonSettings):
+    """Environment variables ORDER_HISTORY_*, plus KAFKA_BOOTSTRAP_SERVERS and LOG_*."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDER_HISTORY_", extra="ignore")
+
+    database_url: str = "postgresql://order_history_svc:order_history_svc@127.0.0.1:5432/order_history"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8082, ge=1, le=65535)
+    db_pool_size: int = Field(default=20, ge=1)
+    consumer_group: str = "order-history"
+    batch_max_records: int = Field(default=5000, ge=1, description="events applied per database transaction")
+    fetch_timeout_ms: int = Field(default=100, ge=1)

@@ -1,0 +1,254 @@
+"""HTTP plumbing shared by the three APIs: errors, health, request bodies, If-Match."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.commands import NotFound, VersionMismatch
+from shared.database import UNAVAILABLE_ERRORS, create_pool, ping
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A refused request: status code, a machine-readable code, and words for a person."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class ErrorField(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    fields: list[ErrorField] = []
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or "body"
+
+
+def _error_response(status: int, code: str, message: str, fields: list[dict[str, str]]) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": code, "message": message, "fields": fields})
+
+
+def validation_fields(errors: list[Any], where: str = "") -> list[dict[str, str]]:
+    out = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        name = _field_name(loc)
+        if where and err.get("type") == "missing":
+            msg = f"{name} is required"
+        else:
+            msg = str(err.get("msg", "invalid value"))
+        out.append({"field": name, "message": msg})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        fields = [{"field": exc.field, "message": exc.message}] if exc.field else []
+        return _error_response(exc.status, exc.code, exc.message, fields)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _error_response(404, "not_found", str(exc), [{"field": "id", "message": str(exc)}])
+
+    @app.exception_handler(VersionMismatch)
+    async def _mismatch(_: Request, exc: VersionMismatch) -> JSONResponse:
+        return JSONResponse(
+            status_code=412,
+            content={"error": "version_mismatch", "message": str(exc), "fields": [{"field": "If-Match", "message": str(exc)}]},
+            headers={"ETag": etag(exc.current)},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = validation_fields(list(exc.errors()))
+        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return _error_response(422, "validation_failed", message, fields)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        fields = validation_fields(list(exc.errors()))
+        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return _error_response(422, "validation_failed", message, fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, code, str(exc.detail), [])
+
+    for error_type in UNAVAILABLE_ERRORS:
+
+        @app.exception_handler(error_type)
+        async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+            log.warning("database unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return JSONResponse(
+                status_code=503,
+                content={"error": "unavailable", "message": "the database is not reachable; retry later", "fields": []},
+                headers={"Retry-After": "1"},
+            )
+
+
+def health_router(get_pool: Callable[[], asyncpg.Pool]) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @router.get("/readyz", responses={503: {"description": "a dependency is not reachable"}})
+    async def readyz() -> JSONResponse:
+        reason = await ping(get_pool())
+        if reason is not None:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "reason": reason})
+        return JSONResponse(status_code=200, content={"status": "ready"})
+
+    return router
+
+
+def create_service_app(
+    *,
+    title: str,
+    database_url: str,
+    routers: list[APIRouter],
+    pool_size: int = 10,
+    plan_cache_mode: str | None = None,
+) -> FastAPI:
+    """A FastAPI app with a database pool in `app.state.pool`, errors and health endpoints."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(database_url, max_size=pool_size, plan_cache_mode=plan_cache_mode)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health_router(lambda: app.state.pool))
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def pool_of(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+async def read_fields(request: Request, aliases: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """The fields of a write request, from a JSON body, a form body or the query string.
+
+    Returns (fields, source) with source "json", "form" or "query". Form and query
+    field names are mapped through `aliases` (`userId` -> `user_id`).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await request.body()
+    if content_type == "application/json" or content_type.endswith("+json") or (
+        not content_type and body.strip()[:1] == b"{"
+    ):
+        if not body.strip():
+            raise ApiError(400, "invalid_body", "the request body is empty; send a JSON object", "body")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}", "body") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, "validation_failed", "the request body must be a JSON object", "body")
+        return data, "json"
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try:
+            form = await request.form()
+        except Exception as exc:  # malformed multipart
+            raise ApiError(400, "invalid_form", f"the form body cannot be read: {exc}", "body") from None
+        return {aliases.get(k, k): v for k, v in form.items() if isinstance(v, str)}, "form"
+    if body.strip():
+        raise ApiError(
+            400,
+            "unsupported_media_type",
+            f"send the body as application/json or a form; got content-type {content_type or '(none)'}",
+            "content-type",
+        )
+    return {aliases.get(k, k): v for k, v in request.query_params.items()}, "query"
+
+
+def parse_if_match(request: Request) -> int | None:
+    """The version an `If-Match` header asks for; None when absent or `*`."""
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    value = raw.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip().strip('"')
+    if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
+        raise ApiError(400, "invalid_if_match", f'If-Match must be a version in quotes, like "3"; got {raw!r}', "If-Match")
+    return int(value)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def json_response(body: BaseModel, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        content=body.model_dump_json(),
+        status_code=status,
+        media_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed request"},
+    404: {"model": ErrorBody, "description": "unknown id"},
+    412: {"model": ErrorBody, "description": "If-Match names another version"},
+    422: {"model": ErrorBody, "description": "a field is missing, of the wrong type or out of range"},
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_fields(model: type[M], fields: dict[str, Any], source: str) -> M:
+    """Validate request fields; JSON is strict about types, form/query text is coerced."""
+    if source == "json":
+        return model.model_validate(fields, strict=True)
+    known = {k: v for k, v in fields.items() if k in model.model_fields}
+    return model.model_validate(known)
+
+
+def body_doc(model: type[BaseModel], form_fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """OpenAPI requestBody for endpoints that read JSON and, optionally, form fields."""
+    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema()}}
+    if form_fields:
+        content["application/x-www-form-urlencoded"] = {
+            "schema": {
+                "type": "object",
+                "properties": {alias: {"type": "string", "description": f"same as {name}"} for alias, name in form_fields.items()},
+            }
+        }
+    return {"requestBody": {"content": content, "required": True}}

@@ -1,0 +1,59 @@
+"""asyncpg pools and the errors that mean "the database is not reachable"."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+# Errors that say nothing about the request and everything about the database
+# or the network: callers retry them or answer 503, never 4xx.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+# Errors after which the whole transaction can simply be run again.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE_ERRORS,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+async def create_pool(
+    dsn: str, max_size: int = 10, command_timeout: float = 30.0, plan_cache_mode: str | None = None
+) -> asyncpg.Pool:
+    """A pool that can be created while the database is down (min_size=0)."""
+    settings = {"timezone": "UTC", "application_name": "order-history"}
+    if plan_cache_mode:
+        settings["plan_cache_mode"] = plan_cache_mode
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        command_timeout=command_timeout,
+        server_settings=settings,
+    )
+    assert pool is not None
+    return pool
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> str | None:
+    """None when the database answers, else the reason it does not."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+    except TimeoutError:
+        return f"database did not answer within {timeout:.0f}s"
+    except Exception as exc:  # any failure here is "not ready"
+        return f"database unreachable: {type(exc).__name__}: {exc}"
+    return None

@@ -1,0 +1,222 @@
+"""The event contract of SPEC.md: envelope, payloads, and a registry of schemas.
+
+The registry is keyed by (event_type, schema_version). A consumer decodes raw
+Kafka values with `decode_event`; anything that is not a valid event of a known
+(type, version) raises `PoisonMessage` with a reason fit for a DLQ header.
+Older schema versions are lifted to the current one by upcasters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_ID: Final = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
+
+ORDER_TOPIC: Final = "order.events"
+GOODS_TOPIC: Final = "goods.events"
+TOPICS: Final = (ORDER_TOPIC, GOODS_TOPIC)
+
+OrderEventType = Literal["order.created", "order.updated", "order.deleted"]
+GoodsEventType = Literal["goods.created", "goods.updated", "goods.deleted"]
+EventType = Literal[
+    "order.created", "order.updated", "order.deleted", "goods.created", "goods.updated", "goods.deleted"
+]
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class OrderData(_Payload):
+    id: Id
+    user_id: Id
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class OrderDeletedData(_Payload):
+    id: Id
+    user_id: Id | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+
+class GoodsData(_Payload):
+    id: Id
+    order_id: Id
+    name: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class GoodsDeletedData(_Payload):
+    id: Id
+    order_id: Id
+    name: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+
+Payload = OrderData | OrderDeletedData | GoodsData | GoodsDeletedData
+
+CURRENT_SCHEMA_VERSION: Final = 1
+
+# (event_type, schema_version) -> payload model of that version.
+REGISTRY: Final[dict[tuple[str, int], type[_Payload]]] = {
+    ("order.created", 1): OrderData,
+    ("order.updated", 1): OrderData,
+    ("order.deleted", 1): OrderDeletedData,
+    ("goods.created", 1): GoodsData,
+    ("goods.updated", 1): GoodsData,
+    ("goods.deleted", 1): GoodsDeletedData,
+}
+
+# (event_type, old_version) -> function lifting `data` of that version to old_version + 1.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: Final[dict[tuple[str, int], Upcaster]] = {}
+
+TOPIC_OF_TYPE: Final[dict[str, str]] = {
+    "order.created": ORDER_TOPIC,
+    "order.updated": ORDER_TOPIC,
+    "order.deleted": ORDER_TOPIC,
+    "goods.created": GOODS_TOPIC,
+    "goods.updated": GOODS_TOPIC,
+    "goods.deleted": GOODS_TOPIC,
+}
+
+
+class Envelope(BaseModel):
+    """The wire form of every event."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: uuid.UUID
+    event_type: EventType
+    schema_version: int = Field(ge=1, strict=True)
+    aggregate_id: Id
+    aggregate_version: int = Field(ge=1, le=2**31 - 1, strict=True)
+    occurred_at: dt.datetime
+    data: dict[str, Any]
+
+
+class Event(BaseModel):
+    """A decoded event: envelope fields plus the payload at the current schema version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: uuid.UUID
+    event_type: EventType
+    schema_version: int
+    aggregate_id: int
+    aggregate_version: int
+    occurred_at: dt.datetime
+    data: Payload
+
+    @property
+    def topic(self) -> str:
+        return TOPIC_OF_TYPE[self.event_type]
+
+    @property
+    def key(self) -> bytes:
+        return str(self.aggregate_id).encode()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": str(self.event_id),
+                "event_type": self.event_type,
+                "schema_version": self.schema_version,
+                "aggregate_id": self.aggregate_id,
+                "aggregate_version": self.aggregate_version,
+                "occurred_at": self.occurred_at.isoformat(),
+                "data": self.data.model_dump(mode="json"),
+            }
+        )
+
+
+def new_event(
+    event_type: EventType,
+    aggregate_id: int,
+    aggregate_version: int,
+    data: Payload,
+    occurred_at: dt.datetime | None = None,
+) -> Event:
+    return Event(
+        event_id=uuid.uuid4(),
+        event_type=event_type,
+        schema_version=CURRENT_SCHEMA_VERSION,
+        aggregate_id=aggregate_id,
+        aggregate_version=aggregate_version,
+        occurred_at=occurred_at or dt.datetime.now(dt.UTC),
+        data=data,
+    )
+
+
+class PoisonMessage(Exception):
+    """A Kafka value that is not a valid event this consumer knows."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(value)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
+    if raw is None:
+        raise PoisonMessage("empty value (tombstone)")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonMessage(f"value is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PoisonMessage("value is not a JSON object")
+    try:
+        env = Envelope.model_validate(obj)
+    except ValidationError as exc:
+        raise PoisonMessage(f"invalid envelope: {_describe(exc)}") from None
+    if topic is not None and TOPIC_OF_TYPE[env.event_type] != topic:
+        raise PoisonMessage(f"event_type {env.event_type} does not belong on topic {topic}")
+    version = env.schema_version
+    data = env.data
+    if (env.event_type, version) not in REGISTRY:
+        raise PoisonMessage(f"unknown schema_version {version} for event_type {env.event_type}")
+    while version < CURRENT_SCHEMA_VERSION:
+        upcaster = UPCASTERS.get((env.event_type, version))
+        if upcaster is None:
+            raise PoisonMessage(f"no upcaster from schema_version {version} of {env.event_type}")
+        data = upcaster(data)
+        version += 1
+    model = REGISTRY[(env.event_type, version)]
+    try:
+        payload = model.model_validate(data)
+    except ValidationError as exc:
+        raise PoisonMessage(f"invalid data for {env.event_type} v{version}: {_describe(exc)}") from None
+    if payload.id != env.aggregate_id:  # type: ignore[attr-defined]
+        raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env.aggregate_id}")  # type: ignore[attr-defined]
+    return Event(
+        event_id=env.event_id,
+        event_type=env.event_type,
+        schema_version=version,
+        aggregate_id=env.aggregate_id,
+        aggregate_version=env.aggregate_version,
+        occurred_at=env.occurred_at,
+        data=payload,  # type: ignore[arg-type]
+    )

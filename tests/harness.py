@@ -1,0 +1,240 @@
+"""Test harness: real PostgreSQL and real Kafka started by devstack, per session.
+
+Every test gets its own Kafka topic prefix (so topics never carry another test's
+events) and freshly truncated databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from fastapi import FastAPI
+
+from devstack.kafka import KafkaBroker
+from devstack.processes import ManagedProcess
+from devstack.stack import REPO, Stack
+from goods.api import create_app as create_goods_app
+from goods.settings import Settings as GoodsSettings
+from order.api import create_app as create_order_app
+from order.settings import Settings as OrderSettings
+from order_history.api import create_app as create_history_app
+from order_history.consumer import ConsumerConfig, HistoryConsumer
+from order_history.settings import Settings as HistorySettings
+from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS, dlq_topic
+from shared.outbox import OutboxRelay, RelayConfig
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class Env:
+    """One test's view of the shared servers."""
+
+    stack: Stack
+    prefix: str
+    pools: dict[str, asyncpg.Pool] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    _processes: list[ManagedProcess] = field(default_factory=list)
+
+    # -- addresses -------------------------------------------------------------
+    @property
+    def kafka(self) -> KafkaBroker:
+        return self.stack.kafka
+
+    @property
+    def bootstrap(self) -> str:
+        return self.stack.kafka.bootstrap
+
+    def url(self, service: str) -> str:
+        env = self.stack.service_env()
+        return {
+            "order": env["ORDER_DATABASE_URL"],
+            "goods": env["GOODS_DATABASE_URL"],
+            "order_history": env["ORDER_HISTORY_DATABASE_URL"],
+        }[service]
+
+    def topic(self, contract_topic: str) -> str:
+        return self.prefix + contract_topic
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}order-history"
+
+    def process_env(self) -> dict[str, str]:
+        return {
+            **self.stack.service_env(),
+            "KAFKA_TOPIC_PREFIX": self.prefix,
+            "ORDER_HISTORY_CONSUMER_GROUP": self.group,
+            "LOG_LEVEL": "INFO",
+        }
+
+    # -- in-process services ---------------------------------------------------
+    def order_settings(self) -> OrderSettings:
+        return OrderSettings(database_url=self.url("order"), kafka_bootstrap_servers=self.bootstrap)
+
+    def goods_settings(self) -> GoodsSettings:
+        return GoodsSettings(database_url=self.url("goods"), kafka_bootstrap_servers=self.bootstrap)
+
+    def history_settings(self) -> HistorySettings:
+        return HistorySettings(database_url=self.url("order_history"), kafka_bootstrap_servers=self.bootstrap)
+
+    @asynccontextmanager
+    async def client(self, service: str) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client talking to the service's real ASGI app (real database)."""
+        app: FastAPI
+        if service == "order":
+            app = create_order_app(self.order_settings())
+        elif service == "goods":
+            app = create_goods_app(self.goods_settings())
+        else:
+            app = create_history_app(self.history_settings())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                yield client
+
+    def start_relay(self, service: str, **overrides: Any) -> OutboxRelay:
+        config = RelayConfig(
+            dsn=self.url(service), bootstrap_servers=self.bootstrap, topic_prefix=self.prefix, poll_interval=0.5
+        )
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        relay = OutboxRelay(config, name=service)
+        self._tasks.append(asyncio.create_task(relay.run()))
+        self._closers.append(relay.close)
+        return relay
+
+    async def start_consumer(self, **overrides: Any) -> HistoryConsumer:
+        config = ConsumerConfig(
+            dsn=self.url("order_history"),
+            bootstrap_servers=self.bootstrap,
+            group=self.group,
+            topic_prefix=self.prefix,
+        )
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        consumer = HistoryConsumer(config)
+        await consumer.start()
+        self._tasks.append(asyncio.create_task(consumer.run()))
+        self._closers.append(consumer.stop)
+        return consumer
+
+    # -- services as real processes ------------------------------------------
+    def process(self, name: str, *args: str) -> ManagedProcess:
+        """`python -m <args>` as a real background process, with this test's settings."""
+        proc = ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", *args, f"--instance={self.prefix}{name}"],
+            pid_file=self.stack.run_dir / f"{self.prefix}{name}.pid",
+            log_file=self.stack.logs / f"{self.prefix}{name}.log",
+            env=self.process_env(),
+            cwd=REPO,
+        )
+        self._processes.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        for proc in self._processes:
+            proc.stop(timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled or crashed: both fine at teardown
+                pass
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception:  # noqa: BLE001
+                pass
+        for pool in self.pools.values():
+            await pool.close()
+
+    async def pool(self, service: str) -> asyncpg.Pool:
+        if service not in self.pools:
+            pool = await asyncpg.create_pool(self.url(service), min_size=1, max_size=4, server_settings={"timezone": "UTC"})
+            assert pool is not None
+            self.pools[service] = pool
+        return self.pools[service]
+
+    # -- Kafka helpers ---------------------------------------------------------
+    async def create_topics(self) -> None:
+        names = [self.topic(t) for t in TOPICS] + [self.topic(dlq_topic(t)) for t in TOPICS]
+        await self.kafka.ensure_topics(names)
+
+    async def producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+        await producer.start()
+        self._closers.append(producer.stop)
+        return producer
+
+    async def read_topic(self, contract_topic: str, expect: int | None = None, timeout: float = 30.0) -> list[ConsumerRecord]:
+        """Every message of a topic from the beginning (waiting for `expect` of them)."""
+        topic = self.topic(contract_topic)
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            out: list[ConsumerRecord] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    out.extend(msgs)
+                tps = consumer.assignment()
+                if not tps:
+                    continue
+                if expect is not None:
+                    if len(out) >= expect:
+                        break
+                    continue
+                end = await consumer.end_offsets(list(tps))
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= end[tp] for tp in tps):
+                    break
+            return out
+        finally:
+            await consumer.stop()
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def truncate_all(env: Env) -> None:
+    for service, tables in (
+        ("order", "orders, outbox"),
+        ("goods", "goods, outbox"),
+        ("order_history", "orders, goods, consumer_positions, dead_letters"),
+    ):
+        pool = await env.pool(service)
+        await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY")
+
+
+def new_prefix() -> str:
+    return f"t{os.getpid()}-{next(_counter)}-"
+
+
+ORDER = ORDER_TOPIC
+GOODS = GOODS_TOPIC
