@@ -32,7 +32,9 @@ def install_jars(libs_dir: Path) -> Path:
     if stamp.exists() and stamp.read_text().strip() == digest:
         return libs_dir
     if shutil.which("java") is None:
-        raise StackError("Java is not installed: the Kafka broker needs Java 17+ (apt-get install -y openjdk-17-jre-headless).")
+        raise StackError(
+            "Java is not installed: the Kafka broker needs Java 17+ (apt-get install -y openjdk-17-jre-headless)."
+        )
     if shutil.which("mvn") is None:
         raise StackError("Maven is not installed: it fetches the Kafka broker's jars (apt-get install -y maven).")
     if libs_dir.exists():
@@ -126,10 +128,18 @@ class KafkaBroker:
         with step("formatting Kafka storage (KRaft)"):
             run(
                 [
-                    "java", "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J2}",
-                    "-cp", f"{self.libs_dir}/*",
-                    "kafka.tools.StorageTool", "format",
-                    "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted",
+                    "java",
+                    "-Xmx256m",
+                    f"-Dlog4j2.configurationFile={LOG4J2}",
+                    "-cp",
+                    f"{self.libs_dir}/*",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.config_file),
+                    "--ignore-formatted",
                 ],
                 "kafka StorageTool format",
             )
@@ -157,7 +167,9 @@ class KafkaBroker:
                 if not self.running():
                     raise StackError(f"Kafka exited during start; last log lines:\n{self.process.tail()}")
                 if time.monotonic() > deadline:
-                    raise StackError(f"Kafka did not open {self.bootstrap} within {wait:.0f}s; see {self.process.log_file}")
+                    raise StackError(
+                        f"Kafka did not open {self.bootstrap} within {wait:.0f}s; see {self.process.log_file}"
+                    )
                 time.sleep(0.2)
             asyncio.run(self.ensure_topics(topics, deadline))
 
@@ -173,8 +185,9 @@ class KafkaBroker:
                 existing = set(await admin.list_topics())
                 missing = [t for t in topics if t not in existing]
                 if missing:
+                    # Event topics keep everything: the read model can be rebuilt from them.
                     response = await admin.create_topics(
-                        [NewTopic(t, self.partitions, 1) for t in missing]
+                        [NewTopic(t, self.partitions, 1, topic_configs={"retention.ms": "-1"}) for t in missing]
                     )
                     for topic, code, *_ in getattr(response, "topic_errors", []):
                         if code not in (0, TopicAlreadyExistsError.errno):

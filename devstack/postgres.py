@@ -127,12 +127,15 @@ class PostgresServer:
                 run(
                     self._argv(
                         "initdb",
-                        "-D", str(self.data_dir),
-                        "-U", SUPERUSER,
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        SUPERUSER,
                         f"--pwfile={pwfile}",
                         "--auth-local=scram-sha-256",
                         "--auth-host=scram-sha-256",
-                        "-E", "UTF8",
+                        "-E",
+                        "UTF8",
                         "--locale=C.UTF-8",
                     ),
                     "initdb",
@@ -171,10 +174,17 @@ class PostgresServer:
         with step(f"starting PostgreSQL on 127.0.0.1:{self.port}"):
             run(
                 self._argv(
-                    "pg_ctl", "start", "-w", "-t", "60",
-                    "-D", str(self.data_dir),
-                    "-l", str(self.log_file),
-                    "-o", options,
+                    "pg_ctl",
+                    "start",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    options,
                 ),
                 f"starting PostgreSQL (log: {self.log_file})",
             )

@@ -109,7 +109,7 @@ class ManagedProcess:
                 )
             except FileNotFoundError as exc:
                 raise StackError(f"{self.name}: cannot run {self.argv[0]!r}: {exc}") from exc
-        self.pid_file.write_text(f"{proc.pid}\n")
+        self.pid_file.write_text(f"{proc.pid}\n{self.marker}\n")
         return proc.pid
 
     def exited_early(self) -> bool:
@@ -147,6 +147,20 @@ class ManagedProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def stop_by_pid_file(pid_file: Path, timeout: float = 15.0) -> None:
+    """Stop the process a PID file names, if it still runs the command recorded there."""
+    try:
+        lines = pid_file.read_text().splitlines()
+    except OSError:
+        return
+    if len(lines) < 2:
+        pid_file.unlink(missing_ok=True)
+        return
+    marker = lines[1]
+    proc = ManagedProcess(name=pid_file.stem, argv=[marker], pid_file=pid_file, log_file=pid_file)
+    proc.stop(timeout=timeout)
 
 
 def _reap(pid: int) -> None:

@@ -40,7 +40,7 @@ router = APIRouter(prefix="/v1/goods", tags=["goods"])
 )
 async def create_goods(request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
-    body = validate_fields(GoodsCreate, fields, source)
+    body = validate_fields(GoodsCreate, fields, source, FORM_ALIASES)
     goods = await service.create_goods(pool_of(request), body.order_id, body.name)
     return json_response(goods, 201, {"Location": f"/v1/goods/{goods.id}", "ETag": etag(goods.version)})
 
@@ -61,7 +61,7 @@ async def get_goods(goods_id: GoodsId, request: Request) -> Response:
 async def update_goods(goods_id: GoodsId, request: Request) -> Response:
     expected = parse_if_match(request)
     fields, source = await read_fields(request, FORM_ALIASES)
-    body = validate_fields(GoodsUpdate, fields, source)
+    body = validate_fields(GoodsUpdate, fields, source, FORM_ALIASES)
     order_id = body.order_id if "order_id" in body.model_fields_set else None
     set_name = "name" in body.model_fields_set
     goods = await service.update_goods(pool_of(request), goods_id, order_id, set_name, body.name, expected)

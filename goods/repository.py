@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncpg
 
+from shared.database import Connection
+
 _COLUMNS = "id, order_id, name, created_at, updated_at, version"
 
 
-async def insert(conn: asyncpg.Connection, order_id: int, name: str | None) -> asyncpg.Record:
+async def insert(conn: Connection, order_id: int, name: str | None) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"INSERT INTO goods (order_id, name) VALUES ($1, $2) RETURNING {_COLUMNS}", order_id, name
     )
@@ -15,12 +17,12 @@ async def insert(conn: asyncpg.Connection, order_id: int, name: str | None) -> a
     return row
 
 
-async def get(conn: asyncpg.Connection, goods_id: int) -> asyncpg.Record | None:
+async def get(conn: Connection, goods_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM goods WHERE id = $1", goods_id)
 
 
 async def update(
-    conn: asyncpg.Connection,
+    conn: Connection,
     goods_id: int,
     order_id: int | None,
     set_name: bool,
@@ -44,7 +46,7 @@ async def update(
     )
 
 
-async def delete(conn: asyncpg.Connection, goods_id: int, expected_version: int | None) -> asyncpg.Record | None:
+async def delete(conn: Connection, goods_id: int, expected_version: int | None) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""DELETE FROM goods WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
             RETURNING {_COLUMNS}, now() AS deleted_at""",
@@ -53,6 +55,6 @@ async def delete(conn: asyncpg.Connection, goods_id: int, expected_version: int 
     )
 
 
-async def current_version(conn: asyncpg.Connection, goods_id: int) -> int | None:
+async def current_version(conn: Connection, goods_id: int) -> int | None:
     version: int | None = await conn.fetchval("SELECT version FROM goods WHERE id = $1", goods_id)
     return version

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared.events import MAX_ID
 
+
+def _storable(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold the NUL character.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+Name = Annotated[str | None, Field(max_length=200, description="free text, may be null"), AfterValidator(_storable)]
 
 
 class GoodsCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     order_id: int = Field(ge=1, le=MAX_ID, description="the order these goods belong to")
-    name: str | None = Field(default=None, max_length=200)
+    name: Name = None
 
 
 class GoodsUpdate(BaseModel):
@@ -23,7 +33,7 @@ class GoodsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     order_id: int = Field(default=0, ge=1, le=MAX_ID)
-    name: str | None = Field(default=None, max_length=200)
+    name: Name = None
 
     @model_validator(mode="after")
     def _something_to_change(self) -> GoodsUpdate:

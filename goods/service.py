@@ -14,6 +14,7 @@ from goods import repository
 from goods.schemas import GoodsPublic
 from shared import outbox
 from shared.commands import NotFound, VersionMismatch
+from shared.database import Connection
 from shared.events import GoodsData, GoodsDeletedData, new_event
 
 
@@ -81,7 +82,7 @@ async def delete_goods(pool: asyncpg.Pool, goods_id: int, expected_version: int 
         await outbox.append(conn, new_event("goods.deleted", row["id"], row["version"] + 1, data))
 
 
-async def _refusal(conn: asyncpg.Connection, goods_id: int, expected_version: int | None) -> NoReturn:
+async def _refusal(conn: Connection, goods_id: int, expected_version: int | None) -> NoReturn:
     current = await repository.current_version(conn, goods_id)
     if current is None:
         raise NotFound("goods", goods_id)

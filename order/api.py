@@ -40,7 +40,7 @@ router = APIRouter(prefix="/v1/order", tags=["order"])
 )
 async def create_order(request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
-    body = validate_fields(OrderCreate, fields, source)
+    body = validate_fields(OrderCreate, fields, source, FORM_ALIASES)
     order = await service.create_order(pool_of(request), body.user_id)
     return json_response(order, 201, {"Location": f"/v1/order/{order.id}", "ETag": etag(order.version)})
 
@@ -52,12 +52,15 @@ async def get_order(order_id: OrderId, request: Request) -> Response:
 
 
 @router.patch(
-    "/{order_id}", response_model=OrderPublic, responses=ERROR_RESPONSES, openapi_extra=body_doc(OrderUpdate, FORM_ALIASES)
+    "/{order_id}",
+    response_model=OrderPublic,
+    responses=ERROR_RESPONSES,
+    openapi_extra=body_doc(OrderUpdate, FORM_ALIASES),
 )
 async def update_order(order_id: OrderId, request: Request) -> Response:
     expected = parse_if_match(request)
     fields, source = await read_fields(request, FORM_ALIASES)
-    body = validate_fields(OrderUpdate, fields, source)
+    body = validate_fields(OrderUpdate, fields, source, FORM_ALIASES)
     order = await service.update_order(pool_of(request), order_id, body.user_id, expected)
     return json_response(order, 200, {"ETag": etag(order.version)})
 

@@ -10,6 +10,7 @@ from order import repository
 from order.schemas import OrderPublic
 from shared import outbox
 from shared.commands import NotFound, VersionMismatch
+from shared.database import Connection
 from shared.events import OrderData, OrderDeletedData, new_event
 
 
@@ -63,7 +64,7 @@ async def delete_order(pool: asyncpg.Pool, order_id: int, expected_version: int 
         await outbox.append(conn, new_event("order.deleted", row["id"], row["version"] + 1, data))
 
 
-async def _refusal(conn: asyncpg.Connection, order_id: int, expected_version: int | None) -> NoReturn:
+async def _refusal(conn: Connection, order_id: int, expected_version: int | None) -> NoReturn:
     current = await repository.current_version(conn, order_id)
     if current is None:
         raise NotFound("order", order_id)

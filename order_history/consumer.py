@@ -32,7 +32,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from order_history.projections import apply_batch, reduce_events
-from shared.database import RETRYABLE_ERRORS
+from shared.database import RETRYABLE_ERRORS, Connection
 from shared.events import TOPICS, Event, PoisonMessage, decode_event, dlq_topic
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class ConsumerConfig:
     max_records: int = 5000
     fetch_timeout_ms: int = 100
     max_backoff: float = 5.0
+    session_timeout_ms: int = 10000
     client_id: str = "order-history-consumer"
     topic_prefix: str = ""
 
@@ -71,7 +72,7 @@ class Positions:
     def __init__(self, group: str) -> None:
         self.group = group
 
-    async def load(self, conn: asyncpg.Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    async def load(self, conn: Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         rows = await conn.fetch(
             """SELECT topic, partition, next_offset FROM consumer_positions
                WHERE consumer_group = $1 AND topic = ANY($2::text[])""",
@@ -82,7 +83,7 @@ class Positions:
         found = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
         return {tp: off for tp, off in found.items() if tp in wanted}
 
-    async def lock(self, conn: asyncpg.Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    async def lock(self, conn: Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         ordered = sorted(tps)
         topics = [tp.topic for tp in ordered]
         parts = [tp.partition for tp in ordered]
@@ -105,7 +106,7 @@ class Positions:
         )
         return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
-    async def advance(self, conn: asyncpg.Connection, next_offsets: dict[TopicPartition, int]) -> None:
+    async def advance(self, conn: Connection, next_offsets: dict[TopicPartition, int]) -> None:
         ordered = sorted(next_offsets)
         await conn.execute(
             """UPDATE consumer_positions c SET next_offset = x.o, updated_at = now()
@@ -161,8 +162,8 @@ class HistoryConsumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
-            session_timeout_ms=10000,
-            heartbeat_interval_ms=1000,
+            session_timeout_ms=self.config.session_timeout_ms,
+            heartbeat_interval_ms=min(1000, self.config.session_timeout_ms // 3),
             max_poll_interval_ms=300000,
         )
         topics = [self.config.kafka_topic(t) for t in self.config.topics]
@@ -239,7 +240,7 @@ class HistoryConsumer:
             await self.positions.advance(conn, next_offsets)
         return stats
 
-    async def _dead_letter(self, conn: asyncpg.Connection, poison: list[tuple[ConsumerRecord, str]]) -> None:
+    async def _dead_letter(self, conn: Connection, poison: list[tuple[ConsumerRecord, str]]) -> None:
         assert self.producer is not None
         futures = []
         for msg, reason in poison:
@@ -287,7 +288,11 @@ class HistoryConsumer:
             except (*RETRYABLE_ERRORS, KafkaError) as exc:
                 log.warning(
                     "batch not applied, will retry",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt, "events": sum(map(len, records.values()))},
+                    extra={
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "attempt": attempt,
+                        "events": sum(map(len, records.values())),
+                    },
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
@@ -308,8 +313,14 @@ class HistoryConsumer:
         last = {f"{tp.topic}[{tp.partition}]": msgs[-1].offset for tp, msgs in records.items()}
         log.debug(
             "batch applied",
-            extra={"events": stats.events, "applied": stats.applied, "skipped": stats.skipped_seen,
-                   "poison": stats.poison, "ms": round(took * 1000, 1), "last_offsets": last},
+            extra={
+                "events": stats.events,
+                "applied": stats.applied,
+                "skipped": stats.skipped_seen,
+                "poison": stats.poison,
+                "ms": round(took * 1000, 1),
+                "last_offsets": last,
+            },
         )
 
     async def _commit_to_kafka(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:

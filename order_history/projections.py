@@ -22,8 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import asyncpg
-
+from shared.database import Connection
 from shared.events import Event, GoodsData, GoodsDeletedData, OrderData, OrderDeletedData
 
 
@@ -54,7 +53,7 @@ class ApplyResult:
     counts_changed: int
 
 
-async def apply_batch(conn: asyncpg.Connection, batch: ReducedBatch) -> ApplyResult:
+async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
     """Apply `batch`; call inside a transaction."""
     goods_ids = sorted(batch.goods)
     previous_order: dict[int, int] = {}
@@ -74,9 +73,7 @@ async def apply_batch(conn: asyncpg.Connection, batch: ReducedBatch) -> ApplyRes
         await conn.execute(
             "INSERT INTO orders (id) SELECT unnest($1::bigint[]) ON CONFLICT (id) DO NOTHING", touched_orders
         )
-        await conn.execute(
-            "SELECT 1 FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", touched_orders
-        )
+        await conn.execute("SELECT 1 FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", touched_orders)
 
     goods_changed = await _upsert_goods(conn, batch.goods.values()) if batch.goods else 0
     orders_changed = await _upsert_orders(conn, batch.orders.values()) if batch.orders else 0
@@ -94,7 +91,7 @@ async def apply_batch(conn: asyncpg.Connection, batch: ReducedBatch) -> ApplyRes
     return ApplyResult(orders_changed, goods_changed, counts_changed)
 
 
-async def _upsert_goods(conn: asyncpg.Connection, events: Iterable[Event]) -> int:
+async def _upsert_goods(conn: Connection, events: Iterable[Event]) -> int:
     ids: list[int] = []
     order_ids: list[int] = []
     names: list[str | None] = []
@@ -135,7 +132,7 @@ async def _upsert_goods(conn: asyncpg.Connection, events: Iterable[Event]) -> in
     return int(status.split()[-1])
 
 
-async def _upsert_orders(conn: asyncpg.Connection, events: Iterable[Event]) -> int:
+async def _upsert_orders(conn: Connection, events: Iterable[Event]) -> int:
     ids: list[int] = []
     users: list[int | None] = []
     created: list[object] = []
@@ -153,8 +150,9 @@ async def _upsert_orders(conn: asyncpg.Connection, events: Iterable[Event]) -> i
         deleted.append(event.event_type == "order.deleted")
     status = await conn.execute(
         """INSERT INTO orders AS o (id, user_id, created_at, updated_at, version, known, deleted)
-           SELECT i, u, c, m, v, true, d FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[],
-                                                  $4::timestamptz[], $5::integer[], $6::boolean[]) AS t(i, u, c, m, v, d)
+           SELECT i, u, c, m, v, true, d
+           FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::integer[],
+                       $6::boolean[]) AS t(i, u, c, m, v, d)
            ON CONFLICT (id) DO UPDATE SET
                user_id    = COALESCE(EXCLUDED.user_id, o.user_id),
                created_at = COALESCE(EXCLUDED.created_at, o.created_at),

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from functools import cache
 
-import asyncpg
-
 from order_history.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
+from shared.database import Connection
 
 MAX_BRANCHES = 48
 _LISTED = "known AND NOT deleted AND goods_count > 0"
@@ -48,10 +47,12 @@ def merge_query(exact_branches: int, tail: bool) -> str:
             f"WHERE {_LISTED} AND goods_count >= ${exact_branches + 3}"
         )
     union = "\n    UNION ALL\n    ".join(branches)
-    return f"SELECT id, user_id, created_at, goods_count FROM (\n    {union}\n) AS listed ORDER BY id LIMIT $1 OFFSET $2"
+    return (
+        f"SELECT id, user_id, created_at, goods_count FROM (\n    {union}\n) AS listed ORDER BY id LIMIT $1 OFFSET $2"
+    )
 
 
-async def list_orders(conn: asyncpg.Connection, threshold: int, limit: int, offset: int) -> list[HistoryItem]:
+async def list_orders(conn: Connection, threshold: int, limit: int, offset: int) -> list[HistoryItem]:
     counts = [r["n"] for r in await conn.fetch(_DISTINCT_COUNTS, threshold, MAX_BRANCHES + 1)]
     if not counts:
         return []
@@ -65,7 +66,7 @@ async def list_orders(conn: asyncpg.Connection, threshold: int, limit: int, offs
     ]
 
 
-async def order_detail(conn: asyncpg.Connection, order_id: int) -> OrderHistoryDetail | None:
+async def order_detail(conn: Connection, order_id: int) -> OrderHistoryDetail | None:
     order = await conn.fetchrow(
         "SELECT id, user_id, created_at, updated_at, goods_count FROM orders WHERE id = $1 AND known AND NOT deleted",
         order_id,

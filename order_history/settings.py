@@ -18,3 +18,6 @@ class Settings(CommonSettings):
     consumer_group: str = "order-history"
     batch_max_records: int = Field(default=5000, ge=1, description="events applied per database transaction")
     fetch_timeout_ms: int = Field(default=100, ge=1)
+    session_timeout_ms: int = Field(
+        default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -79,7 +80,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _mismatch(_: Request, exc: VersionMismatch) -> JSONResponse:
         return JSONResponse(
             status_code=412,
-            content={"error": "version_mismatch", "message": str(exc), "fields": [{"field": "If-Match", "message": str(exc)}]},
+            content={
+                "error": "version_mismatch",
+                "message": str(exc),
+                "fields": [{"field": "If-Match", "message": str(exc)}],
+            },
             headers={"ETag": etag(exc.current)},
         )
 
@@ -94,6 +99,10 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = validation_fields(list(exc.errors()))
         message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return _error_response(422, "validation_failed", message, fields)
+
+    @app.exception_handler(FieldErrors)
+    async def _field_errors(_: Request, exc: FieldErrors) -> JSONResponse:
+        return _error_response(422, "validation_failed", str(exc), exc.fields)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -168,8 +177,10 @@ async def read_fields(request: Request, aliases: Mapping[str, str]) -> tuple[dic
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await request.body()
-    if content_type == "application/json" or content_type.endswith("+json") or (
-        not content_type and body.strip()[:1] == b"{"
+    if (
+        content_type == "application/json"
+        or content_type.endswith("+json")
+        or (not content_type and body.strip()[:1] == b"{")
     ):
         if not body.strip():
             raise ApiError(400, "invalid_body", "the request body is empty; send a JSON object", "body")
@@ -197,17 +208,28 @@ async def read_fields(request: Request, aliases: Mapping[str, str]) -> tuple[dic
 
 
 def parse_if_match(request: Request) -> int | None:
-    """The version an `If-Match` header asks for; None when absent or `*`."""
+    """The version an `If-Match` header asks for; None when absent or `*`.
+
+    If-Match compares strong entity tags only (RFC 9110 13.1.1): a weak tag
+    (`W/"3"`) never matches, so it fails the precondition.
+    """
     raw = request.headers.get("if-match")
     if raw is None or raw.strip() == "*":
         return None
     value = raw.strip()
     if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip().strip('"')
-    if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
-        raise ApiError(400, "invalid_if_match", f'If-Match must be a version in quotes, like "3"; got {raw!r}', "If-Match")
-    return int(value)
+        raise ApiError(
+            412, "version_mismatch", 'If-Match needs a strong ETag like "3"; a weak one never matches', "If-Match"
+        )
+    match = _VERSION_TAG.fullmatch(value)
+    if match is None or not 1 <= int(match.group(1)) <= 2**31 - 1:
+        raise ApiError(
+            400, "invalid_if_match", f'If-Match must be a version in quotes, like "3"; got {raw!r}', "If-Match"
+        )
+    return int(match.group(1))
+
+
+_VERSION_TAG = re.compile(r'"?([0-9]{1,10})"?', re.ASCII)
 
 
 def etag(version: int) -> str:
@@ -233,12 +255,38 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_fields(model: type[M], fields: dict[str, Any], source: str) -> M:
-    """Validate request fields; JSON is strict about types, form/query text is coerced."""
+_FORM_INT = re.compile(r"-?[0-9]{1,20}", re.ASCII)
+
+
+class FieldErrors(Exception):
+    """Validation errors already phrased per field (names as the client sent them)."""
+
+    def __init__(self, fields: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{f['field']}: {f['message']}" for f in fields))
+        self.fields = fields
+
+
+def validate_fields(model: type[M], fields: dict[str, Any], source: str, aliases: Mapping[str, str] | None = None) -> M:
+    """Validate request fields strictly: JSON types as sent; form/query integers must be plain digits."""
     if source == "json":
         return model.model_validate(fields, strict=True)
-    known = {k: v for k, v in fields.items() if k in model.model_fields}
-    return model.model_validate(known)
+    known: dict[str, Any] = {}
+    for key, value in fields.items():
+        info = model.model_fields.get(key)
+        if info is None:
+            continue  # the original service's clients may send more fields
+        if info.annotation is int and isinstance(value, str) and _FORM_INT.fullmatch(value.strip()):
+            known[key] = int(value.strip())
+        else:
+            known[key] = value
+    try:
+        return model.model_validate(known, strict=True)
+    except ValidationError as exc:
+        sent_as = {canonical: alias for alias, canonical in (aliases or {}).items()}
+        errors = validation_fields(list(exc.errors()))
+        for error in errors:
+            error["field"] = sent_as.get(error["field"], error["field"])
+        raise FieldErrors(errors) from None
 
 
 def body_doc(model: type[BaseModel], form_fields: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -248,7 +296,9 @@ def body_doc(model: type[BaseModel], form_fields: Mapping[str, str] | None = Non
         content["application/x-www-form-urlencoded"] = {
             "schema": {
                 "type": "object",
-                "properties": {alias: {"type": "string", "description": f"same as {name}"} for alias, name in form_fields.items()},
+                "properties": {
+                    alias: {"type": "string", "description": f"same as {name}"} for alias, name in form_fields.items()
+                },
             }
         }
     return {"requestBody": {"content": content, "required": True}}

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection as handed out by a pool or opened directly.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 # Errors that say nothing about the request and everything about the database
 # or the network: callers retry them or answer 503, never 4xx.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -21,7 +26,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # Errors after which the whole transaction can simply be run again.
-RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     *UNAVAILABLE_ERRORS,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,

@@ -218,5 +218,5 @@ def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
         aggregate_id=env.aggregate_id,
         aggregate_version=env.aggregate_version,
         occurred_at=env.occurred_at,
-        data=payload,  # type: ignore[arg-type]
+        data=payload,
     )

@@ -21,7 +21,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared.database import UNAVAILABLE_ERRORS
+from shared.database import UNAVAILABLE_ERRORS, Connection
 from shared.events import Event
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ NOTIFY_CHANNEL = "outbox"
 _RELAY_LOCK_KEY = 0x6F7574626F78  # "outbox"
 
 
-async def append(conn: asyncpg.Connection, event: Event) -> None:
+async def append(conn: Connection, event: Event) -> None:
     """Record `event` in the outbox; call inside the command's transaction."""
     await conn.execute(
         "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES ($1, $2, $3, $4)",
@@ -150,7 +150,9 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                await producer.send(self.config.topic_prefix + r["topic"], value=r["payload"].encode(), key=r["message_key"].encode())
+                await producer.send(
+                    self.config.topic_prefix + r["topic"], value=r["payload"].encode(), key=r["message_key"].encode()
+                )
                 for r in rows
             ]
             await asyncio.gather(*futures)
@@ -187,7 +189,7 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval)
                 except TimeoutError:
                     pass
-            except (KafkaError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError) as exc:
                 self._set_kafka(False, f"{type(exc).__name__}: {exc}")
                 await self._drop_producer()
                 await asyncio.sleep(backoff)

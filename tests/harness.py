@@ -11,15 +11,14 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 
 from devstack.kafka import KafkaBroker
@@ -78,6 +77,7 @@ class Env:
             **self.stack.service_env(),
             "KAFKA_TOPIC_PREFIX": self.prefix,
             "ORDER_HISTORY_CONSUMER_GROUP": self.group,
+            "ORDER_HISTORY_SESSION_TIMEOUT_MS": "6000",
             "LOG_LEVEL": "INFO",
         }
 
@@ -154,19 +154,21 @@ class Env:
         for task in self._tasks:
             try:
                 await task
-            except BaseException:  # noqa: BLE001 - cancelled or crashed: both fine at teardown
+            except BaseException:
                 pass
         for close in reversed(self._closers):
             try:
                 await close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         for pool in self.pools.values():
             await pool.close()
 
     async def pool(self, service: str) -> asyncpg.Pool:
         if service not in self.pools:
-            pool = await asyncpg.create_pool(self.url(service), min_size=1, max_size=4, server_settings={"timezone": "UTC"})
+            pool = await asyncpg.create_pool(
+                self.url(service), min_size=1, max_size=4, server_settings={"timezone": "UTC"}
+            )
             assert pool is not None
             self.pools[service] = pool
         return self.pools[service]
@@ -182,7 +184,9 @@ class Env:
         self._closers.append(producer.stop)
         return producer
 
-    async def read_topic(self, contract_topic: str, expect: int | None = None, timeout: float = 30.0) -> list[ConsumerRecord]:
+    async def read_topic(
+        self, contract_topic: str, expect: int | None = None, timeout: float = 30.0
+    ) -> list[ConsumerRecord]:
         """Every message of a topic from the beginning (waiting for `expect` of them)."""
         topic = self.topic(contract_topic)
         consumer = AIOKafkaConsumer(
@@ -210,6 +214,61 @@ class Env:
             return out
         finally:
             await consumer.stop()
+
+    async def produce(self, messages: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Send (contract topic, key, value) messages in order, and wait for the acks."""
+        producer = await self.producer()
+        futures = [await producer.send(self.topic(t), key=k, value=v) for t, k, v in messages]
+        await asyncio.gather(*futures)
+
+    async def end_offsets(self, contract_topics: tuple[str, ...] = TOPICS) -> dict[tuple[str, int], int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topic(t), p) for t in contract_topics for p in range(self.kafka.partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+        finally:
+            await consumer.stop()
+
+    async def positions(self) -> dict[tuple[str, int], int]:
+        pool = await self.pool("order_history")
+        rows = await pool.fetch(
+            "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer_group = $1", self.group
+        )
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+    async def wait_caught_up(self, timeout: float = 60.0) -> None:
+        """Until the consumer's stored positions reach the end of both topics."""
+        ends = await self.end_offsets()
+
+        async def caught_up() -> bool:
+            stored = await self.positions()
+            return all(stored.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
+
+        await wait_until(caught_up, timeout, "the consumer to reach the end of the topics")
+
+    async def wait_outbox_drained(self, timeout: float = 60.0) -> None:
+        async def drained() -> bool:
+            for service in ("order", "goods"):
+                pool = await self.pool(service)
+                if await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                    return False
+            return True
+
+        await wait_until(drained, timeout, "the outbox relays to publish every row")
+
+    @asynccontextmanager
+    async def http(self, service: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client of the service's real process on its port (see `process`)."""
+        port = {
+            "order": self.stack.config.order_port,
+            "goods": self.stack.config.goods_port,
+            "order_history": self.stack.config.history_port,
+        }[service]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

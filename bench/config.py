@@ -1,0 +1,76 @@
+"""Scales of a run: full (the issue's figures) and quick (a few minutes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THRESHOLDS = (0, 5, 10, 15, 20, 30)
+OFFSETS = (0, 1000)
+LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    # 1. query
+    orders: int
+    goods: int
+    query_trials: int  # trials per (threshold, offset), interleaved with the baseline
+    query_requests: int  # requests per trial and path (HTTP, direct, direct with generic plans)
+    query_batch_seconds: float  # ... or fewer: a batch stops after this long once it has 30 samples
+    baseline_runs: int  # executions of the original query per (threshold, offset)
+    baseline_timeout_s: float
+    # 2. projection
+    events: int
+    projection_trials: int
+    naive_seconds: float
+    projection_timeout_s: float
+    # 3. write path
+    wrk_seconds: float
+    wrk_trials: int
+    pgbench_seconds: float
+    connections: int = 64
+    # 4. freshness
+    freshness_probes: int = 200
+    freshness_seconds: float = 60.0
+
+
+FULL = Scale(
+    name="full",
+    orders=1_000_000,
+    goods=10_000_000,
+    query_trials=5,
+    query_requests=400,
+    query_batch_seconds=2.0,
+    baseline_runs=3,
+    baseline_timeout_s=120.0,
+    events=1_000_000,
+    projection_trials=3,
+    naive_seconds=30.0,
+    projection_timeout_s=600.0,
+    wrk_seconds=20.0,
+    wrk_trials=3,
+    pgbench_seconds=15.0,
+    freshness_probes=400,
+    freshness_seconds=90.0,
+)
+
+QUICK = Scale(
+    name="quick",
+    orders=100_000,
+    goods=1_000_000,
+    query_trials=3,
+    query_requests=200,
+    query_batch_seconds=1.0,
+    baseline_runs=3,
+    baseline_timeout_s=60.0,
+    events=100_000,
+    projection_trials=2,
+    naive_seconds=10.0,
+    projection_timeout_s=180.0,
+    wrk_seconds=10.0,
+    wrk_trials=2,
+    pgbench_seconds=8.0,
+    freshness_probes=150,
+    freshness_seconds=40.0,
+)

@@ -1,0 +1,172 @@
+"""The bench's own stack: PostgreSQL and Kafka on free ports, and service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from devstack.postgres import DATABASES
+from devstack.processes import ManagedProcess, free_port
+from devstack.stack import REPO, Stack, StackConfig
+from shared.events import TOPICS, dlq_topic
+
+from .stats import children_of
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    started = time.monotonic()
+    log(f"{message} ...")
+    yield
+    log(f"{message}: {time.monotonic() - started:.1f}s")
+
+
+@dataclass
+class BenchStack:
+    stack: Stack
+    keep: bool = False
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, fast_pg: bool, keep: bool = False) -> BenchStack:
+        pg_port = free_port()
+        config = StackConfig(
+            state_dir=REPO / ".devstack" / f"bench-{pg_port}",
+            pg_port=pg_port,
+            kafka_port=free_port(),
+            kafka_controller_port=free_port(),
+            order_port=free_port(),
+            goods_port=free_port(),
+            history_port=free_port(),
+            fast_pg=fast_pg,
+        )
+        shutil.rmtree(config.state_dir, ignore_errors=True)
+        return cls(Stack(config), keep=keep)
+
+    @property
+    def config(self) -> StackConfig:
+        return self.stack.config
+
+    def start(self) -> None:
+        with step(f"starting PostgreSQL and Kafka in {self.config.state_dir}"):
+            self.stack.start_infrastructure()
+            self.stack.migrate()
+
+    def down(self) -> None:
+        self.stop_processes()
+        try:
+            self.stack.down()
+        finally:
+            if not self.keep:
+                for _ in range(3):
+                    shutil.rmtree(self.config.state_dir, ignore_errors=True)
+                    if not self.config.state_dir.exists():
+                        break
+                    time.sleep(1.0)
+
+    # -- databases -------------------------------------------------------------
+    def dsn(self, database: str) -> str:
+        """`orders`, `goods` or `order_history`, as its owning service role."""
+        db = next(d for d in DATABASES if d.name == database)
+        return db.url(self.config.pg_port)
+
+    def superuser_dsn(self, database: str) -> str:
+        return self.stack.postgres.dsn(database)
+
+    async def connect(self, database: str, **settings: str) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.dsn(database), server_settings={"timezone": "UTC", **settings}, command_timeout=600
+        )
+
+    def postgres_pids(self) -> list[int]:
+        pid = self.stack.postgres.postmaster_pid()
+        return [] if pid is None else [pid, *children_of(pid)]
+
+    def kafka_pids(self) -> list[int]:
+        pid = self.stack.kafka.process.pid()
+        return [] if pid is None else [pid]
+
+    # -- Kafka -----------------------------------------------------------------
+    async def create_topics(self, prefix: str) -> None:
+        names = [prefix + t for t in TOPICS] + [prefix + dlq_topic(t) for t in TOPICS]
+        await self.stack.kafka.ensure_topics(names)
+
+    # -- service processes -----------------------------------------------------
+    def env(self, prefix: str, **extra: str) -> dict[str, str]:
+        return {
+            **self.stack.service_env(),
+            "KAFKA_TOPIC_PREFIX": prefix,
+            "ORDER_HISTORY_CONSUMER_GROUP": f"{prefix}order-history",
+            "LOG_LEVEL": "INFO",
+            **extra,
+        }
+
+    def process(self, name: str, argv: list[str], prefix: str, **extra_env: str) -> ManagedProcess:
+        """A background `python -m ...` process with the stack's settings and this prefix."""
+        proc = ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", *argv, f"--instance={prefix}{name}"],
+            pid_file=self.stack.run_dir / f"{prefix}{name}.pid",
+            log_file=self.stack.logs / f"{prefix}{name}.log",
+            env=self.env(prefix, **extra_env),
+            cwd=REPO,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def service(self, name: str, prefix: str, **extra_env: str) -> ManagedProcess:
+        """order-api, goods-api, order_history-api, order-relay, goods-relay, order_history-consumer."""
+        module, command = name.rsplit("-", 1)
+        return self.process(name, [module, command], prefix, **extra_env)
+
+    def port_of(self, name: str) -> int:
+        return self.stack.api_ports()[name]
+
+    def stop_processes(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop(timeout=10)
+        self.processes.clear()
+
+    def wait_ready(self, names: list[str], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name in names:
+            port = self.port_of(name)
+            while readyz(port) != 200:
+                for p in self.processes:
+                    if p.exited_early():
+                        raise RuntimeError(f"{p.name} exited; last lines of {p.log_file}:\n{p.tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready after {timeout:.0f}s")
+                time.sleep(0.1)
+
+
+def readyz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+async def wait_for(predicate_sql: str, conn: asyncpg.Connection, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await conn.fetchval(predicate_sql):
+            return True
+        await asyncio.sleep(0.05)
+    return False

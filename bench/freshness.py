@@ -1,0 +1,247 @@
+"""4. Freshness: from a write's 2xx to its visibility in GET /v1/order-history/{order_id}.
+
+Background load: two paced wrk processes (Lua `delay`) POST orders and goods at
+half the maximum rates measured in 3 (or, when run alone, measured here with a
+short unpaced wrk run). Meanwhile probe workers, spread over the run, each
+create an order and then a goods item for it, and poll the order-history API
+every 10 ms until the change shows: the order at all, then the goods item in
+the order's `goods` list. Everything runs as in `make up`: the APIs, both
+relays and the consumer are separate processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from .config import Scale
+from .env import BenchStack, log
+from .projection import reset_read_model
+from .report import Report, fmt
+from .stats import CpuMeter, LatencySummary, percentile
+from .writes import lua_script, parse_wrk, run_wrk_with_backlog, wrk_argv
+
+POLL_S = 0.010
+PACED_CONNECTIONS = 16
+
+
+async def _visible(client: httpx.AsyncClient, order_id: int, goods_id: int | None, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.get(f"/v1/order-history/{order_id}")
+        if response.status_code == 200 and (
+            goods_id is None or any(g["id"] == goods_id for g in response.json()["goods"])
+        ):
+            return time.monotonic()
+        await asyncio.sleep(POLL_S)
+    return None
+
+
+async def probe_worker(
+    ports: dict[str, int],
+    start_at: list[float],
+    results: dict[str, list[tuple[float, float]]],
+    bar: tqdm[Any],
+    timeout: float,
+) -> None:
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['order']}", timeout=10) as orders,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['goods']}", timeout=10) as goods,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['history']}", timeout=10) as history,
+    ):
+        for when in start_at:
+            delay = when - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            response = await orders.post("/v1/order", json={"user_id": 4242})
+            acked = time.monotonic()
+            if response.status_code != 201:
+                results["errors"].append((when, float(response.status_code)))
+                continue
+            order_id = int(response.json()["id"])
+            seen = await _visible(history, order_id, None, timeout)
+            results["order"].append((when, (seen - acked) * 1000 if seen else float("inf")))
+            response = await goods.post("/v1/goods", json={"order_id": order_id, "name": "probe"})
+            acked = time.monotonic()
+            if response.status_code != 201:
+                results["errors"].append((when, float(response.status_code)))
+                continue
+            seen = await _visible(history, order_id, int(response.json()["id"]), timeout)
+            results["goods"].append((when, (seen - acked) * 1000 if seen else float("inf")))
+            bar.update()
+
+
+def paced_wrk(url: str, script: Path, seconds: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        wrk_argv(url, script, PACED_CONNECTIONS, seconds), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def finish(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {err.decode(errors='replace')[-1000:]}")
+    return parse_wrk(out.decode())
+
+
+async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, float]) -> None:
+    section = report.section("freshness", "4. Freshness under load")
+    prefix = f"bench-fresh-{int(time.time())}-"
+    await bs.create_topics(prefix)
+    await reset_read_model(bs)
+    workdir = bs.config.state_dir / "bench-fresh"
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = ["order-api", "goods-api", "order_history-api", "order-relay", "goods-relay", "order_history-consumer"]
+    procs = {name: bs.service(name, prefix) for name in names}
+    for p in procs.values():
+        p.start()
+    bs.wait_ready(["order-api", "goods-api", "order_history-api"])
+    await asyncio.sleep(3.0)  # the consumer joins its group
+    urls = {s: f"http://127.0.0.1:{bs.port_of(s + '-api')}" for s in ("order", "goods")}
+    try:
+        # Maximum rates: from measurement 3 when it ran, else a short unpaced run here.
+        for service in ("order", "goods"):
+            if f"{service}_rps" not in context:
+                script = workdir / f"max-{service}.lua"
+                script.write_text(lua_script(service, 1000))
+                result = await run_wrk_with_backlog(
+                    bs,
+                    urls[service],
+                    script,
+                    scale.connections,
+                    8,
+                    "orders" if service == "order" else "goods",
+                    f"max rate {service}",
+                )
+                context[f"{service}_rps"] = result["rps"]
+        targets = {s: context[f"{s}_rps"] / 2 for s in ("order", "goods")}
+
+        # Pace each wrk connection with a delay; one calibration step corrects for the response time.
+        delays = {s: PACED_CONNECTIONS * 1000.0 / targets[s] for s in targets}
+        calib = {}
+        for s in targets:
+            script = workdir / f"paced-{s}.lua"
+            script.write_text(lua_script(s, 1000, delays[s]))
+            calib[s] = paced_wrk(urls[s], script, 4)
+        for s, proc in calib.items():
+            achieved = finish(proc)["rps"]
+            latency_ms = max(0.0, PACED_CONNECTIONS * 1000.0 / max(achieved, 1.0) - delays[s])
+            delays[s] = max(0.0, PACED_CONNECTIONS * 1000.0 / targets[s] - latency_ms)
+        conn = await bs.connect("orders")
+        max_order = int(await conn.fetchval("SELECT coalesce(max(id), 1000) FROM orders"))
+        await conn.close()
+
+        duration = scale.freshness_seconds
+        loads = {}
+        for s in targets:
+            script = workdir / f"paced-{s}.lua"
+            script.write_text(lua_script(s, max_order, delays[s]))
+            loads[s] = paced_wrk(urls[s], script, duration + 3)
+        await asyncio.sleep(2.0)
+
+        meter = CpuMeter(
+            {
+                **{n: (lambda n=n: [p for p in [procs[n].pid()] if p]) for n in names},  # type: ignore[misc]
+                "postgres": bs.postgres_pids,
+                "kafka": bs.kafka_pids,
+            }
+        )
+        meter.start()
+        workers = 4
+        per_worker = max(1, scale.freshness_probes // workers)
+        t0 = time.monotonic()
+        spacing = (duration - 2.0) / per_worker
+        results: dict[str, list[tuple[float, float]]] = {"order": [], "goods": [], "errors": []}
+        ports = {
+            "order": bs.port_of("order-api"),
+            "goods": bs.port_of("goods-api"),
+            "history": bs.port_of("order_history-api"),
+        }
+        with tqdm(total=per_worker * workers, desc="freshness probes", unit="probe") as bar:
+            await asyncio.gather(
+                *[
+                    probe_worker(
+                        ports, [t0 + (i + w / workers) * spacing for i in range(per_worker)], results, bar, 10.0
+                    )
+                    for w in range(workers)
+                ]
+            )
+        cpu = meter.stop()
+        load_results = {s: finish(p) for s, p in loads.items()}
+    finally:
+        for p in procs.values():
+            p.stop()
+
+    # Trials: the probes in three consecutive time windows.
+    def trials(samples: list[tuple[float, float]]) -> list[list[float]]:
+        ordered = [v for _, v in sorted(samples)]
+        third = max(1, len(ordered) // 3)
+        return [ordered[i * third : (i + 1) * third if i < 2 else len(ordered)] for i in range(3)]
+
+    order_s = LatencySummary.of(trials(results["order"]))
+    goods_s = LatencySummary.of(trials(results["goods"]))
+    everything = [v for _, v in results["order"] + results["goods"]]
+    pooled_p50, pooled_p99 = percentile(everything, 50), percentile(everything, 99)
+    section.data.update(
+        targets_rps=targets,
+        background=load_results,
+        order=order_s.as_dict(),
+        goods=goods_s.as_dict(),
+        all_p50_ms=pooled_p50,
+        all_p99_ms=pooled_p99,
+        errors=len(results["errors"]),
+        cpu_percent_of_one_core=cpu,
+        raw_order_ms=[v for _, v in results["order"]],
+        raw_goods_ms=[v for _, v in results["goods"]],
+    )
+    section.table(
+        "ms from the write's 2xx to the first GET /v1/order-history/{id} that shows it (polled every 10 ms); "
+        "median over 3 time windows of each window's p50/p99, and all probes pooled",
+        ["change", "probes", "p50", "p99", "p99 worst window", "pooled p50", "pooled p99", "max"],
+        [
+            [
+                "new order visible",
+                order_s.samples,
+                order_s.p50,
+                order_s.p99,
+                order_s.p99_worst,
+                order_s.pooled_p50,
+                order_s.pooled_p99,
+                order_s.max,
+            ],
+            [
+                "new goods in its order's list",
+                goods_s.samples,
+                goods_s.p50,
+                goods_s.p99,
+                goods_s.p99_worst,
+                goods_s.pooled_p50,
+                goods_s.pooled_p99,
+                goods_s.max,
+            ],
+            ["both", len(everything), "–", "–", "–", pooled_p50, pooled_p99, max(everything, default=float("nan"))],
+        ],
+    )
+    bg = ", ".join(
+        f"POST /v1/{s}: target {fmt(targets[s])} req/s, achieved {fmt(r['rps'])} req/s "
+        f"(p99 {fmt(r['p99_us'] / 1000)} ms, "
+        f"{r['errors']} errors)"
+        for s, r in load_results.items()
+    )
+    section.note(f"Background load (paced wrk, {PACED_CONNECTIONS} connections each, {duration:.0f} s): {bg}.")
+    section.note(f"Probe errors (non-201): {len(results['errors'])}. CPU (% of one core): {cpu}")
+    log(f"freshness: p50 {pooled_p50:.0f} ms, p99 {pooled_p99:.0f} ms over {len(everything)} probes")
+    report.goal(
+        "4 freshness",
+        "2xx -> visible in GET /v1/order-history/{id}, p99",
+        pooled_p99,
+        "ms",
+        "<= 500 ms",
+        pooled_p99 <= 500,
+    )

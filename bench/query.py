@@ -1,0 +1,465 @@
+"""1. Query at scale: GET /v1/order-history vs the original design's GROUP BY/HAVING query.
+
+The read model is bulk-loaded in SQL (generate_series, secondary indexes built
+after the load) with goods per order drawn from a geometric distribution of
+mean goods/orders (10), so thresholds 0..30 select from ~90% down to ~5% of the
+orders and the counts spread over ~150 distinct values. The original design's
+tables live in the schema `baseline` of the same database, filled from the same
+rows, with an index on goods(order_id); its query is timed with asyncpg
+directly (no HTTP). Ours is timed both over HTTP on loopback and directly via
+order_history.queries.list_orders, on a connection with the API's settings.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+from tqdm import tqdm
+
+from order_history import queries
+
+from .config import LIMIT, OFFSETS, THRESHOLDS, Scale
+from .env import BenchStack, log, step
+from .report import Report, fmt
+from .stats import CpuMeter, LatencySummary, median, ratio
+
+BASELINE_SQL = """
+SELECT orders.id, orders.user_id, orders.created_at, COUNT(goods.id) AS goods_count
+FROM baseline.orders AS orders JOIN baseline.goods AS goods ON goods.order_id = orders.id
+GROUP BY orders.id HAVING COUNT(goods.id) > $1 LIMIT $2 OFFSET $3
+"""
+
+REFERENCE_SQL = """
+SELECT id FROM orders WHERE known AND NOT deleted AND goods_count > $1 ORDER BY id LIMIT $2 OFFSET $3
+"""
+
+# The API's pool settings (order_history/api.py): custom plans for every query.
+API_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+
+# -- bulk load -------------------------------------------------------------------
+async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, Any]:
+    """Fill the read model with `orders` orders and exactly `goods` goods, and the baseline schema."""
+    mean = goods / orders
+    q = mean / (mean + 1.0)  # geometric on {0, 1, ...} with this mean
+    conn = await bs.connect("order_history")
+    info: dict[str, Any] = {}
+    try:
+        await conn.execute(
+            "SET maintenance_work_mem = '1GB'; SET work_mem = '256MB'; SET max_parallel_maintenance_workers = 2"
+        )
+        steps: list[tuple[str, str]] = []
+        indexes = await conn.fetch(
+            """SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS def
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE i.indrelid IN ('orders'::regclass, 'goods'::regclass)
+                 AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"""
+        )
+        steps.append(
+            (
+                "empty the read model",
+                "TRUNCATE orders, goods, consumer_positions, dead_letters; DROP SCHEMA IF EXISTS baseline CASCADE",
+            )
+        )
+        steps += [(f"drop index {r['name']} for the load", f'DROP INDEX "{r["name"]}"') for r in indexes]
+        steps.append(
+            (
+                "plan goods per order (geometric)",
+                f"""SELECT setseed(0.4242);
+                CREATE TEMP TABLE bench_plan AS
+                SELECT id, c, sum(c) OVER (ORDER BY id) - c AS start
+                FROM (SELECT id, floor(ln(1.0 - random()) / ln({q!r}))::integer AS c
+                      FROM generate_series(1, {orders}) AS id) s""",
+            )
+        )
+        steps.append(
+            (
+                f"insert {goods:,} goods",
+                f"""INSERT INTO goods (id, order_id, name, created_at, updated_at, version, deleted)
+                SELECT p.start + k, p.id, 'goods ' || (p.start + k), t.ts, t.ts, 1, false
+                FROM bench_plan p, generate_series(1, p.c) AS k,
+                     LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' + (p.id * 30 + k) * interval '1 second') t(ts)
+                WHERE p.start + k <= {goods};
+                INSERT INTO goods (id, order_id, name, created_at, updated_at, version, deleted)
+                SELECT s.total + j, 1 + (j * 7919) % {orders}, 'goods ' || (s.total + j), now(), now(), 1, false
+                FROM (SELECT coalesce(sum(c), 0) AS total FROM bench_plan) s,
+                     generate_series(1, {goods} - s.total) AS j""",
+            )
+        )
+        steps.append(
+            (
+                f"insert {orders:,} orders with their goods_count",
+                f"""INSERT INTO orders (id, user_id, created_at, updated_at, version, known, deleted, goods_count)
+                SELECT p.id, 1 + (p.id * 2654435761) % 100000, t.ts, t.ts, 1, true, false, coalesce(n.n, 0)
+                FROM bench_plan p
+                LEFT JOIN (SELECT order_id, count(*)::integer AS n FROM goods GROUP BY order_id) n ON n.order_id = p.id,
+                LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' + p.id * interval '30 seconds') t(ts)
+                WHERE p.id <= {orders}""",
+            )
+        )
+        steps += [(f"build index {r['name']}", r["def"]) for r in indexes]
+        steps.append(
+            (
+                "original design's tables (schema baseline)",
+                """CREATE SCHEMA baseline;
+               CREATE TABLE baseline.orders (id bigint PRIMARY KEY, user_id bigint NOT NULL,
+                                             created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+               CREATE TABLE baseline.goods (id bigint PRIMARY KEY, order_id bigint NOT NULL, name text,
+                                            created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+               INSERT INTO baseline.orders SELECT id, user_id, created_at, updated_at
+                                           FROM orders WHERE known AND NOT deleted;
+               INSERT INTO baseline.goods SELECT id, order_id, name, created_at, updated_at
+                                          FROM goods WHERE NOT deleted;
+               CREATE INDEX goods_order_id ON baseline.goods (order_id)""",
+            )
+        )
+        steps += [
+            (f"VACUUM ANALYZE {t}", f"VACUUM ANALYZE {t}")
+            for t in ("orders", "goods", "baseline.orders", "baseline.goods")
+        ]
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        with tqdm(steps, desc="load read model", unit="step", leave=True) as bar:
+            for name, sql in bar:
+                bar.set_postfix_str(name)
+                t0 = time.monotonic()
+                await conn.execute(sql)
+                timings[name] = round(time.monotonic() - t0, 1)
+        info["load_seconds"] = round(time.monotonic() - started, 1)
+        info["load_steps_seconds"] = timings
+        info["orders"] = await conn.fetchval("SELECT count(*) FROM orders")
+        info["goods"] = await conn.fetchval("SELECT count(*) FROM goods")
+        info["baseline_orders"] = await conn.fetchval("SELECT count(*) FROM baseline.orders")
+        info["baseline_goods"] = await conn.fetchval("SELECT count(*) FROM baseline.goods")
+        info["goods_count_mismatches"] = await conn.fetchval(
+            """SELECT count(*) FROM orders o
+               LEFT JOIN (SELECT order_id, count(*) AS n FROM goods WHERE NOT deleted GROUP BY order_id) c
+                      ON c.order_id = o.id
+               WHERE o.goods_count <> coalesce(c.n, 0)"""
+        )
+        info["distinct_counts"] = await conn.fetchval("SELECT count(DISTINCT goods_count) FROM orders")
+        info["max_goods_count"] = await conn.fetchval("SELECT max(goods_count) FROM orders")
+        info["sizes"] = {
+            r["name"]: r["size"]
+            for r in await conn.fetch(
+                """SELECT c.oid::regclass::text AS name, pg_size_pretty(pg_total_relation_size(c.oid)) AS size
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relkind = 'r' AND n.nspname IN ('public', 'baseline') AND c.relname IN ('orders', 'goods')"""
+            )
+        }
+    finally:
+        await conn.close()
+    return info
+
+
+# -- timing ------------------------------------------------------------------------
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection on loopback (stdlib: a few µs of overhead)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def get(self, path: str) -> tuple[float, int, bytes]:
+        t0 = time.perf_counter()
+        self.conn.request("GET", path)
+        response = self.conn.getresponse()
+        body = response.read()
+        return (time.perf_counter() - t0) * 1000.0, response.status, body
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Recorder:
+    """Stands in for an asyncpg connection and remembers the statements run on it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        self.calls.append((sql, args))
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        self.calls.append((sql, args))
+        return await self.conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self.calls.append((sql, args))
+        return await self.conn.fetchval(sql, *args)
+
+
+async def explain(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> str:
+    rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
+    return "\n".join(r[0] for r in rows)
+
+
+def plan_times(text: str) -> tuple[float, float]:
+    """(planning ms, execution ms) from EXPLAIN ANALYZE output."""
+    values = {"Planning Time": float("nan"), "Execution Time": float("nan")}
+    for line in text.splitlines():
+        for key in values:
+            if line.strip().startswith(key + ":"):
+                values[key] = float(line.split(":")[1].split()[0])
+    return values["Planning Time"], values["Execution Time"]
+
+
+async def timed_batch(
+    call: Callable[[], Awaitable[object]], count: int, budget_s: float, minimum: int = 30
+) -> list[float]:
+    """Up to `count` sequential calls, stopping after `budget_s` once `minimum` samples are in: latencies in ms."""
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < count:
+        t0 = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+        if len(samples) >= minimum and time.perf_counter() - started > budget_s:
+            break
+    return samples
+
+
+@dataclass
+class Combo:
+    threshold: int
+    offset: int
+    http: list[list[float]] = field(default_factory=list)
+    direct: list[list[float]] = field(default_factory=list)
+    generic: list[list[float]] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    matching: int = 0
+    rows: int = 0
+    baseline_rows: int = -1
+    correct: bool = False
+
+
+def _path(threshold: int, offset: int) -> str:
+    return f"/v1/order-history?threshold={threshold}&limit={LIMIT}&offset={offset}"
+
+
+async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -> None:
+    section = report.section("query", "1. Query at scale: GET /v1/order-history vs the original query")
+    with step(f"bulk-loading {scale.orders:,} orders and {scale.goods:,} goods"):
+        info = await load_read_model(bs, scale.orders, scale.goods)
+    section.data["load"] = info
+    log(f"loaded: {json.dumps(info)}")
+
+    prefix = "bench-query-"
+    await bs.create_topics(prefix)
+    api = bs.service("order_history-api", prefix)
+    api.start()
+    bs.wait_ready(["order_history-api"])
+    client = HttpClient(bs.port_of("order_history-api"))
+    conn = await bs.connect("order_history", **API_SETTINGS)
+    generic_conn = await bs.connect("order_history")  # plan_cache_mode=auto: generic plans allowed
+    baseline_conn = await bs.connect("order_history", **API_SETTINGS)
+    await baseline_conn.execute(f"SET statement_timeout = '{int(scale.baseline_timeout_s * 1000)}ms'")
+    combos = [Combo(t, o) for t in THRESHOLDS for o in OFFSETS]
+    try:
+        # Correctness and selectivity, once per combination.
+        for c in combos:
+            c.matching = await conn.fetchval(
+                "SELECT count(*) FROM orders WHERE known AND NOT deleted AND goods_count > $1", c.threshold
+            )
+            _, status, body = client.get(_path(c.threshold, c.offset))
+            got = [item["id"] for item in json.loads(body)["data"]] if status == 200 else []
+            want = [r["id"] for r in await conn.fetch(REFERENCE_SQL, c.threshold, LIMIT, c.offset)]
+            direct = [item.id for item in await queries.list_orders(conn, c.threshold, LIMIT, c.offset)]
+            c.rows = len(got)
+            c.correct = status == 200 and got == want and direct == want
+        # Warm-up: every path, and one full run of the original query (its caches).
+        with tqdm(total=len(combos), desc="warm-up", unit="combo") as bar:
+            for c in combos:
+                for _ in range(5):
+                    client.get(_path(c.threshold, c.offset))
+                    await queries.list_orders(conn, c.threshold, LIMIT, c.offset)
+                    await queries.list_orders(generic_conn, c.threshold, LIMIT, c.offset)
+                bar.update()
+        await baseline_conn.fetch(BASELINE_SQL, max(THRESHOLDS), LIMIT, 0)
+
+        meter = CpuMeter({"order_history-api": lambda: [p for p in [api.pid()] if p], "postgres": bs.postgres_pids})
+        meter.start()
+        total = scale.query_trials * len(combos)
+        with tqdm(total=total, desc="query trials", unit="combo") as bar:
+            for trial in range(scale.query_trials):
+                for c in combos:
+                    path = _path(c.threshold, c.offset)
+                    t, o, budget, n = c.threshold, c.offset, scale.query_batch_seconds, scale.query_requests
+
+                    async def over_http(path: str = path) -> object:
+                        return client.get(path)
+
+                    async def direct_call(t: int = t, o: int = o) -> object:
+                        return await queries.list_orders(conn, t, LIMIT, o)
+
+                    async def generic(t: int = t, o: int = o) -> object:
+                        return await queries.list_orders(generic_conn, t, LIMIT, o)
+
+                    c.http.append(await timed_batch(over_http, n, budget))
+                    c.direct.append(await timed_batch(direct_call, n, budget))
+                    c.generic.append(await timed_batch(generic, n, budget))
+                    if trial < scale.baseline_runs:
+                        t0 = time.perf_counter()
+                        try:
+                            found = await baseline_conn.fetch(BASELINE_SQL, c.threshold, LIMIT, c.offset)
+                            c.baseline.append((time.perf_counter() - t0) * 1000.0)
+                            c.baseline_rows = len(found)
+                        except asyncpg.QueryCanceledError:
+                            c.baseline.append(scale.baseline_timeout_s * 1000.0)
+                            c.baseline_rows = -2
+                    bar.update()
+        section.data["cpu_percent_of_one_core"] = meter.stop()
+
+        # EXPLAIN ANALYZE of both at the original query's worst combination, and of ours at threshold 0.
+        worst = max(combos, key=lambda c: median(c.baseline))
+        plans = {
+            f"original, threshold {worst.threshold}, offset {worst.offset}": await explain(
+                baseline_conn, BASELINE_SQL, (worst.threshold, LIMIT, worst.offset)
+            )
+        }
+        for threshold, offset in ((worst.threshold, worst.offset), (0, 0)):
+            recorder = _Recorder(conn)
+            await queries.list_orders(cast(asyncpg.Connection, recorder), threshold, LIMIT, offset)
+            for i, (sql, args) in enumerate(recorder.calls):
+                key = f"ours (force_custom_plan), threshold {threshold}, offset {offset}, statement {i + 1}"
+                plans[key] = await explain(conn, sql, args)
+        explain_file = results_dir / f"{report.started:%Y%m%dT%H%M%S}-{scale.name}-query-explain.txt"
+        explain_file.parent.mkdir(parents=True, exist_ok=True)
+        explain_file.write_text("\n\n".join(f"== {name} (limit {LIMIT}) ==\n{text}" for name, text in plans.items()))
+        section.data["explain"] = plans
+    finally:
+        client.close()
+        await conn.close()
+        await generic_conn.close()
+        await baseline_conn.close()
+        api.stop()
+
+    # -- report ----------------------------------------------------------------------
+    rows: list[list[object]] = []
+    data: list[dict[str, Any]] = []
+    for c in combos:
+        h, d, g = LatencySummary.of(c.http), LatencySummary.of(c.direct), LatencySummary.of(c.generic)
+        b50 = median(c.baseline)
+        bmax = max(c.baseline) if c.baseline else float("nan")
+        rows.append(
+            [
+                c.threshold,
+                c.offset,
+                c.matching,
+                c.rows,
+                h.p50,
+                h.p99,
+                d.p50,
+                d.p99,
+                g.p50,
+                g.p99,
+                b50,
+                bmax,
+                f"{fmt(ratio(b50, d.p50))}x",
+                f"{fmt(ratio(b50, h.p50))}x",
+                c.correct,
+            ]
+        )
+        data.append(
+            {
+                "threshold": c.threshold,
+                "offset": c.offset,
+                "matching_orders": c.matching,
+                "rows": c.rows,
+                "http": h.as_dict(),
+                "direct": d.as_dict(),
+                "direct_generic_plans": g.as_dict(),
+                "original_ms": c.baseline,
+                "original_rows": c.baseline_rows,
+                "correct": c.correct,
+            }
+        )
+    section.data["combos"] = data
+    section.table(
+        f"limit {LIMIT}; latency in ms; ours: median over {scale.query_trials} trials of each trial's p50/p99 "
+        f"(up to {scale.query_requests} sequential requests per trial and path, at least 30, "
+        f"{scale.query_batch_seconds:.0f} s at most beyond that); original: {scale.baseline_runs} runs (median, max)",
+        [
+            "threshold",
+            "offset",
+            "orders matching",
+            "rows",
+            "HTTP p50",
+            "HTTP p99",
+            "direct p50",
+            "direct p99",
+            "direct, generic plans p50",
+            "direct, generic plans p99",
+            "original p50",
+            "original max",
+            "original/direct",
+            "original/HTTP",
+            "page correct",
+        ],
+        rows,
+    )
+    load = info
+    section.note(
+        f"Read model: {load['orders']:,} orders, {load['goods']:,} goods "
+        f"({load['distinct_counts']} distinct goods_count "
+        f"values, max {load['max_goods_count']}; goods_count mismatches after load: {load['goods_count_mismatches']}); "
+        f"loaded in {load['load_seconds']} s; sizes {load['sizes']}."
+    )
+    section.note(
+        "HTTP: sequential GETs on one keep-alive connection to the order_history API process (uvicorn, one worker). "
+        "Direct: order_history.queries.list_orders on an asyncpg connection with the API's settings "
+        "(plan_cache_mode=force_custom_plan). Direct, generic plans: the same on a connection with PostgreSQL's "
+        "default plan_cache_mode=auto (for comparison only; the API does not run so). "
+        "Original: the original design's query on schema baseline (same rows, index on goods(order_id)), "
+        "asyncpg, no HTTP."
+    )
+    section.note(
+        "Goods ids are assigned in order-id order (goods of one order are adjacent on disk): "
+        "the original query's best case. "
+        f"EXPLAIN ANALYZE of both at the original's worst (threshold {worst.threshold}, offset {worst.offset}) "
+        f"and of ours at threshold 0: {explain_file.name} in the results folder."
+    )
+    section.table(
+        "EXPLAIN (ANALYZE, BUFFERS): planning and execution time per statement, ms",
+        ["statement", "planning", "execution"],
+        [[name, *plan_times(text)] for name, text in plans.items()],
+    )
+    section.note(f"CPU during the trials (% of one core): {section.data['cpu_percent_of_one_core']}")
+
+    worst_http_p99 = max(LatencySummary.of(c.http).p99 for c in combos)
+    report.goal("1 query", "HTTP p99, worst threshold/offset", worst_http_p99, "ms", "<= 10 ms", worst_http_p99 <= 10.0)
+    worst_b = median(worst.baseline)
+    direct_ratio = ratio(worst_b, LatencySummary.of(worst.direct).p50)
+    http_ratio = ratio(worst_b, LatencySummary.of(worst.http).p50)
+    report.goal(
+        "1 query",
+        f"original / ours at original's worst (threshold {worst.threshold}, offset {worst.offset}), direct p50",
+        direct_ratio,
+        "x",
+        ">= 100x",
+        direct_ratio >= 100.0,
+    )
+    report.goal(
+        "1 query",
+        "original / ours over HTTP at the same, p50",
+        http_ratio,
+        "x",
+        "(info: ours incl. HTTP)",
+        http_ratio >= 100.0,
+    )
+    report.goal(
+        "1 query",
+        "pages equal to ORDER BY id reference",
+        float(sum(c.correct for c in combos)),
+        f"of {len(combos)}",
+        "all",
+        all(c.correct for c in combos),
+    )

@@ -1,0 +1,169 @@
+"""The whole system as processes: APIs, relays and consumers, driven over HTTP.
+
+Everything is real: uvicorn processes, PostgreSQL, Kafka. The final read model
+must equal what the command databases say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from devstack.stack import readyz
+from tests.harness import Env, wait_until
+from tests.readmodel import command_snapshot, read_model_snapshot, recount_mismatches
+from tests.workload import Workload, http_workload
+
+
+async def assert_read_model_matches_command_databases(env: Env) -> None:
+    await env.wait_outbox_drained()
+    await env.wait_caught_up(timeout=120)
+    expected = await command_snapshot(await env.pool("order"), await env.pool("goods"))
+    actual = await read_model_snapshot(await env.pool("order_history"))
+    assert actual.goods == expected.goods
+    assert actual.orders == expected.orders
+    assert await recount_mismatches(await env.pool("order_history")) == 0
+    assert expected.orders, "the workload produced no orders"
+
+
+def start_services(env: Env) -> None:
+    for name, args in (
+        ("order-api", ("order", "api")),
+        ("goods-api", ("goods", "api")),
+        ("history-api", ("order_history", "api")),
+        ("order-relay", ("order", "relay")),
+        ("goods-relay", ("goods", "relay")),
+    ):
+        env.process(name, *args).start()
+
+
+async def wait_ready(env: Env) -> None:
+    ports = [env.stack.config.order_port, env.stack.config.goods_port, env.stack.config.history_port]
+
+    async def ready() -> bool:
+        return all(await asyncio.gather(*(asyncio.to_thread(readyz, p) for p in ports))) and all(
+            readyz(p) == 200 for p in ports
+        )
+
+    await wait_until(ready, 60, "the three APIs to be ready")
+
+
+async def test_http_end_to_end_history_matches_command_databases(env: Env) -> None:
+    start_services(env)
+    env.process("consumer", "order_history", "consumer").start()
+    await wait_ready(env)
+    async with env.http("order") as order, env.http("goods") as goods, env.http("order_history") as history:
+        accepted = await http_workload(order, goods, ops=600, seed=5)
+        assert accepted > 400
+        await assert_read_model_matches_command_databases(env)
+
+        expected = await command_snapshot(await env.pool("order"), await env.pool("goods"))
+        for threshold in (0, 1, 2, 3, 5):
+            ids: list[int] = []
+            offset = 0
+            while True:
+                page = await history.get(
+                    "/v1/order-history", params={"threshold": threshold, "limit": 7, "offset": offset}
+                )
+                assert page.status_code == 200
+                data = page.json()["data"]
+                for item in data:
+                    assert item["goods_count"] == expected.orders[item["id"]][1] > threshold
+                    assert item["user_id"] == expected.orders[item["id"]][0]
+                ids += [item["id"] for item in data]
+                if len(data) < 7:
+                    break
+                offset += 7
+            assert ids == expected.listed(threshold)
+        some = expected.listed(0)[0]
+        detail = (await history.get(f"/v1/order-history/{some}")).json()
+        assert detail["goods_count"] == len(detail["goods"]) == expected.orders[some][1]
+        assert sorted(g["id"] for g in detail["goods"]) == sorted(
+            gid for gid, (oid, _) in expected.goods.items() if oid == some
+        )
+
+
+async def test_freshness_a_write_is_visible_in_history(env: Env) -> None:
+    start_services(env)
+    env.process("consumer", "order_history", "consumer").start()
+    await wait_ready(env)
+    async with env.http("order") as order, env.http("goods") as goods, env.http("order_history") as history:
+        oid = (await order.post("/v1/order", json={"user_id": 1})).json()["id"]
+        await goods.post("/v1/goods", json={"order_id": oid, "name": "lamp"})
+
+        async def visible() -> bool:
+            r = await history.get(f"/v1/order-history/{oid}")
+            return r.status_code == 200 and r.json()["goods_count"] == 1
+
+        await wait_until(visible, 30, "the order and its goods in order-history")
+        gid = (await goods.post("/v1/goods", json={"order_id": oid})).json()["id"]
+        await goods.delete(f"/v1/goods/{gid - 1}")
+
+        async def updated() -> bool:
+            r = await history.get(f"/v1/order-history/{oid}")
+            return [g["id"] for g in r.json()["goods"]] == [gid]
+
+        await wait_until(updated, 30, "the delete and the new goods in order-history")
+        await order.delete(f"/v1/order/{oid}")
+
+        async def gone() -> bool:
+            return (await history.get(f"/v1/order-history/{oid}")).status_code == 404
+
+        await wait_until(gone, 30, "the deleted order to leave order-history")
+
+
+@pytest.mark.slow
+async def test_consumer_killed_at_random_points_loses_and_doubles_nothing(env: Env) -> None:
+    """kill -9 of the consumer, again and again, during a stream of 50,000 events."""
+    env.start_relay("order")
+    env.start_relay("goods")
+    consumer = env.process("consumer", "order_history", "consumer")
+    consumer.start()
+    workload = Workload(await env.pool("order"), await env.pool("goods"))
+    writes = asyncio.create_task(workload.run(accepted=50_000, seed=42, concurrency=12))
+    rng = random.Random(1)
+    kills = 0
+    while not writes.done():
+        # Kill it while it is applying: after it has made progress since its (re)start.
+        applied = sum((await env.positions()).values())
+
+        async def progressed(mark: int = applied) -> bool:
+            return writes.done() or sum((await env.positions()).values()) > mark
+
+        await wait_until(progressed, 90, "the restarted consumer to apply events")
+        await asyncio.sleep(rng.uniform(0.0, 1.5))
+        consumer.kill9()
+        kills += 1
+        consumer.start()
+    stats = await writes
+    assert stats.accepted >= 50_000
+    await assert_read_model_matches_command_databases(env)
+    assert kills >= 4
+
+
+@pytest.mark.slow
+async def test_two_consumers_and_rebalances_lose_and_double_nothing(env: Env) -> None:
+    env.start_relay("order")
+    env.start_relay("goods")
+    first = env.process("consumer-a", "order_history", "consumer")
+    second = env.process("consumer-b", "order_history", "consumer")
+    first.start()
+    workload = Workload(await env.pool("order"), await env.pool("goods"))
+    writes = asyncio.create_task(workload.run(accepted=15_000, seed=7, concurrency=8))
+    await wait_until(lambda: _accepted_over(workload, 3000), 120, "3000 writes")
+    second.start()  # joins the group: rebalance
+    await wait_until(lambda: _accepted_over(workload, 9000), 180, "9000 writes")
+    first.kill9()  # dies: the group notices after the session timeout and rebalances again
+    await writes
+    await assert_read_model_matches_command_databases(env)
+    log_a = first.log_file.read_text()
+    log_b = second.log_file.read_text()
+    assert "partitions assigned" in log_a and "partitions assigned" in log_b
+    # The second instance really shared the partitions before taking over all of them.
+    assert log_b.count("partitions assigned") >= 2 or log_a.count("partitions revoked") >= 1
+
+
+async def _accepted_over(workload: Workload, n: int) -> bool:
+    return workload.stats.accepted >= n

@@ -1,0 +1,124 @@
+"""The outbox relay under faults: Kafka down, relay killed. Nothing accepted is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from order import service as order_service
+from tests.harness import ORDER, Env, wait_until
+
+
+def check_stream(records: list[ConsumerRecord], outbox_ids: set[str]) -> None:
+    """Every outbox event is on the topic; a duplicate keeps its event_id and payload;
+    per aggregate, versions appear in order within the partition."""
+    by_id: dict[str, bytes] = {}
+    for m in records:
+        event = json.loads(m.value)
+        assert by_id.setdefault(event["event_id"], m.value) == m.value
+        assert m.key == str(event["aggregate_id"]).encode()
+    assert set(by_id) == outbox_ids
+    per_aggregate: dict[int, list[int]] = defaultdict(list)
+    versions_seen: dict[tuple[int, int], str] = {}
+    for m in sorted(records, key=lambda r: (r.partition, r.offset)):
+        event = json.loads(m.value)
+        key = (event["aggregate_id"], event["aggregate_version"])
+        # never two different events for one (aggregate, version)
+        assert versions_seen.setdefault(key, event["event_id"]) == event["event_id"]
+        per_aggregate[event["aggregate_id"]].append(event["aggregate_version"])
+    for versions in per_aggregate.values():
+        distinct = [v for i, v in enumerate(versions) if v not in versions[:i]]
+        assert distinct == sorted(distinct)  # first appearances are in version order
+
+
+async def outbox_event_ids(env: Env, service: str = "order") -> set[str]:
+    pool = await env.pool(service)
+    return {str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM outbox")}
+
+
+@pytest.mark.slow
+async def test_writes_accepted_while_kafka_is_down_all_arrive_in_order(env: Env) -> None:
+    env.start_relay("order", max_backoff=1.0, request_timeout_ms=3000)
+    async with env.client("order") as client:
+        created = await client.post("/v1/order", json={"user_id": 1})
+        assert created.status_code == 201
+        await env.wait_outbox_drained()
+
+        env.kafka.stop()
+        try:
+            ids: list[int] = []
+            for i in range(500):
+                if i % 5 == 0 or not ids:
+                    r = await client.post("/v1/order", json={"user_id": i + 1})
+                    assert r.status_code == 201, r.text
+                    ids.append(r.json()["id"])
+                else:
+                    r = await client.patch(f"/v1/order/{ids[-1]}", json={"user_id": i + 1})
+                    assert r.status_code == 200, r.text
+            pool = await env.pool("order")
+            assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 500
+        finally:
+            await asyncio.to_thread(env.kafka.start)
+    await env.wait_outbox_drained(timeout=120)
+    records = await env.read_topic(ORDER, expect=501, timeout=60)
+    check_stream(records, await outbox_event_ids(env))
+
+
+@pytest.mark.slow
+async def test_relay_killed_in_the_middle_of_a_backlog_loses_nothing(env: Env) -> None:
+    pool = await env.pool("order")
+    sem = asyncio.Semaphore(8)
+
+    async def create(i: int) -> None:
+        async with sem:
+            order = await order_service.create_order(pool, i + 1)
+            await order_service.update_order(pool, order.id, i + 2, None)
+
+    await asyncio.gather(*(create(i) for i in range(1500)))  # a backlog of 3000 events
+    relay = env.process("order-relay", "order", "relay")
+    relay.env = {**(relay.env or {}), "ORDER_RELAY_BATCH_SIZE": "50"}
+    relay.start()
+
+    async def some_published() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) >= 200 FROM outbox WHERE published_at IS NOT NULL"))
+
+    await wait_until(some_published, 60, "the relay to publish part of the backlog")
+    relay.kill9()
+    published = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+    assert published < 3000, "the relay finished before it could be killed"
+    relay.start()
+    await env.wait_outbox_drained(timeout=120)
+    records = await env.read_topic(ORDER, expect=3000, timeout=60)
+    check_stream(records, await outbox_event_ids(env))
+
+
+async def test_two_relays_do_not_publish_the_same_rows(env: Env) -> None:
+    """With two relays on one database, each row goes out once (no crash, so no duplicate)."""
+    env.start_relay("order", batch_size=20)
+    env.start_relay("order", batch_size=20)
+    pool = await env.pool("order")
+    for i in range(300):
+        await order_service.create_order(pool, i + 1)
+    await env.wait_outbox_drained()
+    records = await env.read_topic(ORDER, expect=300)
+    await asyncio.sleep(1.0)
+    records = await env.read_topic(ORDER)
+    assert len(records) == 300
+    check_stream(records, await outbox_event_ids(env))
+
+
+async def test_published_rows_are_purged_after_the_retention(env: Env) -> None:
+    env.start_relay("order", retention_seconds=0.0, purge_interval=0.2)
+    pool = await env.pool("order")
+    for i in range(20):
+        await order_service.create_order(pool, i + 1)
+
+    async def purged() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) FROM outbox") == 0)
+
+    await wait_until(purged, 30, "published outbox rows to be purged")
+    assert len(await env.read_topic(ORDER, expect=20)) == 20

@@ -1,0 +1,32 @@
+"""Batch reduction: per entity, only the newest version of a batch is applied."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from order_history.projections import reduce_events
+from shared.events import Event, GoodsData, GoodsDeletedData, OrderData, new_event
+
+NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
+
+
+def goods(gid: int, version: int, order_id: int) -> Event:
+    return new_event(
+        "goods.updated", gid, version, GoodsData(id=gid, order_id=order_id, name=None, created_at=NOW, updated_at=NOW)
+    )
+
+
+def test_newest_version_wins_whatever_the_arrival_order() -> None:
+    events = [goods(1, 3, 30), goods(1, 1, 10), goods(1, 2, 20), goods(2, 1, 5)]
+    batch = reduce_events(events)
+    assert batch.goods[1].aggregate_version == 3
+    assert batch.goods[2].aggregate_version == 1
+    assert len(batch) == 2
+
+
+def test_duplicates_collapse_and_orders_and_goods_stay_apart() -> None:
+    order = new_event("order.created", 1, 1, OrderData(id=1, user_id=2, created_at=NOW, updated_at=NOW))
+    deleted = new_event("goods.deleted", 1, 4, GoodsDeletedData(id=1, order_id=1))
+    batch = reduce_events([order, order, goods(1, 3, 1), deleted, goods(1, 3, 1)])
+    assert batch.orders == {1: order}
+    assert batch.goods[1] is deleted
