@@ -17,7 +17,7 @@ class Scale:
     goods: int
     query_trials: int  # trials per (threshold, offset), interleaved with the baseline
     query_requests: int  # requests per trial and path (HTTP, direct, direct with generic plans)
-    query_batch_seconds: float  # ... or fewer: a batch stops after this long once it has 30 samples
+    query_batch_seconds: float  # ... or fewer: a batch stops after this long once it has 5 samples
     baseline_runs: int  # executions of the original query per (threshold, offset)
     baseline_timeout_s: float
     # 2. projection
@@ -39,20 +39,20 @@ FULL = Scale(
     name="full",
     orders=1_000_000,
     goods=10_000_000,
-    query_trials=5,
+    query_trials=3,
     query_requests=400,
     query_batch_seconds=2.0,
     baseline_runs=3,
     baseline_timeout_s=120.0,
     events=1_000_000,
-    projection_trials=3,
+    projection_trials=2,
     naive_seconds=30.0,
     projection_timeout_s=600.0,
     wrk_seconds=20.0,
-    wrk_trials=3,
-    pgbench_seconds=15.0,
-    freshness_probes=400,
-    freshness_seconds=90.0,
+    wrk_trials=2,
+    pgbench_seconds=10.0,
+    freshness_probes=300,
+    freshness_seconds=60.0,
 )
 
 QUICK = Scale(
@@ -60,8 +60,8 @@ QUICK = Scale(
     orders=100_000,
     goods=1_000_000,
     query_trials=3,
-    query_requests=200,
-    query_batch_seconds=1.0,
+    query_requests=100,
+    query_batch_seconds=0.5,
     baseline_runs=3,
     baseline_timeout_s=60.0,
     events=100_000,

@@ -213,7 +213,7 @@ def plan_times(text: str) -> tuple[float, float]:
 
 
 async def timed_batch(
-    call: Callable[[], Awaitable[object]], count: int, budget_s: float, minimum: int = 30
+    call: Callable[[], Awaitable[object]], count: int, budget_s: float, minimum: int = 5
 ) -> list[float]:
     """Up to `count` sequential calls, stopping after `budget_s` once `minimum` samples are in: latencies in ms."""
     samples: list[float] = []
@@ -331,6 +331,20 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
             for i, (sql, args) in enumerate(recorder.calls):
                 key = f"ours (force_custom_plan), threshold {threshold}, offset {offset}, statement {i + 1}"
                 plans[key] = await explain(conn, sql, args)
+        # Diagnostics: the merge statement at threshold 0 with planner settings changed (not what the API runs).
+        sql, args = recorder.calls[-1]
+        for label, settings in (
+            ("max_parallel_workers_per_gather=0", "SET LOCAL max_parallel_workers_per_gather = 0"),
+            (
+                "max_parallel_workers_per_gather=0, enable_sort=off",
+                "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL enable_sort = off",
+            ),
+        ):
+            async with conn.transaction():
+                await conn.execute(settings)
+                plans[f"diagnostic: ours, threshold 0, offset 0, statement 2 with {label}"] = await explain(
+                    conn, sql, args
+                )
         explain_file = results_dir / f"{report.started:%Y%m%dT%H%M%S}-{scale.name}-query-explain.txt"
         explain_file.parent.mkdir(parents=True, exist_ok=True)
         explain_file.write_text("\n\n".join(f"== {name} (limit {LIMIT}) ==\n{text}" for name, text in plans.items()))
@@ -385,8 +399,9 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
     section.data["combos"] = data
     section.table(
         f"limit {LIMIT}; latency in ms; ours: median over {scale.query_trials} trials of each trial's p50/p99 "
-        f"(up to {scale.query_requests} sequential requests per trial and path, at least 30, "
-        f"{scale.query_batch_seconds:.0f} s at most beyond that); original: {scale.baseline_runs} runs (median, max)",
+        f"(sequential requests per trial and path: up to {scale.query_requests}, stopping after "
+        f"{scale.query_batch_seconds:g} s once 5 are in; sample counts in the JSON); "
+        f"original: {scale.baseline_runs} runs (median, max)",
         [
             "threshold",
             "offset",

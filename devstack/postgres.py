@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pwd
 import shutil
@@ -79,8 +80,29 @@ class PostgresServer:
                     f"PostgreSQL refuses to run as root and there is no user {self.run_as!r} "
                     "to run it as: install Debian's postgresql package or set PG_OS_USER."
                 ) from exc
+            if not self._reachable_by_run_as(self.data_dir):
+                # The checkout lies where that user cannot go (e.g. under /root): keep the
+                # cluster in a place of its own, named after the checkout's path.
+                digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+                base = Path("/var/tmp/order-history") / digest
+                base.mkdir(parents=True, exist_ok=True)
+                base.chmod(0o755)
+                say(f"{self.run_as} cannot reach {self.data_dir}; the cluster lives in {base} instead")
+                self.data_dir = base / "pgdata"
+                self.log_file = base / "postgres.log"
 
     # -- helpers -------------------------------------------------------------
+    def _reachable_by_run_as(self, path: Path) -> bool:
+        import subprocess
+
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+        check = subprocess.run(
+            ["runuser", "-u", str(self.run_as), "--", "test", "-x", str(existing)], capture_output=True, check=False
+        )
+        return check.returncode == 0
+
     def _argv(self, tool: str, *args: str) -> list[str]:
         argv = [str(self.bindir / tool), *args]
         if self.run_as is not None:

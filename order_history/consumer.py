@@ -208,8 +208,13 @@ class HistoryConsumer:
         )
 
     # -- one batch -------------------------------------------------------------
-    async def process(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> BatchStats:
-        """Apply one fetched batch in one transaction (with its DLQ messages)."""
+    async def process(
+        self, records: dict[TopicPartition, list[ConsumerRecord]], refused: str | None = None
+    ) -> BatchStats:
+        """Apply one fetched batch in one transaction (with its DLQ messages).
+
+        With `refused`, every new message of the batch is dead-lettered with that reason.
+        """
         assert self.pool is not None
         stats = BatchStats()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -223,6 +228,9 @@ class HistoryConsumer:
                     stats.events += 1
                     if msg.offset < floor:
                         stats.skipped_seen += 1
+                        continue
+                    if refused is not None:
+                        poison.append((msg, refused))
                         continue
                     try:
                         events.append(decode_event(msg.value, self.config.contract_topic(tp.topic)))
@@ -284,7 +292,12 @@ class HistoryConsumer:
             attempt += 1
             try:
                 started = time.monotonic()
-                stats = await self.process(records)
+                try:
+                    stats = await self.process(records)
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, RETRYABLE_ERRORS):
+                        raise
+                    stats = await self._isolate(records, exc)
             except (*RETRYABLE_ERRORS, KafkaError) as exc:
                 log.warning(
                     "batch not applied, will retry",
@@ -304,6 +317,28 @@ class HistoryConsumer:
             self._account(stats, records, time.monotonic() - started)
             await self._commit_to_kafka(records)
             return
+
+    async def _isolate(self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception) -> BatchStats:
+        """The database refused a valid-looking batch: apply its events one by one and
+        dead-letter those it refuses, so that one bad event neither stops nor hides the rest."""
+        log.warning("database refused a batch, applying it event by event", extra={"error": f"{error}"})
+        total = BatchStats()
+        for tp, messages in records.items():
+            for msg in messages:
+                single = {tp: [msg]}
+                try:
+                    stats = await self.process(single)
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, RETRYABLE_ERRORS):
+                        raise
+                    stats = await self.process(
+                        single, refused=f"database refused the event: {type(exc).__name__}: {exc}"
+                    )
+                total.events += stats.events
+                total.applied += stats.applied
+                total.skipped_seen += stats.skipped_seen
+                total.poison += stats.poison
+        return total
 
     def _account(self, stats: BatchStats, records: dict[TopicPartition, list[ConsumerRecord]], took: float) -> None:
         self.total.events += stats.events

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 MAX_ID: Final = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
@@ -52,10 +52,19 @@ class OrderDeletedData(_Payload):
     updated_at: dt.datetime | None = None
 
 
+def _storable(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("text must not contain the NUL character")
+    return value
+
+
+Text = Annotated[str | None, AfterValidator(_storable)]
+
+
 class GoodsData(_Payload):
     id: Id
     order_id: Id
-    name: str | None
+    name: Text
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -63,7 +72,7 @@ class GoodsData(_Payload):
 class GoodsDeletedData(_Payload):
     id: Id
     order_id: Id
-    name: str | None = None
+    name: Text = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
 

@@ -157,7 +157,8 @@ class OutboxRelay:
             ]
             await asyncio.gather(*futures)
             await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+                "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
             )
         self.published += len(rows)
         return len(rows)
@@ -175,6 +176,8 @@ class OutboxRelay:
         backoff = 0.1
         while not self._stopping:
             try:
+                # Clear before reading: a NOTIFY that arrives while we publish wakes the next wait.
+                self._wake.clear()
                 count = await self.publish_batch()
                 self._set_db(True)
                 if count >= 0:
@@ -184,7 +187,6 @@ class OutboxRelay:
                     await self.purge()
                 if count == self.config.batch_size:
                     continue  # a backlog: drain without waiting
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval)
                 except TimeoutError:

@@ -163,3 +163,28 @@ async def test_rebuild_from_scratch_equals_the_first_build(env: Env) -> None:
     await env.wait_caught_up()
     assert await read_model_snapshot(history) == first
     assert first.orders  # the stream really built something
+
+
+async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_applied(env: Env) -> None:
+    """A valid-looking event that the database cannot store does not stop the consumer."""
+    history = await env.pool("order_history")
+    await history.execute("ALTER TABLE goods ADD CONSTRAINT test_refuse CHECK (name IS DISTINCT FROM 'refuse-me')")
+    try:
+        await env.start_consumer()
+        stream = [
+            order_created(1, 1),
+            goods_event(1, 1, 1, "ok"),
+            goods_event(2, 1, 1, "refuse-me"),
+            goods_event(3, 1, 1),
+        ]
+        await env.produce(encode(stream))
+        await env.wait_caught_up()
+        snapshot = await read_model_snapshot(history)
+        assert snapshot.goods == {1: (1, "ok"), 3: (1, None)}
+        assert snapshot.orders == {1: (1, 2)}
+        dlq = await env.read_topic(f"{GOODS}.dlq", expect=1)
+        assert len(dlq) == 1
+        assert b"database refused the event" in dict(dlq[0].headers)["dlq.reason"]
+        assert await history.fetchval("SELECT count(*) FROM dead_letters") == 1
+    finally:
+        await history.execute("ALTER TABLE goods DROP CONSTRAINT IF EXISTS test_refuse")
