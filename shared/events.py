@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -119,10 +120,12 @@ class Envelope(BaseModel):
     data: dict[str, Any]
 
 
-class Event(BaseModel):
-    """A decoded event: envelope fields plus the payload at the current schema version."""
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A decoded event: envelope fields plus the payload at the current schema version.
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass, not a pydantic model: it is built only from validated parts.
+    """
 
     event_id: uuid.UUID
     event_type: EventType
@@ -188,18 +191,20 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_PAYLOAD_TYPES = (OrderData, OrderDeletedData, GoodsData, GoodsDeletedData)
+
+
 def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
     if raw is None:
         raise PoisonMessage("empty value (tombstone)")
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise PoisonMessage(f"value is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise PoisonMessage("value is not a JSON object")
-    try:
-        env = Envelope.model_validate(obj)
+        env = Envelope.model_validate_json(raw)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise PoisonMessage(f"value is not valid JSON: {first['msg']}") from None
+        if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
+            raise PoisonMessage("value is not a JSON object") from None
         raise PoisonMessage(f"invalid envelope: {_describe(exc)}") from None
     if topic is not None and TOPIC_OF_TYPE[env.event_type] != topic:
         raise PoisonMessage(f"event_type {env.event_type} does not belong on topic {topic}")
@@ -218,8 +223,9 @@ def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
         payload = model.model_validate(data)
     except ValidationError as exc:
         raise PoisonMessage(f"invalid data for {env.event_type} v{version}: {_describe(exc)}") from None
-    if payload.id != env.aggregate_id:  # type: ignore[attr-defined]
-        raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env.aggregate_id}")  # type: ignore[attr-defined]
+    assert isinstance(payload, _PAYLOAD_TYPES)
+    if payload.id != env.aggregate_id:
+        raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env.aggregate_id}")
     return Event(
         event_id=env.event_id,
         event_type=env.event_type,
