@@ -34,6 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="py-spy the service processes during projection and write"
     )
     parser.add_argument(
+        "--pg-stats",
+        action="store_true",
+        help="load pg_stat_statements and report the costliest statements of the consumer and the order API",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = scale_of(args)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = Report(scale=scale.name, command=command.strip())
-    bs = BenchStack.create(fast_pg=args.fast_pg, keep=args.keep)
+    bs = BenchStack.create(fast_pg=args.fast_pg, keep=args.keep, pg_stats=args.pg_stats)
     report.describe_machine(
         postgres="durable (fsync on, synchronous_commit on)"
         if not args.fast_pg

@@ -38,10 +38,11 @@ def step(message: str) -> Iterator[None]:
 class BenchStack:
     stack: Stack
     keep: bool = False
+    pg_stats: bool = False
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @classmethod
-    def create(cls, fast_pg: bool, keep: bool = False) -> BenchStack:
+    def create(cls, fast_pg: bool, keep: bool = False, pg_stats: bool = False) -> BenchStack:
         pg_port = free_port()
         config = StackConfig(
             state_dir=REPO / ".devstack" / f"bench-{pg_port}",
@@ -54,7 +55,12 @@ class BenchStack:
             fast_pg=fast_pg,
         )
         shutil.rmtree(config.state_dir, ignore_errors=True)
-        return cls(Stack(config), keep=keep)
+        stack = Stack(config)
+        if pg_stats:
+            stack.postgres.extra_settings.update(
+                {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+            )
+        return cls(stack, keep=keep, pg_stats=pg_stats)
 
     @property
     def config(self) -> StackConfig:
@@ -64,6 +70,46 @@ class BenchStack:
         with step(f"starting PostgreSQL and Kafka in {self.config.state_dir}"):
             self.stack.start_infrastructure()
             self.stack.migrate()
+        if self.pg_stats:
+            asyncio.run(self._create_pg_stat_statements())
+
+    async def _create_pg_stat_statements(self) -> None:
+        for db in DATABASES:
+            conn = await asyncpg.connect(self.superuser_dsn(db.name))
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            finally:
+                await conn.close()
+
+    async def reset_statement_stats(self) -> None:
+        if not self.pg_stats:
+            return
+        conn = await asyncpg.connect(self.superuser_dsn("postgres"))
+        try:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+
+    async def statement_stats(self, database: str, top: int = 10) -> list[list[object]]:
+        """[statement, calls, total ms, mean ms, rows] of the costliest statements since the last reset."""
+        if not self.pg_stats:
+            return []
+        conn = await asyncpg.connect(self.superuser_dsn(database))
+        try:
+            rows = await conn.fetch(
+                """SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls,
+                          total_exec_time, mean_exec_time, rows
+                   FROM pg_stat_statements
+                   WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   ORDER BY total_exec_time DESC LIMIT $1""",
+                top,
+            )
+        finally:
+            await conn.close()
+        return [
+            [_shorten(r["query"]), r["calls"], round(r["total_exec_time"], 1), round(r["mean_exec_time"], 3), r["rows"]]
+            for r in rows
+        ]
 
     def down(self) -> None:
         self.stop_processes()
@@ -151,6 +197,11 @@ class BenchStack:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} not ready after {timeout:.0f}s")
                 time.sleep(0.1)
+
+
+def _shorten(sql: str, width: int = 110) -> str:
+    sql = sql.strip().replace("|", "\\|")
+    return sql if len(sql) <= width else sql[: width - 1] + "…"
 
 
 def readyz(port: int) -> int | None:

@@ -380,9 +380,13 @@ async def run(
         await reset_read_model(bs)
         group = f"{prefix}order-history-{trial}"
         profile_to = results_dir / f"{stamp}-consumer-pyspy.txt" if profile and results_dir and trial == 0 else None
+        if trial == 0:
+            await bs.reset_statement_stats()
         result = await run_consumer_trial(bs, prefix, group, total, scale.projection_timeout_s, profile_to, trial)
         check = await verify(bs, gen)
         result["check"] = check
+        if trial == 0:
+            result["statements"] = await bs.statement_stats("order_history")
         consumer_trials.append(result)
         checks.append(check)
         log(
@@ -520,6 +524,12 @@ async def run(
             [[f, s, i] for f, s, i in consumer_trials[0]["profile_top"]],
         )
 
+    if consumer_trials and consumer_trials[0].get("statements"):
+        section.table(
+            "pg_stat_statements in order_history during the first consumer trial (and the checks after it)",
+            ["statement", "calls", "total ms", "mean ms", "rows"],
+            consumer_trials[0]["statements"],
+        )
     report.goal(
         "2 projection", "consumer events/s, cold start, end to end", c_e2e, "ev/s", ">= 30,000 ev/s", c_e2e >= 30_000
     )

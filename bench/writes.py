@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import shutil
 import subprocess
 import time
@@ -109,6 +110,7 @@ async def run_wrk_with_backlog(
 ) -> dict[str, Any]:
     """Run wrk; sample the outbox backlog meanwhile; then time how long the relay takes to empty it."""
     conn = await bs.connect(database)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = await asyncio.create_subprocess_exec(
             *wrk_argv(url, script, connections, seconds), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -126,6 +128,10 @@ async def run_wrk_with_backlog(
                 bar.refresh()
         stopped = time.monotonic()
         out, err = await proc.communicate()
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+            children_before.ru_utime + children_before.ru_stime
+        )
         backlog_at_stop = int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
         drained_after: float | None = None
         while time.monotonic() - stopped < 60:
@@ -141,6 +147,7 @@ async def run_wrk_with_backlog(
     result["backlog_max"] = max(samples, default=0)
     result["backlog_at_stop"] = backlog_at_stop
     result["drain_seconds"] = drained_after
+    result["wrk_cpu_percent_of_one_core"] = round(100.0 * wrk_cpu / max(stopped - started, 1e-9), 1)
     return result
 
 
@@ -351,6 +358,8 @@ async def run(
                         api_pid, max(2.0, scale.wrk_seconds - 2), results_dir / f"{stamp}-{service}-api-pyspy.txt"
                     )
                     profiler.start()
+                if trial == 0:
+                    await bs.reset_statement_stats()
                 meter.start()
                 result = await run_wrk_with_backlog(
                     bs,
@@ -364,6 +373,8 @@ async def run(
                 result["cpu_percent_of_one_core"] = meter.stop()
                 if profiler is not None:
                     result["profile_top"] = profiler.finish()
+                if trial == 0:
+                    result["statements"] = await bs.statement_stats(database)
                 results[service].append(result)
                 log(
                     f"{service}: {result['rps']:,.0f} req/s, p50 {result['p50_us'] / 1000:.1f} ms, "
@@ -439,8 +450,18 @@ async def run(
     )
     for service in ("order", "goods"):
         section.note(
-            f"CPU during POST /v1/{service} (% of one core): {[t['cpu_percent_of_one_core'] for t in results[service]]}"
+            f"CPU during POST /v1/{service} (% of one core): "
+            f"{[t['cpu_percent_of_one_core'] for t in results[service]]}; "
+            f"wrk itself: {[t['wrk_cpu_percent_of_one_core'] for t in results[service]]}"
         )
+        statements = results[service][0].get("statements") if results[service] else None
+        if statements:
+            section.table(
+                f"pg_stat_statements in database {'orders' if service == 'order' else 'goods'} "
+                f"during POST /v1/{service} (trial 1)",
+                ["statement", "calls", "total ms", "mean ms", "rows"],
+                statements,
+            )
         top = results[service][0].get("profile_top") if results[service] else None
         if top:
             section.table(

@@ -20,6 +20,7 @@ from shared.api import (
     pool_of,
     read_fields,
     validate_fields,
+    wake_relay,
 )
 from shared.events import MAX_ID
 
@@ -42,6 +43,7 @@ async def create_goods(request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
     body = validate_fields(GoodsCreate, fields, source, FORM_ALIASES)
     goods = await service.create_goods(pool_of(request), body.order_id, body.name)
+    wake_relay(request)
     return json_response(goods, 201, {"Location": f"/v1/goods/{goods.id}", "ETag": etag(goods.version)})
 
 
@@ -65,17 +67,23 @@ async def update_goods(goods_id: GoodsId, request: Request) -> Response:
     order_id = body.order_id if "order_id" in body.model_fields_set else None
     set_name = "name" in body.model_fields_set
     goods = await service.update_goods(pool_of(request), goods_id, order_id, set_name, body.name, expected)
+    wake_relay(request)
     return json_response(goods, 200, {"ETag": etag(goods.version)})
 
 
 @router.delete("/{goods_id}", status_code=204, responses=ERROR_RESPONSES)
 async def delete_goods(goods_id: GoodsId, request: Request) -> Response:
     await service.delete_goods(pool_of(request), goods_id, parse_if_match(request))
+    wake_relay(request)
     return Response(status_code=204)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     return create_service_app(
-        title="goods service", database_url=settings.database_url, routers=[router], pool_size=settings.db_pool_size
+        title="goods service",
+        database_url=settings.database_url,
+        routers=[router],
+        pool_size=settings.db_pool_size,
+        outbox=True,
     )

@@ -20,6 +20,7 @@ from shared.api import (
     pool_of,
     read_fields,
     validate_fields,
+    wake_relay,
 )
 from shared.events import MAX_ID
 
@@ -42,6 +43,7 @@ async def create_order(request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
     body = validate_fields(OrderCreate, fields, source, FORM_ALIASES)
     order = await service.create_order(pool_of(request), body.user_id)
+    wake_relay(request)
     return json_response(order, 201, {"Location": f"/v1/order/{order.id}", "ETag": etag(order.version)})
 
 
@@ -62,17 +64,23 @@ async def update_order(order_id: OrderId, request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
     body = validate_fields(OrderUpdate, fields, source, FORM_ALIASES)
     order = await service.update_order(pool_of(request), order_id, body.user_id, expected)
+    wake_relay(request)
     return json_response(order, 200, {"ETag": etag(order.version)})
 
 
 @router.delete("/{order_id}", status_code=204, responses=ERROR_RESPONSES)
 async def delete_order(order_id: OrderId, request: Request) -> Response:
     await service.delete_order(pool_of(request), order_id, parse_if_match(request))
+    wake_relay(request)
     return Response(status_code=204)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     return create_service_app(
-        title="order service", database_url=settings.database_url, routers=[router], pool_size=settings.db_pool_size
+        title="order service",
+        database_url=settings.database_url,
+        routers=[router],
+        pool_size=settings.db_pool_size,
+        outbox=True,
     )

@@ -45,5 +45,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database_url=settings.database_url,
         routers=[router],
         pool_size=settings.db_pool_size,
-        plan_cache_mode="force_custom_plan",
+        session_settings=queries.SESSION_SETTINGS,
     )

@@ -1,16 +1,19 @@
 """Read-side SQL. Nothing here aggregates goods at request time.
 
-The list query, `goods_count > N ORDER BY id LIMIT L OFFSET O`, is served by the
-index orders_listed_by_count (goods_count, id) INCLUDE (user_id, created_at):
+The list query, `goods_count > N ORDER BY id LIMIT L OFFSET O`, is served by one
+partial index on (goods_count_bucket(goods_count), id) INCLUDE (user_id,
+created_at, goods_count) (migration 0002): within one bucket the index is already
+in id order, so the query is a UNION ALL of one index range per bucket above N,
+which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT rows.
+The bucket that holds N + 1 is filtered by `goods_count > N` when it spans
+several counts. Cost: one index descent per bucket plus O + L entries (and, in
+a wide boundary bucket, the entries below N it skips); independent of the
+number of orders and goods.
 
-1. a skip scan (recursive CTE, one index descent per value) finds the distinct
-   goods_count values above N;
-2. one UNION ALL branch per value, each an index range already ordered by id,
-   merged by PostgreSQL's Merge Append and cut by LIMIT/OFFSET.
-
-Cost: O(D + O + L) index tuples, where D is the number of distinct counts above
-N, independent of how many orders or goods exist. Past MAX_BRANCHES distinct
-values, the rarest tail is one more branch (`goods_count >= v`) that is sorted.
+Each statement's text depends only on the first bucket, so there are at most
+BUCKETS of them; they run as prepared statements with generic plans (planned
+once per connection), with sorting and parallel plans disabled for this pool so
+that the merge is the plan PostgreSQL picks (see order_history/api.py).
 """
 
 from __future__ import annotations
@@ -20,46 +23,56 @@ from functools import cache
 from order_history.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
 from shared.database import Connection
 
-MAX_BRANCHES = 48
-_LISTED = "known AND NOT deleted AND goods_count > 0"
+# Upper bounds (inclusive) of the buckets after the exact ones; mirrors the SQL
+# function goods_count_bucket of migration 0002.
+EXACT_BUCKETS = 40
+_WIDE_UPPER = (48, 64, 96, 128, 192, 256, 512, 1024, 4096, 65536)
+BUCKETS = EXACT_BUCKETS + len(_WIDE_UPPER) + 1
 
-_DISTINCT_COUNTS = f"""
-WITH RECURSIVE c(n) AS (
-    (SELECT goods_count FROM orders WHERE {_LISTED} AND goods_count > $1 ORDER BY goods_count LIMIT 1)
-    UNION ALL
-    SELECT (SELECT goods_count FROM orders WHERE {_LISTED} AND goods_count > c.n ORDER BY goods_count LIMIT 1)
-    FROM c WHERE c.n IS NOT NULL
-)
-SELECT n FROM c WHERE n IS NOT NULL LIMIT $2
-"""
+# Settings of the read API's connections (see module docstring).
+SESSION_SETTINGS = {
+    "plan_cache_mode": "force_generic_plan",
+    "enable_sort": "off",
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
+}
+
+
+def bucket_of(count: int) -> int:
+    """The bucket of a goods count (>= 1), as goods_count_bucket() in SQL."""
+    if count <= EXACT_BUCKETS:
+        return count
+    for i, upper in enumerate(_WIDE_UPPER):
+        if count <= upper:
+            return EXACT_BUCKETS + 1 + i
+    return BUCKETS
+
+
+_LISTED = "known AND NOT deleted AND goods_count > 0"
+_COLUMNS = "id, user_id, created_at, goods_count"
 
 
 @cache
-def merge_query(exact_branches: int, tail: bool) -> str:
-    """SQL with $1 = limit, $2 = offset, $3.. = one goods_count per branch."""
+def merge_query(first_bucket: int) -> str:
+    """SQL with $1 = limit, $2 = offset, $3 = threshold; buckets first_bucket..BUCKETS.
+
+    Each branch is a parenthesised, id-ordered subquery: that is the form for which
+    PostgreSQL 15 plans a Merge Append of the branches (a plain UNION ALL under
+    an outer ORDER BY gets an Append and a Sort of every matching row).
+    """
     branches = [
-        f"SELECT id, user_id, created_at, goods_count FROM orders WHERE {_LISTED} AND goods_count = ${i + 3}"
-        for i in range(exact_branches)
+        f"(SELECT {_COLUMNS} FROM orders WHERE {_LISTED} AND goods_count_bucket(goods_count) = {b}"
+        + (" AND goods_count > $3" if b == first_bucket else "")
+        + " ORDER BY id)"
+        for b in range(first_bucket, BUCKETS + 1)
     ]
-    if tail:
-        branches.append(
-            "SELECT id, user_id, created_at, goods_count FROM orders "
-            f"WHERE {_LISTED} AND goods_count >= ${exact_branches + 3}"
-        )
-    union = "\n    UNION ALL\n    ".join(branches)
-    return (
-        f"SELECT id, user_id, created_at, goods_count FROM (\n    {union}\n) AS listed ORDER BY id LIMIT $1 OFFSET $2"
-    )
+    union = "\nUNION ALL\n".join(branches)
+    return f"{union}\nORDER BY 1 LIMIT $1 OFFSET $2"
 
 
 async def list_orders(conn: Connection, threshold: int, limit: int, offset: int) -> list[HistoryItem]:
-    counts = [r["n"] for r in await conn.fetch(_DISTINCT_COUNTS, threshold, MAX_BRANCHES + 1)]
-    if not counts:
-        return []
-    tail = len(counts) > MAX_BRANCHES
-    values = counts[: MAX_BRANCHES - 1] + [counts[MAX_BRANCHES - 1]] if tail else counts
-    sql = merge_query(len(values) - 1 if tail else len(values), tail)
-    rows = await conn.fetch(sql, limit, offset, *values)
+    first = bucket_of(threshold + 1)
+    rows = await conn.fetch(merge_query(first), limit, offset, threshold)
     return [
         HistoryItem(id=r["id"], user_id=r["user_id"], created_at=r["created_at"], goods_count=r["goods_count"])
         for r in rows

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.commands import NotFound, VersionMismatch
 from shared.database import UNAVAILABLE_ERRORS, create_pool, ping
+from shared.outbox import OutboxNotifier
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +145,22 @@ def create_service_app(
     database_url: str,
     routers: list[APIRouter],
     pool_size: int = 10,
-    plan_cache_mode: str | None = None,
+    session_settings: Mapping[str, str] | None = None,
+    outbox: bool = False,
 ) -> FastAPI:
     """A FastAPI app with a database pool in `app.state.pool`, errors and health endpoints."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(database_url, max_size=pool_size, plan_cache_mode=plan_cache_mode)
+        app.state.pool = await create_pool(database_url, max_size=pool_size, session_settings=session_settings)
+        app.state.outbox_notifier = OutboxNotifier(app.state.pool) if outbox else None
+        if app.state.outbox_notifier is not None:
+            app.state.outbox_notifier.start()
         try:
             yield
         finally:
+            if app.state.outbox_notifier is not None:
+                await app.state.outbox_notifier.stop()
             await app.state.pool.close()
 
     app = FastAPI(title=title, lifespan=lifespan)
@@ -162,6 +169,13 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def wake_relay(request: Request) -> None:
+    """After a command committed: let the outbox relay know (coalesced, asynchronous)."""
+    notifier: OutboxNotifier | None = request.app.state.outbox_notifier
+    if notifier is not None:
+        notifier.poke()
 
 
 def pool_of(request: Request) -> asyncpg.Pool:

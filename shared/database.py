@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TypeAlias
 
 import asyncpg
@@ -34,12 +35,11 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 async def create_pool(
-    dsn: str, max_size: int = 10, command_timeout: float = 30.0, plan_cache_mode: str | None = None
+    dsn: str, max_size: int = 10, command_timeout: float = 30.0, session_settings: Mapping[str, str] | None = None
 ) -> asyncpg.Pool:
     """A pool that can be created while the database is down (min_size=0)."""
     settings = {"timezone": "UTC", "application_name": "order-history"}
-    if plan_cache_mode:
-        settings["plan_cache_mode"] = plan_cache_mode
+    settings.update(session_settings or {})
     pool = await asyncpg.create_pool(
         dsn,
         min_size=0,

@@ -13,6 +13,7 @@ lock); others stand by.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +40,43 @@ async def append(conn: Connection, event: Event) -> None:
         str(event.aggregate_id),
         event.to_json().decode(),
     )
+
+
+class OutboxNotifier:
+    """Wakes the relay after commits, outside the writing transactions.
+
+    `poke()` after a command committed; a background task sends one
+    `NOTIFY outbox` for all pokes since the last one, so a burst of writes costs
+    one notification, and no write transaction holds PostgreSQL's notify lock
+    through its commit.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._pending = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def poke(self) -> None:
+        self._pending.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            try:
+                await self._pool.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            except Exception as exc:  # the relay's poll covers a lost wake-up
+                log.debug("outbox notify failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(0.5)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
-from order_history.queries import merge_query
+from order_history.queries import BUCKETS, bucket_of, merge_query
 from shared.api import ApiError, parse_if_match
 
 
@@ -26,11 +26,18 @@ def test_if_match_rejects_garbage_with_a_400(header: str) -> None:
     assert info.value.status == 400 and info.value.field == "If-Match"
 
 
-def test_merge_query_has_one_branch_per_count_and_an_optional_tail() -> None:
-    sql = merge_query(3, tail=False)
-    assert sql.count("UNION ALL") == 2 and "$5" in sql and "$6" not in sql
-    tail = merge_query(2, tail=True)
-    assert "goods_count >= $5" in tail and tail.count("UNION ALL") == 2
+def test_merge_query_has_one_branch_per_bucket_from_the_threshold_on() -> None:
+    sql = merge_query(bucket_of(6))
+    assert sql.count("UNION ALL") == BUCKETS - 6
+    assert "goods_count_bucket(goods_count) = 6 AND goods_count > $3" in sql
+    assert "goods_count_bucket(goods_count) = 5\n" not in sql
+
+
+def test_buckets_are_exact_up_to_40_then_widen() -> None:
+    assert [bucket_of(n) for n in (1, 2, 40, 41, 48, 49, 64, 65)] == [1, 2, 40, 41, 41, 42, 42, 43]
+    assert bucket_of(2**31 - 1) == BUCKETS
+    buckets = [bucket_of(n) for n in range(1, 70000)]
+    assert buckets == sorted(buckets)
 
 
 def test_a_weak_etag_never_matches() -> None:
