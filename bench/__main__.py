@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -86,8 +87,17 @@ async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Re
         report.environment.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    # Ctrl-C or SIGTERM: unwind to main()'s finally, which stops the bench stack.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A handler of our own (asyncio.run then keeps it): also when started in the
+    # background, where SIGINT is ignored by default.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     scale = scale_of(args)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = Report(scale=scale.name, command=command.strip())

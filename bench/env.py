@@ -58,7 +58,14 @@ class BenchStack:
         stack = Stack(config)
         if pg_stats:
             stack.postgres.extra_settings.update(
-                {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+                {
+                    "shared_preload_libraries": "pg_stat_statements,auto_explain",
+                    "pg_stat_statements.track": "all",
+                    # Plans of slow statements go to the PostgreSQL log (keep it with --keep).
+                    "auto_explain.log_min_duration": "250ms",
+                    "auto_explain.log_analyze": "on",
+                    "auto_explain.log_buffers": "on",
+                }
             )
         return cls(stack, keep=keep, pg_stats=pg_stats)
 
@@ -74,8 +81,8 @@ class BenchStack:
             asyncio.run(self._create_pg_stat_statements())
 
     async def _create_pg_stat_statements(self) -> None:
-        for db in DATABASES:
-            conn = await asyncpg.connect(self.superuser_dsn(db.name))
+        for name in ["postgres", *(db.name for db in DATABASES)]:
+            conn = await asyncpg.connect(self.superuser_dsn(name))
             try:
                 await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             finally:

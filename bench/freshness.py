@@ -49,6 +49,7 @@ async def probe_worker(
     results: dict[str, list[tuple[float, float]]],
     bar: tqdm[Any],
     timeout: float,
+    load_ends: float,
 ) -> None:
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['order']}", timeout=10) as orders,
@@ -59,6 +60,10 @@ async def probe_worker(
             delay = when - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if time.monotonic() > load_ends:
+                results["skipped"].append((when, 0.0))  # the background load is over: not a probe under load
+                bar.update()
+                continue
             response = await orders.post("/v1/order", json={"user_id": 4242})
             acked = time.monotonic()
             if response.status_code != 201:
@@ -75,6 +80,44 @@ async def probe_worker(
             seen = await _visible(history, order_id, int(response.json()["id"]), timeout)
             results["goods"].append((when, (seen - acked) * 1000 if seen else float("inf")))
             bar.update()
+
+
+async def sample_lag(bs: BenchStack, prefix: str, group: str, stop: asyncio.Event, out: list[dict[str, float]]) -> None:
+    """Every 0.5 s: unpublished outbox rows per command database, and events not yet applied by the consumer."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    conns = {db: await bs.connect(db) for db in ("orders", "goods", "order_history")}
+    kafka = AIOKafkaConsumer(bootstrap_servers=bs.stack.kafka.bootstrap, group_id=None)
+    await kafka.start()
+    tps = [
+        TopicPartition(prefix + t, p)
+        for t in ("order.events", "goods.events")
+        for p in range(bs.config.kafka_partitions)
+    ]
+    started = time.monotonic()
+    try:
+        while not stop.is_set():
+            sample = {"t": round(time.monotonic() - started, 2)}
+            for db in ("orders", "goods"):
+                sample[f"outbox_{db}"] = int(
+                    await conns[db].fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                )
+            applied = int(
+                await conns["order_history"].fetchval(
+                    "SELECT coalesce(sum(next_offset), 0) FROM consumer_positions WHERE consumer_group = $1", group
+                )
+            )
+            ends = await kafka.end_offsets(tps)
+            sample["consumer_lag"] = int(sum(ends.values())) - applied
+            out.append(sample)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+    finally:
+        await kafka.stop()
+        for conn in conns.values():
+            await conn.close()
 
 
 def paced_wrk(url: str, script: Path, seconds: float) -> subprocess.Popen[bytes]:
@@ -124,15 +167,16 @@ async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, f
 
         # Pace each wrk connection with a delay; one calibration step corrects for the response time.
         delays = {s: PACED_CONNECTIONS * 1000.0 / targets[s] for s in targets}
-        calib = {}
-        for s in targets:
-            script = workdir / f"paced-{s}.lua"
-            script.write_text(lua_script(s, 1000, delays[s]))
-            calib[s] = paced_wrk(urls[s], script, 4)
-        for s, proc in calib.items():
-            achieved = finish(proc)["rps"]
-            latency_ms = max(0.0, PACED_CONNECTIONS * 1000.0 / max(achieved, 1.0) - delays[s])
-            delays[s] = max(0.0, PACED_CONNECTIONS * 1000.0 / targets[s] - latency_ms)
+        for _ in range(2):
+            calib = {}
+            for s in targets:
+                script = workdir / f"paced-{s}.lua"
+                script.write_text(lua_script(s, 1000, delays[s]))
+                calib[s] = paced_wrk(urls[s], script, 3)
+            for s, proc in calib.items():
+                achieved = finish(proc)["rps"]
+                latency_ms = max(0.0, PACED_CONNECTIONS * 1000.0 / max(achieved, 1.0) - delays[s])
+                delays[s] = max(0.0, PACED_CONNECTIONS * 1000.0 / targets[s] - latency_ms)
         conn = await bs.connect("orders")
         max_order = int(await conn.fetchval("SELECT coalesce(max(id), 1000) FROM orders"))
         await conn.close()
@@ -152,12 +196,17 @@ async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, f
                 "kafka": bs.kafka_pids,
             }
         )
+        await bs.reset_statement_stats()
         meter.start()
         workers = 4
         per_worker = max(1, scale.freshness_probes // workers)
         t0 = time.monotonic()
         spacing = (duration - 2.0) / per_worker
-        results: dict[str, list[tuple[float, float]]] = {"order": [], "goods": [], "errors": []}
+        results: dict[str, list[tuple[float, float]]] = {"order": [], "goods": [], "errors": [], "skipped": []}
+        load_ends = t0 + duration - 1.0
+        lag_samples: list[dict[str, float]] = []
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(sample_lag(bs, prefix, f"{prefix}order-history", stop_sampling, lag_samples))
         ports = {
             "order": bs.port_of("order-api"),
             "goods": bs.port_of("goods-api"),
@@ -167,13 +216,21 @@ async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, f
             await asyncio.gather(
                 *[
                     probe_worker(
-                        ports, [t0 + (i + w / workers) * spacing for i in range(per_worker)], results, bar, 10.0
+                        ports,
+                        [t0 + (i + w / workers) * spacing for i in range(per_worker)],
+                        results,
+                        bar,
+                        10.0,
+                        load_ends,
                     )
                     for w in range(workers)
                 ]
             )
         cpu = meter.stop()
         load_results = {s: finish(p) for s, p in loads.items()}
+        stop_sampling.set()
+        await sampler
+        statements = await bs.statement_stats("order_history")
     finally:
         for p in procs.values():
             p.stop()
@@ -235,7 +292,42 @@ async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, f
         for s, r in load_results.items()
     )
     section.note(f"Background load (paced wrk, {PACED_CONNECTIONS} connections each, {duration:.0f} s): {bg}.")
-    section.note(f"Probe errors (non-201): {len(results['errors'])}. CPU (% of one core): {cpu}")
+    section.data["lag_samples"] = lag_samples
+    if lag_samples:
+        picks = [
+            lag_samples[min(len(lag_samples) - 1, int(q * (len(lag_samples) - 1)))] for q in (0.25, 0.5, 0.75, 1.0)
+        ]
+        rows: list[list[object]] = [
+            [s["t"], int(s["outbox_orders"]), int(s["outbox_goods"]), int(s["consumer_lag"])] for s in picks
+        ]
+        rows.append(
+            [
+                "max",
+                max(int(s["outbox_orders"]) for s in lag_samples),
+                max(int(s["outbox_goods"]) for s in lag_samples),
+                max(int(s["consumer_lag"]) for s in lag_samples),
+            ]
+        )
+        section.table(
+            "Backlogs during the run, sampled every 0.5 s (the last sample is after the load stopped)",
+            [
+                "seconds into the run",
+                "unpublished outbox rows, orders",
+                "unpublished outbox rows, goods",
+                "events the consumer has not applied",
+            ],
+            rows,
+        )
+    if statements:
+        section.table(
+            "pg_stat_statements in order_history during the probes",
+            ["statement", "calls", "total ms", "mean ms", "rows"],
+            statements,
+        )
+    section.note(
+        f"Probe errors (non-201): {len(results['errors'])}; probes not run because the load had ended: "
+        f"{len(results['skipped'])}. CPU (% of one core): {cpu}"
+    )
     log(f"freshness: p50 {pooled_p50:.0f} ms, p99 {pooled_p99:.0f} ms over {len(everything)} probes")
     report.goal(
         "4 freshness",

@@ -5,9 +5,10 @@ drives each API for a fixed time while both outbox relays publish to Kafka; the
 outbox backlog (unpublished rows) is sampled during the load, and after wrk
 exits it is polled until it is empty. Beside it, on the same database, pgbench
 with 64 clients runs (a) a bare INSERT-and-commit into a copy of the orders
-table, the database's own limit for one-row commits, and (b) the order
-service's transaction without Python: INSERT order + INSERT outbox row (with its
-NOTIFY trigger) in one transaction.
+table, the database's own limit for one-row commits; (b) the order service's
+transaction without Python: INSERT order + INSERT outbox row in one
+transaction; (c) the same with a statement trigger calling pg_notify inside the
+transaction (the original outbox migration's wake-up; NOTIFY serialises commits).
 """
 
 from __future__ import annotations
@@ -153,14 +154,23 @@ async def run_wrk_with_backlog(
 
 # -- pgbench -----------------------------------------------------------------------
 PG_SETUP = """
-DROP TABLE IF EXISTS bench_bare, bench_orders, bench_outbox, bench_outbox_plain;
+DROP TABLE IF EXISTS bench_bare, bench_orders, bench_outbox, bench_outbox_notify;
 CREATE TABLE bench_bare (LIKE orders INCLUDING ALL);
 CREATE TABLE bench_orders (LIKE orders INCLUDING ALL);
 CREATE TABLE bench_outbox (LIKE outbox INCLUDING ALL);
-CREATE TABLE bench_outbox_plain (LIKE outbox INCLUDING ALL);
-CREATE TRIGGER bench_outbox_notify AFTER INSERT ON bench_outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+CREATE TABLE bench_outbox_notify (LIKE outbox INCLUDING ALL);
+CREATE OR REPLACE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_outbox', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_outbox_notify AFTER INSERT ON bench_outbox_notify
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_notify();
 """
-PG_TEARDOWN = "DROP TABLE IF EXISTS bench_bare, bench_orders, bench_outbox, bench_outbox_plain"
+PG_TEARDOWN = """
+DROP TABLE IF EXISTS bench_bare, bench_orders, bench_outbox, bench_outbox_notify;
+DROP FUNCTION IF EXISTS bench_notify();
+"""
 
 
 def pgbench_scripts(directory: Path) -> dict[str, Path]:
@@ -175,7 +185,7 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
         "bare INSERT + commit (pgbench)": (
             "\\set uid random(1, 100000)\nINSERT INTO bench_bare (user_id) VALUES (:uid);\n"
         ),
-        "order's transaction: INSERT order + outbox (pgbench)": (
+        "order's transaction: INSERT order + outbox row (pgbench)": (
             "\\set uid random(1, 100000)\n"
             "BEGIN;\n"
             "INSERT INTO bench_orders (user_id) VALUES (:uid) RETURNING id, user_id, created_at, updated_at, version;\n"
@@ -183,11 +193,11 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
             f"VALUES (gen_random_uuid(), 'order.events', (:uid)::text, '{payload}'::jsonb);\n"
             "COMMIT;\n"
         ),
-        "the same without the outbox's NOTIFY trigger (pgbench)": (
+        "the same with a NOTIFY trigger inside the transaction (pgbench)": (
             "\\set uid random(1, 100000)\n"
             "BEGIN;\n"
             "INSERT INTO bench_orders (user_id) VALUES (:uid) RETURNING id, user_id, created_at, updated_at, version;\n"
-            "INSERT INTO bench_outbox_plain (event_id, topic, message_key, payload) "
+            "INSERT INTO bench_outbox_notify (event_id, topic, message_key, payload) "
             f"VALUES (gen_random_uuid(), 'order.events', (:uid)::text, '{payload}'::jsonb);\n"
             "COMMIT;\n"
         ),

@@ -145,7 +145,15 @@ class HistoryConsumer:
 
     async def start(self) -> None:
         self.pool = await asyncpg.create_pool(
-            self.config.dsn, min_size=1, max_size=2, server_settings={"timezone": "UTC"}, command_timeout=60
+            self.config.dsn,
+            min_size=1,
+            max_size=2,
+            command_timeout=60,
+            # A batch's transaction holds both its read-model changes and its
+            # positions, so a commit lost in a database crash is lost whole and
+            # simply re-applied from the older positions: waiting for the WAL
+            # flush buys nothing here (it only slows every batch down).
+            server_settings={"timezone": "UTC", "synchronous_commit": "off"},
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap_servers,
