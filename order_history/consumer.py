@@ -21,6 +21,7 @@ consumer re-seeks to the database's positions and reads again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -36,6 +37,9 @@ from shared.database import RETRYABLE_ERRORS, Connection
 from shared.events import TOPICS, Event, PoisonMessage, decode_event, dlq_topic
 
 log = logging.getLogger(__name__)
+
+# A batch decoded ahead of time: per (partition, offset), the event or the reason it is poison.
+Decoded = dict[tuple[TopicPartition, int], "Event | str"]
 
 
 @dataclass
@@ -216,13 +220,31 @@ class HistoryConsumer:
         )
 
     # -- one batch -------------------------------------------------------------
+    def decode(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> Decoded:
+        """Decode every message of a batch: an Event, or the reason it is poison."""
+        out: Decoded = {}
+        for tp, messages in records.items():
+            topic = self.config.contract_topic(tp.topic)
+            for msg in messages:
+                try:
+                    out[(tp, msg.offset)] = decode_event(msg.value, topic)
+                except PoisonMessage as exc:
+                    out[(tp, msg.offset)] = exc.reason
+        return out
+
     async def process(
-        self, records: dict[TopicPartition, list[ConsumerRecord]], refused: str | None = None
+        self,
+        records: dict[TopicPartition, list[ConsumerRecord]],
+        refused: str | None = None,
+        decoded: Decoded | None = None,
     ) -> BatchStats:
         """Apply one fetched batch in one transaction (with its DLQ messages).
 
+        `decoded` holds the batch decoded ahead of time (else it is decoded here).
         With `refused`, every new message of the batch is dead-lettered with that reason.
         """
+        if decoded is None:
+            decoded = self.decode(records)
         assert self.pool is not None
         stats = BatchStats()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -240,10 +262,11 @@ class HistoryConsumer:
                     if refused is not None:
                         poison.append((msg, refused))
                         continue
-                    try:
-                        events.append(decode_event(msg.value, self.config.contract_topic(tp.topic)))
-                    except PoisonMessage as exc:
-                        poison.append((msg, exc.reason))
+                    outcome = decoded[(tp, msg.offset)]
+                    if isinstance(outcome, str):
+                        poison.append((msg, outcome))
+                    else:
+                        events.append(outcome)
                 if messages:
                     next_offsets[tp] = max(floor, messages[-1].offset + 1)
             if poison:
@@ -282,17 +305,50 @@ class HistoryConsumer:
 
     # -- the loop --------------------------------------------------------------
     async def run(self) -> None:
+        """Apply batches while the next one is fetched and decoded.
+
+        A prefetch task fetches and decodes the next batch while this loop waits
+        on the database for the current one, so Python's decoding and
+        PostgreSQL's work overlap. Batches stay in fetch order; if a batch has to
+        be given up (database outage), the prefetched ones are dropped too and
+        the consumer re-seeks to its stored positions, so nothing is skipped.
+        """
+        assert self.consumer is not None
+        while not self._stopping:
+            queue: asyncio.Queue[tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded]] = asyncio.Queue(1)
+            prefetch = asyncio.create_task(self._prefetch(queue))
+            try:
+                while not self._stopping:
+                    get = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({get, prefetch}, return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        prefetch.result()  # the prefetcher crashed: raise its error
+                        return
+                    records, decoded = get.result()
+                    if not await self._process_with_retry(records, decoded):
+                        break  # given up: drop the prefetched batches, re-seek, start over
+            finally:
+                prefetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await prefetch
+            if not self._stopping:
+                await self.seek_to_stored_positions(list(self.consumer.assignment()))
+
+    async def _prefetch(self, queue: asyncio.Queue[tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded]]) -> None:
         assert self.consumer is not None
         while not self._stopping:
             records = await self.consumer.getmany(
                 timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.max_records
             )
             records = {tp: msgs for tp, msgs in records.items() if msgs}
-            if not records:
-                continue
-            await self._process_with_retry(records)
+            if records:
+                await queue.put((records, self.decode(records)))
 
-    async def _process_with_retry(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _process_with_retry(
+        self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded | None = None
+    ) -> bool:
+        """Apply a batch, retrying through short outages; False if it was given up."""
         assert self.consumer is not None
         backoff = 0.1
         attempt = 0
@@ -301,7 +357,7 @@ class HistoryConsumer:
             try:
                 started = time.monotonic()
                 try:
-                    stats = await self.process(records)
+                    stats = await self.process(records, decoded=decoded)
                 except asyncpg.PostgresError as exc:
                     if isinstance(exc, RETRYABLE_ERRORS):
                         raise
@@ -318,13 +374,12 @@ class HistoryConsumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
                 if attempt >= 3:
-                    # Long outage: drop what we hold, resume from the database's positions.
-                    await self.seek_to_stored_positions(list(self.consumer.assignment()))
-                    return
+                    return False  # a long outage: the caller resumes from the stored positions
                 continue
             self._account(stats, records, time.monotonic() - started)
             await self._commit_to_kafka(records)
-            return
+            return True
+        return False
 
     async def _isolate(self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception) -> BatchStats:
         """The database refused a valid-looking batch: apply its events one by one and
