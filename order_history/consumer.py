@@ -157,7 +157,14 @@ class HistoryConsumer:
             # positions, so a commit lost in a database crash is lost whole and
             # simply re-applied from the older positions: waiting for the WAL
             # flush buys nothing here (it only slows every batch down).
-            server_settings={"timezone": "UTC", "synchronous_commit": "off"},
+            server_settings={
+                "timezone": "UTC",
+                "synchronous_commit": "off",
+                # Plan each batch's statements for its own arrays: a generic plan made
+                # while the read model was empty (or its statistics stale) can scan
+                # the whole goods table once per order.
+                "plan_cache_mode": "force_custom_plan",
+            },
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap_servers,

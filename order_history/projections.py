@@ -81,9 +81,11 @@ async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
     if goods_changed:
         status = await conn.execute(
             """UPDATE orders o SET goods_count = c.n
-               FROM (SELECT a.id,
-                            (SELECT count(*) FROM goods g WHERE g.order_id = a.id AND NOT g.deleted)::integer AS n
-                     FROM unnest($1::bigint[]) AS a(id)) AS c
+               FROM (SELECT a.id, COALESCE(g.n, 0) AS n
+                     FROM unnest($1::bigint[]) AS a(id)
+                     LEFT JOIN (SELECT order_id, count(*)::integer AS n FROM goods
+                                WHERE order_id = ANY($1::bigint[]) AND NOT deleted
+                                GROUP BY order_id) AS g ON g.order_id = a.id) AS c
                WHERE o.id = c.id AND o.goods_count <> c.n""",
             sorted(counted_orders),
         )
