@@ -6,8 +6,6 @@ import asyncio
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ import asyncpg
 
 from devstack.postgres import DATABASES
 from devstack.processes import ManagedProcess, free_port
-from devstack.stack import REPO, Stack, StackConfig
+from devstack.stack import REPO, Stack, StackConfig, readyz
 from shared.events import TOPICS, dlq_topic
 
 from .stats import children_of
@@ -209,16 +207,6 @@ class BenchStack:
 def _shorten(sql: str, width: int = 110) -> str:
     sql = sql.strip().replace("|", "\\|")
     return sql if len(sql) <= width else sql[: width - 1] + "…"
-
-
-def readyz(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 async def wait_for(predicate_sql: str, conn: asyncpg.Connection, timeout: float) -> bool:
