@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -17,47 +18,68 @@ log = logging.getLogger("order_history")
 
 
 async def run_consumer(settings: Settings, instance: str) -> None:
+    """Run the consumer until SIGTERM/SIGINT; restart it (from its stored positions) if it fails."""
     configure_logging(settings.log_level, settings.log_format)
-    consumer = HistoryConsumer(
-        ConsumerConfig(
-            dsn=settings.database_url,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group=settings.consumer_group,
-            max_records=settings.batch_max_records,
-            fetch_timeout_ms=settings.fetch_timeout_ms,
-            session_timeout_ms=settings.session_timeout_ms,
-            client_id=f"order-history-consumer-{instance}",
-            topic_prefix=settings.kafka_topic_prefix,
-        )
+    config = ConsumerConfig(
+        dsn=settings.database_url,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group=settings.consumer_group,
+        max_records=settings.batch_max_records,
+        fetch_timeout_ms=settings.fetch_timeout_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        client_id=f"order-history-consumer-{instance}",
+        topic_prefix=settings.kafka_topic_prefix,
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
     backoff = 0.5
     while not stop.is_set():
+        consumer = HistoryConsumer(config)
         try:
             await consumer.start()
-            break
         except Exception as exc:  # Kafka or the database not up yet
             log.warning("consumer cannot start yet, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
             await consumer.stop()
-            consumer = HistoryConsumer(consumer.config)
-            await asyncio.sleep(backoff)
+            await _sleep_unless(stop, backoff)
             backoff = min(backoff * 2, 5.0)
-    log.info("consumer started", extra={"group": settings.consumer_group, "instance": instance})
+            continue
+        log.info("consumer started", extra={"group": settings.consumer_group, "instance": instance})
+        crashed = await _run_until_stop(consumer, stop)
+        await consumer.stop()
+        log.info("consumer stopped", extra={"events": consumer.total.events, "poison": consumer.total.poison})
+        if crashed:
+            # Nothing is lost: a new consumer resumes from the positions in the database.
+            await _sleep_unless(stop, backoff)
+            backoff = min(backoff * 2, 5.0)
+        else:
+            backoff = 0.5
+
+
+async def _run_until_stop(consumer: HistoryConsumer, stop: asyncio.Event) -> bool:
+    """Run the loop until asked to stop; True if it crashed instead."""
     task = asyncio.create_task(consumer.run())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
     consumer.request_stop()
     if task in done:
-        task.result()  # re-raise a crash of the loop
-    else:
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except TimeoutError:
-            task.cancel()
-    stopper.cancel()
-    await consumer.stop()
-    log.info("consumer stopped", extra={"events": consumer.total.events, "poison": consumer.total.poison})
+        error = task.exception()
+        if error is not None:
+            log.error("consumer failed; restarting it", exc_info=error)
+            return True
+        return False
+    try:
+        await asyncio.wait_for(task, timeout=10)
+    except TimeoutError:
+        task.cancel()
+    except Exception:  # failing while stopping: we stop anyway
+        log.exception("consumer failed while stopping")
+    return False
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def reset(settings: Settings) -> None:

@@ -38,6 +38,14 @@ from shared.events import TOPICS, Event, PoisonMessage, decode_event, dlq_topic
 
 log = logging.getLogger(__name__)
 
+# The database refusing an event's data (SQLSTATE classes 22 and 23): that event
+# is dead-lettered. Every other database error is waited out.
+REFUSED_DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+)
+WAITED_OUT_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, asyncpg.exceptions.PostgresError)
+
 # A batch decoded ahead of time: per (partition, offset), the event or the reason it is poison.
 Decoded = dict[tuple[TopicPartition, int], "Event | str"]
 
@@ -212,7 +220,7 @@ class HistoryConsumer:
                 async with self.pool.acquire() as conn:
                     stored = await self.positions.load(conn, tps)
                 break
-            except RETRYABLE_ERRORS as exc:
+            except WAITED_OUT_ERRORS as exc:
                 log.warning("cannot read positions, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
@@ -365,11 +373,11 @@ class HistoryConsumer:
                 started = time.monotonic()
                 try:
                     stats = await self.process(records, decoded=decoded)
-                except asyncpg.PostgresError as exc:
-                    if isinstance(exc, RETRYABLE_ERRORS):
-                        raise
+                except REFUSED_DATA_ERRORS as exc:
                     stats = await self._isolate(records, exc)
-            except (*RETRYABLE_ERRORS, KafkaError) as exc:
+            except (*WAITED_OUT_ERRORS, KafkaError) as exc:
+                # Anything but a refusal of the data is the database's or Kafka's
+                # state (down, no login, no permission...): wait, never skip.
                 log.warning(
                     "batch not applied, will retry",
                     extra={
@@ -398,9 +406,7 @@ class HistoryConsumer:
                 single = {tp: [msg]}
                 try:
                     stats = await self.process(single)
-                except asyncpg.PostgresError as exc:
-                    if isinstance(exc, RETRYABLE_ERRORS):
-                        raise
+                except REFUSED_DATA_ERRORS as exc:
                     stats = await self.process(
                         single, refused=f"database refused the event: {type(exc).__name__}: {exc}"
                     )

@@ -28,6 +28,7 @@ from shared.events import Event
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
+_DB_WAITED_OUT: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.exceptions.PostgresError)
 _RELAY_LOCK_KEY = 0x6F7574626F78  # "outbox"
 
 
@@ -234,7 +235,7 @@ class OutboxRelay:
                 await self._drop_producer()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
-            except UNAVAILABLE_ERRORS as exc:
+            except _DB_WAITED_OUT as exc:  # down, no login, no permission...: wait, never drop
                 self._set_db(False, f"{type(exc).__name__}: {exc}")
                 if self._listener is not None and not self._listener.is_closed():
                     self._listener.terminate()

@@ -5,9 +5,11 @@ Real Kafka, real PostgreSQL, the real consumer (in-process).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
+import asyncpg
 import orjson
 
 from tests.harness import GOODS, ORDER, Env
@@ -188,3 +190,33 @@ async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_appli
         assert await history.fetchval("SELECT count(*) FROM dead_letters") == 1
     finally:
         await history.execute("ALTER TABLE goods DROP CONSTRAINT IF EXISTS test_refuse")
+
+
+async def test_a_database_outage_is_waited_out_and_nothing_is_skipped(env: Env) -> None:
+    """The read database refuses connections for a while: the consumer retries, loses nothing."""
+    events = list(random_stream(random.Random(21), 900, 40))
+    expected = ExpectedModel()
+    for e in events:
+        expected.apply(e)
+    consumer = await env.start_consumer(max_records=60, max_backoff=0.5)
+    await env.produce(encode(events[:300]))
+    await env.wait_caught_up()
+
+    admin = await asyncpg.connect(env.stack.postgres.dsn("order_history"))
+    try:
+        await admin.execute("ALTER ROLE order_history_svc NOLOGIN")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'order_history_svc'"
+        )
+        await env.produce(encode(events[300:]))  # arrives while the database is unreachable
+        await asyncio.sleep(3.0)
+        assert consumer.total.events < len(events)  # it could not apply the rest yet
+    finally:
+        await admin.execute("ALTER ROLE order_history_svc LOGIN")
+        await admin.close()
+    for pool in env.pools.values():
+        pool.terminate()
+    env.pools.clear()
+    await env.wait_caught_up(timeout=60)
+    assert await read_model_snapshot(await env.pool("order_history")) == expected.snapshot()
+    assert await recount_mismatches(await env.pool("order_history")) == 0
