@@ -24,6 +24,8 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # the role may not log in (now)
+    asyncpg.exceptions.InvalidCatalogNameError,  # the database is not there (yet)
 )
 
 # Errors after which the whole transaction can simply be run again.

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -438,3 +439,24 @@ async def test_if_match_superscript_digit_is_refused_not_500(env: Env) -> None:
                 problems.append(str(exc).split("\nassert")[0])
         assert not problems, "\n".join(problems)
         assert (await client.get(url)).json() == created
+
+
+async def test_a_database_refusing_logins_gives_503_not_500(env: Env) -> None:
+    """Not the client's fault: a retryable 503 with a JSON reason, and /readyz says so."""
+    admin = await asyncpg.connect(env.stack.postgres.dsn("orders"))
+    try:
+        async with env.client("order") as client:
+            await admin.execute("ALTER ROLE order_svc NOLOGIN")
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'order_svc'")
+            response = await client.post("/v1/order", json={"user_id": 1})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "unavailable"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "reason" in ready.json()
+    finally:
+        await admin.execute("ALTER ROLE order_svc LOGIN")
+        await admin.close()
+        for pool in env.pools.values():
+            pool.terminate()
+        env.pools.clear()
