@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from devstack.postgres import DATABASES
 from devstack.processes import ManagedProcess, free_port
+from devstack.progress import say
+from devstack.progress import step as devstack_step
 from devstack.stack import REPO, Stack, StackConfig, readyz
 from shared.events import TOPICS, dlq_topic
 
 from .stats import children_of
 
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def step(message: str) -> Iterator[None]:
-    started = time.monotonic()
-    log(f"{message} ...")
-    yield
-    log(f"{message}: {time.monotonic() - started:.1f}s")
+log = functools.partial(say, prefix="bench")
+step = functools.partial(devstack_step, prefix="bench")
 
 
 @dataclass

@@ -7,6 +7,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,8 +94,6 @@ class PostgresServer:
 
     # -- helpers -------------------------------------------------------------
     def _reachable_by_run_as(self, path: Path) -> bool:
-        import subprocess
-
         existing = path
         while not existing.exists():
             existing = existing.parent
@@ -125,8 +124,6 @@ class PostgresServer:
         return result == 0
 
     def _status(self) -> int:
-        import subprocess
-
         if not self.initialised():
             return 4
         return subprocess.run(

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def say(message: str) -> None:
-    print(f"[devstack] {message}", file=sys.stderr, flush=True)
+def say(message: str, prefix: str = "devstack") -> None:
+    print(f"[{prefix}] {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager
-def step(message: str) -> Iterator[None]:
+def step(message: str, prefix: str = "devstack") -> Iterator[None]:
     started = time.monotonic()
-    say(f"{message} ...")
+    say(f"{message} ...", prefix)
     yield
-    say(f"{message}: done in {time.monotonic() - started:.1f}s")
+    say(f"{message}: done in {time.monotonic() - started:.1f}s", prefix)

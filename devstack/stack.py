@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -140,7 +141,7 @@ class Stack:
                 run(
                     [sys.executable, "-m", service, "migrate"],
                     f"migrations of {service}",
-                    env={**_base_env(), **self.service_env()},
+                    env={**os.environ, **self.service_env()},
                     cwd=str(REPO),
                 )
 
@@ -218,12 +219,6 @@ class Stack:
         print(f"  logs               {self.logs}/")
         print(f"  data               {self.config.state_dir}/ (pgdata, kafka)")
         print("  stop with `make down`; wipe data with `make clean`")
-
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def readyz(port: int) -> int | None:

@@ -77,6 +77,12 @@ class BatchStats:
     skipped_seen: int = 0
     poison: int = 0
 
+    def add(self, other: BatchStats) -> None:
+        self.events += other.events
+        self.applied += other.applied
+        self.skipped_seen += other.skipped_seen
+        self.poison += other.poison
+
 
 class Positions:
     """consumer_positions: the tracking records of one consumer group."""
@@ -374,7 +380,7 @@ class HistoryConsumer:
                 try:
                     stats = await self.process(records, decoded=decoded)
                 except REFUSED_DATA_ERRORS as exc:
-                    stats = await self._isolate(records, exc)
+                    stats = await self._isolate(records, exc, decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:
                 # Anything but a refusal of the data is the database's or Kafka's
                 # state (down, no login, no permission...): wait, never skip.
@@ -396,31 +402,29 @@ class HistoryConsumer:
             return True
         return False
 
-    async def _isolate(self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception) -> BatchStats:
+    async def _isolate(
+        self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception, decoded: Decoded | None
+    ) -> BatchStats:
         """The database refused a valid-looking batch: apply its events one by one and
         dead-letter those it refuses, so that one bad event neither stops nor hides the rest."""
         log.warning("database refused a batch, applying it event by event", extra={"error": f"{error}"})
         total = BatchStats()
+        if decoded is None:
+            decoded = self.decode(records)
         for tp, messages in records.items():
             for msg in messages:
                 single = {tp: [msg]}
                 try:
-                    stats = await self.process(single)
+                    stats = await self.process(single, decoded=decoded)
                 except REFUSED_DATA_ERRORS as exc:
                     stats = await self.process(
-                        single, refused=f"database refused the event: {type(exc).__name__}: {exc}"
+                        single, refused=f"database refused the event: {type(exc).__name__}: {exc}", decoded=decoded
                     )
-                total.events += stats.events
-                total.applied += stats.applied
-                total.skipped_seen += stats.skipped_seen
-                total.poison += stats.poison
+                total.add(stats)
         return total
 
     def _account(self, stats: BatchStats, records: dict[TopicPartition, list[ConsumerRecord]], took: float) -> None:
-        self.total.events += stats.events
-        self.total.applied += stats.applied
-        self.total.skipped_seen += stats.skipped_seen
-        self.total.poison += stats.poison
+        self.total.add(stats)
         last = {f"{tp.topic}[{tp.partition}]": msgs[-1].offset for tp, msgs in records.items()}
         log.debug(
             "batch applied",

@@ -50,8 +50,12 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def _error_response(status: int, code: str, message: str, fields: list[dict[str, str]]) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "message": message, "fields": fields})
+def _error_response(
+    status: int, code: str, message: str, fields: list[dict[str, str]], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": code, "message": message, "fields": fields}, headers=headers
+    )
 
 
 def validation_fields(errors: list[Any], where: str = "") -> list[dict[str, str]]:
@@ -79,15 +83,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(VersionMismatch)
     async def _mismatch(_: Request, exc: VersionMismatch) -> JSONResponse:
-        return JSONResponse(
-            status_code=412,
-            content={
-                "error": "version_mismatch",
-                "message": str(exc),
-                "fields": [{"field": "If-Match", "message": str(exc)}],
-            },
-            headers={"ETag": etag(exc.current)},
-        )
+        fields = [{"field": "If-Match", "message": str(exc)}]
+        return _error_response(412, "version_mismatch", str(exc), fields, {"ETag": etag(exc.current)})
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

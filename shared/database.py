@@ -16,7 +16,6 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 # or the network: callers retry them or answer 503, never 4xx.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
-    asyncio.TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionFailureError,

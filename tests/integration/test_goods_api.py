@@ -18,7 +18,6 @@ from tests.integration.test_order_api import (
     BAD_PATH_IDS,
     JSON,
     MAX_ID,
-    SUPERSCRIPT_IF_MATCH,
     Bad,
     parse_time,
     refusal_problem,
@@ -356,51 +355,3 @@ async def test_delete(env: Env) -> None:
     deleted = events[-1]["data"]
     assert deleted["id"] == gone["id"]
     assert deleted["order_id"] == 6  # the last order, so that order-history can uncount it
-
-
-async def test_delete_if_match(env: Env) -> None:
-    async with env.client("goods") as client:
-        created = await create(client)
-        url = f"/v1/goods/{created['id']}"
-        patched = (await client.patch(url, json={"name": "x"})).json()
-
-        stale = [Bad(f"stale If-Match {v}", ("if-match",), {"headers": {"If-Match": v}}) for v in ('"1"', '"3"')]
-        await check_refusals(env, client, "DELETE", url, stale)
-        assert (await client.get(url)).json() == patched
-
-        resp = await client.delete(url, headers={"If-Match": '"2"'})
-        assert resp.status_code == 204, resp.text
-        assert (await client.get(url)).status_code == 404
-
-
-async def test_delete_refusals(env: Env) -> None:
-    async with env.client("goods") as client:
-        created = await create(client)
-        url = f"/v1/goods/{created['id']}"
-        await check_refusals(env, client, "DELETE", f"/v1/goods/{created['id'] + 1}", [Bad("unknown id", ("id",))])
-        await check_refusals(env, client, "DELETE", f"/v1/goods/{MAX_ID}", [Bad("unknown max id", ("id",))])
-        for bad in BAD_PATH_IDS:
-            await check_refusals(env, client, "DELETE", f"/v1/goods/{bad}", [Bad(f"path {bad}", ("id",))])
-        if_match = [Bad(f"If-Match {v!r}", ("if-match",), {"headers": {"If-Match": v}}) for v in BAD_IF_MATCH]
-        await check_refusals(env, client, "DELETE", url, if_match)
-        assert (await client.get(url)).json() == created
-
-
-async def test_if_match_superscript_digit_is_refused_not_500(env: Env) -> None:
-    """shared/api.py parse_if_match: "\\xb2".isdigit() is True but int("\\xb2") raises ValueError."""
-    async with env.client("goods") as client:
-        created = await create(client)
-        url = f"/v1/goods/{created['id']}"
-        patch = [
-            Bad(f"If-Match {v!r}", ("if-match",), {"json": {"name": "x"}, "headers": {"If-Match": v}})
-            for v in SUPERSCRIPT_IF_MATCH
-        ]
-        delete = [Bad(f"If-Match {v!r}", ("if-match",), {"headers": {"If-Match": v}}) for v in SUPERSCRIPT_IF_MATCH]
-        problems = []
-        for method, cases in (("PATCH", patch), ("DELETE", delete)):
-            try:
-                await check_refusals(env, client, method, url, cases)
-            except AssertionError as exc:
-                problems.append(str(exc).split("\nassert")[0])
-        assert not problems, "\n".join(problems)
-        assert (await client.get(url)).json() == created
