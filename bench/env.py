@@ -134,6 +134,12 @@ class BenchStack:
             self.dsn(database), server_settings={"timezone": "UTC", **settings}, command_timeout=600
         )
 
+    @staticmethod
+    def tree_pids(proc: ManagedProcess) -> list[int]:
+        """A service process and its direct children (an API's uvicorn workers)."""
+        pid = proc.pid()
+        return [] if pid is None else [pid, *children_of(pid)]
+
     def postgres_pids(self) -> list[int]:
         pid = self.stack.postgres.postmaster_pid()
         return [] if pid is None else [pid, *children_of(pid)]

@@ -191,7 +191,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, f
 
         meter = CpuMeter(
             {
-                **{n: (lambda n=n: [p for p in [procs[n].pid()] if p]) for n in names},  # type: ignore[misc]
+                **{n: (lambda n=n: bs.tree_pids(procs[n])) for n in names},  # type: ignore[misc]
                 "postgres": bs.postgres_pids,
                 "kafka": bs.kafka_pids,
             }

@@ -19,7 +19,7 @@ def py_spy() -> str | None:
 
 @dataclass
 class Profiler:
-    """`py-spy record --format raw` of one PID for `seconds`, started in the background."""
+    """`py-spy record --format raw` of one PID and its children for `seconds`, started in the background."""
 
     pid: int
     seconds: float
@@ -38,6 +38,7 @@ class Profiler:
                 "record",
                 "--pid",
                 str(self.pid),
+                "--subprocesses",  # an API's uvicorn workers
                 "--duration",
                 str(max(1, int(self.seconds))),
                 "--rate",

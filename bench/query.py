@@ -285,7 +285,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
                 bar.update()
         await baseline_conn.fetch(BASELINE_SQL, max(THRESHOLDS), LIMIT, 0)
 
-        meter = CpuMeter({"order_history-api": lambda: [p for p in [api.pid()] if p], "postgres": bs.postgres_pids})
+        meter = CpuMeter({"order_history-api": lambda: bs.tree_pids(api), "postgres": bs.postgres_pids})
         meter.start()
         total = scale.query_trials * len(combos)
         with tqdm(total=total, desc="query trials", unit="combo") as bar:

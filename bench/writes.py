@@ -318,7 +318,7 @@ async def run(
     time.sleep(1.0)  # relays connected
 
     def pids(*names: str) -> list[int]:
-        return [p for p in (procs[n].pid() for n in names) if p]
+        return [p for n in names for p in bs.tree_pids(procs[n])]
 
     # A short warm-up of each API (connections, imports, caches).
     for service in ("order", "goods"):

@@ -124,7 +124,9 @@ class KafkaBroker:
     def format(self) -> None:
         if self.formatted():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own Uuid: a leading "-" reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         with step("formatting Kafka storage (KRaft)"):
             run(
                 [

@@ -121,19 +121,19 @@ class ManagedProcess:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        if sig == signal.SIGKILL:
+            _kill_group(pid, sig)  # no chance to stop its children (API workers) itself
+        else:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and pid_alive(pid):
             _reap(pid)
             time.sleep(0.1)
         if pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(pid, signal.SIGKILL)
             while pid_alive(pid):
                 _reap(pid)
                 time.sleep(0.05)
@@ -161,6 +161,17 @@ def stop_by_pid_file(pid_file: Path, timeout: float = 15.0) -> None:
     marker = lines[1]
     proc = ManagedProcess(name=pid_file.stem, argv=[marker], pid_file=pid_file, log_file=pid_file)
     proc.stop(timeout=timeout)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    """Signal the process and the children in its process group (it leads one: start_new_session)."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _reap(pid: int) -> None:

@@ -42,7 +42,7 @@ router = APIRouter(prefix="/v1/goods", tags=["goods"])
 async def create_goods(request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
     body = validate_fields(GoodsCreate, fields, source, FORM_ALIASES)
-    goods = await service.create_goods(pool_of(request), body.order_id, body.name)
+    goods = await service.create_goods(request.app.state.goods_creator, body.order_id, body.name)
     wake_relay(request)
     return json_response(goods, 201, {"Location": f"/v1/goods/{goods.id}", "ETag": etag(goods.version)})
 
@@ -86,4 +86,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[router],
         pool_size=settings.db_pool_size,
         outbox=True,
+        state=lambda pool: {"goods_creator": service.goods_creator(pool)},
     )

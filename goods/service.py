@@ -1,4 +1,4 @@
-"""Goods commands: each writes the goods row and its event in one transaction.
+"""Goods commands: each writes the goods row and its event in one transaction (one statement).
 
 The goods service does not ask the order service whether an order exists:
 goods may name an order that has not been announced yet (SPEC.md).
@@ -12,10 +12,9 @@ import asyncpg
 
 from goods import repository
 from goods.schemas import GoodsPublic
-from shared import outbox
+from shared.batching import Batcher
 from shared.commands import NotFound, VersionMismatch
 from shared.database import Connection
-from shared.events import GoodsData, GoodsDeletedData, new_event
 
 
 def _public(row: asyncpg.Record) -> GoodsPublic:
@@ -29,17 +28,15 @@ def _public(row: asyncpg.Record) -> GoodsPublic:
     )
 
 
-def _data(goods: GoodsPublic) -> GoodsData:
-    return GoodsData(
-        id=goods.id, order_id=goods.order_id, name=goods.name, created_at=goods.created_at, updated_at=goods.updated_at
-    )
+def goods_creator(pool: asyncpg.Pool) -> Batcher[tuple[int, str | None], asyncpg.Record]:
+    """Concurrent creates share one statement and one commit (group commit)."""
+    return Batcher(pool, repository.insert_many)
 
 
-async def create_goods(pool: asyncpg.Pool, order_id: int, name: str | None) -> GoodsPublic:
-    async with pool.acquire() as conn, conn.transaction():
-        goods = _public(await repository.insert(conn, order_id, name))
-        await outbox.append(conn, new_event("goods.created", goods.id, goods.version, _data(goods)))
-    return goods
+async def create_goods(
+    creator: Batcher[tuple[int, str | None], asyncpg.Record], order_id: int, name: str | None
+) -> GoodsPublic:
+    return _public(await creator.submit((order_id, name)))
 
 
 async def get_goods(pool: asyncpg.Pool, goods_id: int) -> GoodsPublic:
@@ -58,28 +55,17 @@ async def update_goods(
     name: str | None,
     expected_version: int | None,
 ) -> GoodsPublic:
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
         row = await repository.update(conn, goods_id, order_id, set_name, name, expected_version)
         if row is None:
             await _refusal(conn, goods_id, expected_version)
-        goods = _public(row)
-        await outbox.append(conn, new_event("goods.updated", goods.id, goods.version, _data(goods)))
-    return goods
+    return _public(row)
 
 
 async def delete_goods(pool: asyncpg.Pool, goods_id: int, expected_version: int | None) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        row = await repository.delete(conn, goods_id, expected_version)
-        if row is None:
+    async with pool.acquire() as conn:
+        if await repository.delete(conn, goods_id, expected_version) is None:
             await _refusal(conn, goods_id, expected_version)
-        data = GoodsDeletedData(
-            id=row["id"],
-            order_id=row["order_id"],
-            name=row["name"],
-            created_at=row["created_at"],
-            updated_at=row["deleted_at"],
-        )
-        await outbox.append(conn, new_event("goods.deleted", row["id"], row["version"] + 1, data))
 
 
 async def _refusal(conn: Connection, goods_id: int, expected_version: int | None) -> NoReturn:

@@ -16,7 +16,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     if args.command == "api":
-        run_api("order.api:create_app", settings.host, settings.port, settings)
+        run_api("order.api:create_app", settings.host, settings.port, settings.api_workers, settings)
     elif args.command == "relay":
         asyncio.run(run_relay("order", settings))
     else:

@@ -42,7 +42,7 @@ router = APIRouter(prefix="/v1/order", tags=["order"])
 async def create_order(request: Request) -> Response:
     fields, source = await read_fields(request, FORM_ALIASES)
     body = validate_fields(OrderCreate, fields, source, FORM_ALIASES)
-    order = await service.create_order(pool_of(request), body.user_id)
+    order = await service.create_order(request.app.state.order_creator, body.user_id)
     wake_relay(request)
     return json_response(order, 201, {"Location": f"/v1/order/{order.id}", "ETag": etag(order.version)})
 
@@ -83,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[router],
         pool_size=settings.db_pool_size,
         outbox=True,
+        state=lambda pool: {"order_creator": service.order_creator(pool)},
     )

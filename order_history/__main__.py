@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     if args.command == "api":
-        run_api("order_history.api:create_app", settings.host, settings.port, settings)
+        run_api("order_history.api:create_app", settings.host, settings.port, settings.api_workers, settings)
     elif args.command == "consumer":
         asyncio.run(run_consumer(settings, args.instance))
     elif args.command == "migrate":

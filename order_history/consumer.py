@@ -46,8 +46,13 @@ REFUSED_DATA_ERRORS: tuple[type[Exception], ...] = (
 )
 WAITED_OUT_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, asyncpg.exceptions.PostgresError)
 
-# A batch decoded ahead of time: per (partition, offset), the event or the reason it is poison.
-Decoded = dict[tuple[TopicPartition, int], "Event | str"]
+# A batch decoded ahead of time: per partition, for each of its messages in order,
+# the event or the reason it is poison.
+Decoded = dict[TopicPartition, list["Event | str"]]
+
+# The prefetcher decodes this many messages, then lets the loop run (to send the
+# current batch's next statement), so Python's decoding and PostgreSQL's work overlap.
+DECODE_SLICE = 250
 
 
 @dataclass
@@ -56,7 +61,7 @@ class ConsumerConfig:
     bootstrap_servers: str
     group: str = "order-history"
     topics: tuple[str, ...] = TOPICS
-    max_records: int = 5000
+    max_records: int = 15000
     fetch_timeout_ms: int = 100
     max_backoff: float = 5.0
     session_timeout_ms: int = 10000
@@ -243,15 +248,28 @@ class HistoryConsumer:
     # -- one batch -------------------------------------------------------------
     def decode(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> Decoded:
         """Decode every message of a batch: an Event, or the reason it is poison."""
+        return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
+
+    async def decode_yielding(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> Decoded:
+        """`decode`, giving the event loop a turn every DECODE_SLICE messages."""
         out: Decoded = {}
         for tp, messages in records.items():
-            topic = self.config.contract_topic(tp.topic)
-            for msg in messages:
-                try:
-                    out[(tp, msg.offset)] = decode_event(msg.value, topic)
-                except PoisonMessage as exc:
-                    out[(tp, msg.offset)] = exc.reason
+            outcomes: list[Event | str] = []
+            for start in range(0, len(messages), DECODE_SLICE):
+                outcomes += self._decode_slice(tp, messages[start : start + DECODE_SLICE])
+                await asyncio.sleep(0)
+            out[tp] = outcomes
         return out
+
+    def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
+        topic = self.config.contract_topic(tp.topic)
+        outcomes: list[Event | str] = []
+        for msg in messages:
+            try:
+                outcomes.append(decode_event(msg.value, topic))
+            except PoisonMessage as exc:
+                outcomes.append(exc.reason)
+        return outcomes
 
     async def process(
         self,
@@ -275,7 +293,7 @@ class HistoryConsumer:
             next_offsets: dict[TopicPartition, int] = {}
             for tp, messages in records.items():
                 floor = stored.get(tp, 0)
-                for msg in messages:
+                for msg, outcome in zip(messages, decoded[tp], strict=True):
                     stats.events += 1
                     if msg.offset < floor:
                         stats.skipped_seen += 1
@@ -283,7 +301,6 @@ class HistoryConsumer:
                     if refused is not None:
                         poison.append((msg, refused))
                         continue
-                    outcome = decoded[(tp, msg.offset)]
                     if isinstance(outcome, str):
                         poison.append((msg, outcome))
                     else:
@@ -364,7 +381,7 @@ class HistoryConsumer:
             )
             records = {tp: msgs for tp, msgs in records.items() if msgs}
             if records:
-                await queue.put((records, self.decode(records)))
+                await queue.put((records, await self.decode_yielding(records)))
 
     async def _process_with_retry(
         self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded | None = None
@@ -412,13 +429,14 @@ class HistoryConsumer:
         if decoded is None:
             decoded = self.decode(records)
         for tp, messages in records.items():
-            for msg in messages:
+            for msg, outcome in zip(messages, decoded[tp], strict=True):
                 single = {tp: [msg]}
+                one: Decoded = {tp: [outcome]}
                 try:
-                    stats = await self.process(single, decoded=decoded)
+                    stats = await self.process(single, decoded=one)
                 except REFUSED_DATA_ERRORS as exc:
                     stats = await self.process(
-                        single, refused=f"database refused the event: {type(exc).__name__}: {exc}", decoded=decoded
+                        single, refused=f"database refused the event: {type(exc).__name__}: {exc}", decoded=one
                     )
                 total.add(stats)
         return total

@@ -5,6 +5,8 @@ partial index on (goods_count_bucket(goods_count), id) INCLUDE (user_id,
 created_at, goods_count) (migration 0002): within one bucket the index is already
 in id order, so the query is a UNION ALL of one index range per bucket above N,
 which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT rows.
+For N < 40, all counts above 40 are one more range, of the partial index
+orders_listed_over_40 on (id) (migration 0003), instead of eleven wide buckets.
 The bucket that holds N + 1 is filtered by `goods_count > N` when it spans
 several counts. Cost: one index descent per bucket plus O + L entries (and, in
 a wide boundary bucket, the entries below N it skips); independent of the
@@ -60,12 +62,18 @@ def merge_query(first_bucket: int) -> str:
     PostgreSQL 15 plans a Merge Append of the branches (a plain UNION ALL under
     an outer ORDER BY gets an Append and a Sort of every matching row).
     """
+    last = EXACT_BUCKETS if first_bucket <= EXACT_BUCKETS else BUCKETS
     branches = [
         f"(SELECT {_COLUMNS} FROM orders WHERE {_LISTED} AND goods_count_bucket(goods_count) = {b}"
         + (" AND goods_count > $3" if b == first_bucket else "")
         + " ORDER BY id)"
-        for b in range(first_bucket, BUCKETS + 1)
+        for b in range(first_bucket, last + 1)
     ]
+    if last == EXACT_BUCKETS:  # every count above 40: one range of index orders_listed_over_40 (migration 0003)
+        over = f"goods_count > {EXACT_BUCKETS}"
+        branches.append(f"(SELECT {_COLUMNS} FROM orders WHERE {_LISTED} AND {over} ORDER BY id)")
+    if len(branches) == 1:  # the last bucket alone: no merge (and a second ORDER BY would be an error)
+        return f"{branches[0][1:-1]}\nLIMIT $1 OFFSET $2"
     union = "\nUNION ALL\n".join(branches)
     return f"{union}\nORDER BY 1 LIMIT $1 OFFSET $2"
 

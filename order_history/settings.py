@@ -14,9 +14,10 @@ class Settings(CommonSettings):
     database_url: str = "postgresql://order_history_svc:order_history_svc@127.0.0.1:5432/order_history"
     host: str = "127.0.0.1"
     port: int = Field(default=8082, ge=1, le=65535)
-    db_pool_size: int = Field(default=20, ge=1)
+    db_pool_size: int = Field(default=20, ge=1, description="database connections per API worker process")
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of the API")
     consumer_group: str = "order-history"
-    batch_max_records: int = Field(default=5000, ge=1, description="events applied per database transaction")
+    batch_max_records: int = Field(default=15000, ge=1, description="events applied per database transaction")
     fetch_timeout_ms: int = Field(default=100, ge=1)
     session_timeout_ms: int = Field(
         default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import signal
 
 import uvicorn
 
-from shared.logs import configure_logging
+from shared.logs import configure_logging, logging_config
 from shared.migrations import migrate
 from shared.outbox import OutboxRelay, RelayConfig
 from shared.settings import CommandServiceSettings, CommonSettings
@@ -16,14 +17,21 @@ from shared.settings import CommandServiceSettings, CommonSettings
 log = logging.getLogger(__name__)
 
 
-def run_api(factory: str, host: str, port: int, settings: CommonSettings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
+def run_api(factory: str, host: str, port: int, workers: int, settings: CommonSettings) -> None:
+    """Serve `factory` with uvicorn: `workers` processes share the listening socket.
+
+    With more than one worker, this process supervises them (and restarts one
+    that dies); uvicorn applies `log_config` in each worker.
+    """
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
     uvicorn.run(
         factory,
         factory=True,
         host=host,
         port=port,
-        log_config=None,
+        workers=workers,
+        log_config=log_config,
         access_log=False,
         loop="uvloop",
         http="httptools",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import logging.config
 import sys
 from typing import Any
 
@@ -41,14 +42,28 @@ class TextFormatter(logging.Formatter):
         return base
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+def stderr_handler(fmt: str = "auto") -> logging.Handler:
+    """JSON lines (fmt "json", or "auto" off a TTY) or readable text on stderr."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if use_json else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # aiokafka is chatty at INFO about every coordinator hiccup.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    return handler
+
+
+def logging_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
+    """The logging setup as a `logging.config.dictConfig` dict (uvicorn applies it in each worker)."""
+    root_level = logging.getLevelName(level.upper())
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"stderr": {"()": f"{__name__}.stderr_handler", "fmt": fmt}},
+        "root": {"level": root_level, "handlers": ["stderr"]},
+        # aiokafka is chatty at INFO about every coordinator hiccup.
+        "loggers": {"aiokafka": {"level": max(logging.WARNING, root_level)}},
+    }
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    logging.config.dictConfig(logging_config(level, fmt))

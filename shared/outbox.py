@@ -22,8 +22,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared.database import UNAVAILABLE_ERRORS, Connection
-from shared.events import Event
+from shared.database import UNAVAILABLE_ERRORS
+from shared.events import TOPIC_OF_TYPE, EventType, envelope_sql
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,22 @@ _DB_WAITED_OUT: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.exce
 _RELAY_LOCK_KEY = 0x6F7574626F78  # "outbox"
 
 
-async def append(conn: Connection, event: Event) -> None:
-    """Record `event` in the outbox; call inside the command's transaction."""
-    await conn.execute(
-        "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES ($1, $2, $3, $4)",
-        event.event_id,
-        event.topic,
-        str(event.aggregate_id),
-        event.to_json().decode(),
+def insert_sql(
+    event_type: EventType, rows: str, aggregate_id: str, aggregate_version: str, data: dict[str, str]
+) -> str:
+    """An `INSERT INTO outbox` of one event per row of `rows` (a CTE of the same statement).
+
+    A command puts it in a `WITH` beside its own INSERT/UPDATE/DELETE ... RETURNING,
+    so the entity and its event commit together in one statement and one round
+    trip; PostgreSQL builds the envelope (`shared.events.envelope_sql`).
+    """
+    event_id = f"{rows}.outbox_event_id"
+    envelope = envelope_sql(event_type, aggregate_id, aggregate_version, data, event_id=event_id)
+    # The subquery draws one event id per row (a volatile function keeps it from being flattened).
+    return (
+        "INSERT INTO outbox (event_id, topic, message_key, payload) "
+        f"SELECT {event_id}, '{TOPIC_OF_TYPE[event_type]}', ({aggregate_id})::text, {envelope} "
+        f"FROM (SELECT gen_random_uuid() AS outbox_event_id, * FROM {rows}) AS {rows}"
     )
 
 
@@ -47,13 +55,15 @@ class OutboxNotifier:
     """Wakes the relay after commits, outside the writing transactions.
 
     `poke()` after a command committed; a background task sends one
-    `NOTIFY outbox` for all pokes since the last one, so a burst of writes costs
-    one notification, and no write transaction holds PostgreSQL's notify lock
-    through its commit.
+    `NOTIFY outbox` for all pokes since the last one, and at most one per
+    `min_interval` seconds, so a burst of writes costs a few notifications (each
+    one a round trip here and a wake-up of the relay), and no write transaction
+    holds PostgreSQL's notify lock through its commit.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, min_interval: float = 0.005) -> None:
         self._pool = pool
+        self._min_interval = min_interval
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -78,6 +88,8 @@ class OutboxNotifier:
             except Exception as exc:  # the relay's poll covers a lost wake-up
                 log.debug("outbox notify failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(0.5)
+            else:
+                await asyncio.sleep(self._min_interval)
 
 
 @dataclass

@@ -27,7 +27,8 @@ class CommandServiceSettings(CommonSettings):
     database_url: str
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
-    db_pool_size: int = Field(default=20, ge=1)
+    db_pool_size: int = Field(default=20, ge=1, description="database connections per API worker process")
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of the API")
     relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     outbox_retention_seconds: float = Field(default=24 * 3600.0, ge=0)

@@ -33,6 +33,8 @@ class Workload:
     def __init__(self, order_pool: asyncpg.Pool, goods_pool: asyncpg.Pool) -> None:
         self.order_pool = order_pool
         self.goods_pool = goods_pool
+        self.order_creator = order_service.order_creator(order_pool)
+        self.goods_creator = goods_service.goods_creator(goods_pool)
         self.max_order = 0
         self.max_goods = 0
         self.stats = WorkloadStats()
@@ -41,11 +43,11 @@ class Workload:
         roll = rng.random()
         try:
             if roll < 0.25 or self.max_order == 0:
-                order = await order_service.create_order(self.order_pool, rng.randint(1, 500))
+                order = await order_service.create_order(self.order_creator, rng.randint(1, 500))
                 self.max_order = max(self.max_order, order.id)
             elif roll < 0.70 or self.max_goods == 0:
                 order_id = rng.randint(1, self.max_order + 3)
-                goods = await goods_service.create_goods(self.goods_pool, order_id, f"item-{rng.randint(1, 99)}")
+                goods = await goods_service.create_goods(self.goods_creator, order_id, f"item-{rng.randint(1, 99)}")
                 self.max_goods = max(self.max_goods, goods.id)
             elif roll < 0.82:
                 gid = rng.randint(1, self.max_goods)

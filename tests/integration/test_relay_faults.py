@@ -71,11 +71,12 @@ async def test_writes_accepted_while_kafka_is_down_all_arrive_in_order(env: Env)
 @pytest.mark.slow
 async def test_relay_killed_in_the_middle_of_a_backlog_loses_nothing(env: Env) -> None:
     pool = await env.pool("order")
+    creator = order_service.order_creator(pool)
     sem = asyncio.Semaphore(8)
 
     async def create(i: int) -> None:
         async with sem:
-            order = await order_service.create_order(pool, i + 1)
+            order = await order_service.create_order(creator, i + 1)
             await order_service.update_order(pool, order.id, i + 2, None)
 
     await asyncio.gather(*(create(i) for i in range(1500)))  # a backlog of 3000 events
@@ -100,9 +101,9 @@ async def test_two_relays_do_not_publish_the_same_rows(env: Env) -> None:
     """With two relays on one database, each row goes out once (no crash, so no duplicate)."""
     env.start_relay("order", batch_size=20)
     env.start_relay("order", batch_size=20)
-    pool = await env.pool("order")
+    creator = order_service.order_creator(await env.pool("order"))
     for i in range(300):
-        await order_service.create_order(pool, i + 1)
+        await order_service.create_order(creator, i + 1)
     await env.wait_outbox_drained()
     records = await env.read_topic(ORDER, expect=300)
     await asyncio.sleep(1.0)
@@ -114,8 +115,9 @@ async def test_two_relays_do_not_publish_the_same_rows(env: Env) -> None:
 async def test_published_rows_are_purged_after_the_retention(env: Env) -> None:
     env.start_relay("order", retention_seconds=0.0, purge_interval=0.2)
     pool = await env.pool("order")
+    creator = order_service.order_creator(pool)
     for i in range(20):
-        await order_service.create_order(pool, i + 1)
+        await order_service.create_order(creator, i + 1)
 
     async def purged() -> bool:
         return bool(await pool.fetchval("SELECT count(*) FROM outbox") == 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
-from order_history.queries import BUCKETS, bucket_of, merge_query
+from order_history.queries import BUCKETS, EXACT_BUCKETS, bucket_of, merge_query
 from shared.api import ApiError, parse_if_match
 
 
@@ -26,11 +26,19 @@ def test_if_match_rejects_garbage_with_a_400(header: str) -> None:
     assert info.value.status == 400 and info.value.field == "If-Match"
 
 
-def test_merge_query_has_one_branch_per_bucket_from_the_threshold_on() -> None:
+def test_merge_query_has_one_branch_per_exact_bucket_from_the_threshold_on_and_one_for_the_rest() -> None:
     sql = merge_query(bucket_of(6))
-    assert sql.count("UNION ALL") == BUCKETS - 6
+    assert sql.count("UNION ALL") == EXACT_BUCKETS - 6 + 1
     assert "goods_count_bucket(goods_count) = 6 AND goods_count > $3" in sql
-    assert "goods_count_bucket(goods_count) = 5\n" not in sql
+    assert "goods_count_bucket(goods_count) = 5 " not in sql
+    assert "goods_count_bucket(goods_count) = 41 " not in sql
+    assert f"goods_count > {EXACT_BUCKETS} ORDER BY id" in sql
+
+
+def test_merge_query_above_the_exact_buckets_uses_the_wide_ones() -> None:
+    sql = merge_query(bucket_of(45))
+    assert sql.count("UNION ALL") == BUCKETS - bucket_of(45)
+    assert f"goods_count_bucket(goods_count) = {bucket_of(45)} AND goods_count > $3" in sql
 
 
 def test_buckets_are_exact_up_to_40_then_widen() -> None:
