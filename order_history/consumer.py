@@ -65,6 +65,7 @@ class ConsumerConfig:
     fetch_timeout_ms: int = 100
     max_backoff: float = 5.0
     session_timeout_ms: int = 10000
+    apply_concurrency: int = 3
     client_id: str = "order-history-consumer"
     topic_prefix: str = ""
 
@@ -170,7 +171,7 @@ class HistoryConsumer:
         self.pool = await asyncpg.create_pool(
             self.config.dsn,
             min_size=1,
-            max_size=2,
+            max_size=self.config.apply_concurrency + 1,
             command_timeout=60,
             # A batch's transaction holds both its read-model changes and its
             # positions, so a commit lost in a database crash is lost whole and
@@ -238,8 +239,9 @@ class HistoryConsumer:
         for tp in tps:
             if tp in stored:
                 self.consumer.seek(tp, stored[tp])
-            else:
-                await self.consumer.seek_to_beginning(tp)
+        never_applied = [tp for tp in tps if tp not in stored]
+        if never_applied:  # one request for all: each call waits for the fetcher's offset reset
+            await self.consumer.seek_to_beginning(*never_applied)
         log.info(
             "seeked to stored positions",
             extra={"positions": {f"{tp.topic}[{tp.partition}]": stored.get(tp, 0) for tp in tps}},
@@ -394,10 +396,7 @@ class HistoryConsumer:
             attempt += 1
             try:
                 started = time.monotonic()
-                try:
-                    stats = await self.process(records, decoded=decoded)
-                except REFUSED_DATA_ERRORS as exc:
-                    stats = await self._isolate(records, exc, decoded)
+                stats = await self.process_in_parallel(records, decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:
                 # Anything but a refusal of the data is the database's or Kafka's
                 # state (down, no login, no permission...): wait, never skip.
@@ -418,6 +417,43 @@ class HistoryConsumer:
             await self._commit_to_kafka(records)
             return True
         return False
+
+    async def process_in_parallel(
+        self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded | None = None
+    ) -> BatchStats:
+        """Apply a batch as up to `apply_concurrency` transactions at once, one per group of partitions.
+
+        Partition p of every topic goes to group p mod apply_concurrency. Each
+        group's transaction locks only its own position rows, and the groups'
+        goods are disjoint (one goods item's events are in one partition); orders
+        that several groups touch are locked in id order, so concurrent groups
+        serialise on them exactly as concurrent consumers do. If one group fails,
+        the others still finish (committed or rolled back) before the error is
+        raised; a retry then skips what was committed, below the stored positions.
+        """
+        if decoded is None:
+            decoded = self.decode(records)
+        groups: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = {}
+        for tp, messages in records.items():
+            groups.setdefault(tp.partition % self.config.apply_concurrency, {})[tp] = messages
+        outcomes = await asyncio.gather(
+            *(self._process_or_isolate(group, {tp: decoded[tp] for tp in group}) for group in groups.values()),
+            return_exceptions=True,
+        )
+        total = BatchStats()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            total.add(outcome)
+        return total
+
+    async def _process_or_isolate(
+        self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded
+    ) -> BatchStats:
+        try:
+            return await self.process(records, decoded=decoded)
+        except REFUSED_DATA_ERRORS as exc:
+            return await self._isolate(records, exc, decoded)
 
     async def _isolate(
         self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception, decoded: Decoded | None
