@@ -26,7 +26,6 @@ async def run_consumer(settings: Settings, instance: str) -> None:
         group=settings.consumer_group,
         max_records=settings.batch_max_records,
         fetch_timeout_ms=settings.fetch_timeout_ms,
-        apply_concurrency=settings.apply_concurrency,
         session_timeout_ms=settings.session_timeout_ms,
         client_id=f"order-history-consumer-{instance}",
         topic_prefix=settings.kafka_topic_prefix,

@@ -65,7 +65,6 @@ class ConsumerConfig:
     fetch_timeout_ms: int = 100
     max_backoff: float = 5.0
     session_timeout_ms: int = 10000
-    apply_concurrency: int = 3
     client_id: str = "order-history-consumer"
     topic_prefix: str = ""
 
@@ -108,18 +107,25 @@ class Positions:
         return {tp: off for tp, off in found.items() if tp in wanted}
 
     async def lock(self, conn: Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Lock the position rows of `tps` (in a fixed order) and return them; creates missing rows at 0."""
         ordered = sorted(tps)
         topics = [tp.topic for tp in ordered]
         parts = [tp.partition for tp in ordered]
-        await conn.execute(
-            """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
-               SELECT $1, t, p, 0 FROM unnest($2::text[], $3::integer[]) AS x(t, p)
-               ON CONFLICT DO NOTHING""",
-            self.group,
-            topics,
-            parts,
-        )
-        rows = await conn.fetch(
+        rows = await self._select_for_update(conn, topics, parts)
+        if len(rows) < len(ordered):  # a partition's first batch: one more round trip, once
+            await conn.execute(
+                """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
+                   SELECT $1, t, p, 0 FROM unnest($2::text[], $3::integer[]) AS x(t, p)
+                   ON CONFLICT DO NOTHING""",
+                self.group,
+                topics,
+                parts,
+            )
+            rows = await self._select_for_update(conn, topics, parts)
+        return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+    async def _select_for_update(self, conn: Connection, topics: list[str], parts: list[int]) -> list[asyncpg.Record]:
+        return await conn.fetch(
             """SELECT c.topic, c.partition, c.next_offset FROM consumer_positions c
                JOIN unnest($2::text[], $3::integer[]) AS x(t, p) ON c.topic = x.t AND c.partition = x.p
                WHERE c.consumer_group = $1
@@ -128,7 +134,6 @@ class Positions:
             topics,
             parts,
         )
-        return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
     async def advance(self, conn: Connection, next_offsets: dict[TopicPartition, int]) -> None:
         ordered = sorted(next_offsets)
@@ -171,7 +176,7 @@ class HistoryConsumer:
         self.pool = await asyncpg.create_pool(
             self.config.dsn,
             min_size=1,
-            max_size=self.config.apply_concurrency + 1,
+            max_size=2,
             command_timeout=60,
             # A batch's transaction holds both its read-model changes and its
             # positions, so a commit lost in a database crash is lost whole and
@@ -396,7 +401,10 @@ class HistoryConsumer:
             attempt += 1
             try:
                 started = time.monotonic()
-                stats = await self.process_in_parallel(records, decoded)
+                try:
+                    stats = await self.process(records, decoded=decoded)
+                except REFUSED_DATA_ERRORS as exc:
+                    stats = await self._isolate(records, exc, decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:
                 # Anything but a refusal of the data is the database's or Kafka's
                 # state (down, no login, no permission...): wait, never skip.
@@ -417,43 +425,6 @@ class HistoryConsumer:
             await self._commit_to_kafka(records)
             return True
         return False
-
-    async def process_in_parallel(
-        self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded | None = None
-    ) -> BatchStats:
-        """Apply a batch as up to `apply_concurrency` transactions at once, one per group of partitions.
-
-        Partition p of every topic goes to group p mod apply_concurrency. Each
-        group's transaction locks only its own position rows, and the groups'
-        goods are disjoint (one goods item's events are in one partition); orders
-        that several groups touch are locked in id order, so concurrent groups
-        serialise on them exactly as concurrent consumers do. If one group fails,
-        the others still finish (committed or rolled back) before the error is
-        raised; a retry then skips what was committed, below the stored positions.
-        """
-        if decoded is None:
-            decoded = self.decode(records)
-        groups: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = {}
-        for tp, messages in records.items():
-            groups.setdefault(tp.partition % self.config.apply_concurrency, {})[tp] = messages
-        outcomes = await asyncio.gather(
-            *(self._process_or_isolate(group, {tp: decoded[tp] for tp in group}) for group in groups.values()),
-            return_exceptions=True,
-        )
-        total = BatchStats()
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            total.add(outcome)
-        return total
-
-    async def _process_or_isolate(
-        self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded
-    ) -> BatchStats:
-        try:
-            return await self.process(records, decoded=decoded)
-        except REFUSED_DATA_ERRORS as exc:
-            return await self._isolate(records, exc, decoded)
 
     async def _isolate(
         self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception, decoded: Decoded | None

@@ -19,9 +19,6 @@ class Settings(CommonSettings):
     consumer_group: str = "order-history"
     batch_max_records: int = Field(default=15000, ge=1, description="events applied per database transaction")
     fetch_timeout_ms: int = Field(default=100, ge=1)
-    apply_concurrency: int = Field(
-        default=3, ge=1, le=64, description="transactions a consumer runs at once, one per group of partitions"
-    )
     session_timeout_ms: int = Field(
         default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"
     )
