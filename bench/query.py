@@ -7,7 +7,8 @@ orders and the counts spread over ~150 distinct values. The original design's
 tables live in the schema `baseline` of the same database, filled from the same
 rows, with an index on goods(order_id); its query is timed with asyncpg
 directly (no HTTP). Ours is timed both over HTTP on loopback and directly via
-order_history.queries.list_orders, on a connection with the API's settings.
+order_history.queries.list_rows (the list query's SQL, rows as asyncpg returns
+them, as the original query is timed), on a connection with the API's settings.
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
             _, status, body = client.get(_path(c.threshold, c.offset))
             got = [item["id"] for item in json.loads(body)["data"]] if status == 200 else []
             want = [r["id"] for r in await conn.fetch(REFERENCE_SQL, c.threshold, LIMIT, c.offset)]
-            direct = [item.id for item in await queries.list_orders(conn, c.threshold, LIMIT, c.offset)]
+            direct = [row["id"] for row in await queries.list_rows(conn, c.threshold, LIMIT, c.offset)]
             c.rows = len(got)
             c.correct = status == 200 and got == want and direct == want
         # Warm-up: every path, and one full run of the original query (its caches).
@@ -280,8 +281,8 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
             for c in combos:
                 for _ in range(5):
                     client.get(_path(c.threshold, c.offset))
-                    await queries.list_orders(conn, c.threshold, LIMIT, c.offset)
-                    await queries.list_orders(generic_conn, c.threshold, LIMIT, c.offset)
+                    await queries.list_rows(conn, c.threshold, LIMIT, c.offset)
+                    await queries.list_rows(generic_conn, c.threshold, LIMIT, c.offset)
                 bar.update()
         await baseline_conn.fetch(BASELINE_SQL, max(THRESHOLDS), LIMIT, 0)
 
@@ -298,10 +299,10 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
                         return client.get(path)
 
                     async def direct_call(t: int = t, o: int = o) -> object:
-                        return await queries.list_orders(conn, t, LIMIT, o)
+                        return await queries.list_rows(conn, t, LIMIT, o)
 
                     async def generic(t: int = t, o: int = o) -> object:
-                        return await queries.list_orders(generic_conn, t, LIMIT, o)
+                        return await queries.list_rows(generic_conn, t, LIMIT, o)
 
                     c.http.append(await timed_batch(over_http, n, budget))
                     c.direct.append(await timed_batch(direct_call, n, budget))
@@ -416,7 +417,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
     )
     section.note(
         "HTTP: sequential GETs on one keep-alive connection to the order_history API process (uvicorn, one worker). "
-        f"Direct: order_history.queries.list_orders on an asyncpg connection with the API's session settings "
+        f"Direct: order_history.queries.list_rows (rows, as the original is timed) on an asyncpg connection with the API's session settings "
         f"({API_SETTINGS}). Direct, PG defaults: the same on a connection with PostgreSQL's default settings "
         "(a diagnostic; the API does not run so). "
         "Original: the original design's query on schema baseline (same rows, index on goods(order_id)), "

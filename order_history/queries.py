@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from functools import cache
 
+import asyncpg
+
 from order_history.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
 from shared.database import Connection
 
@@ -78,9 +80,13 @@ def merge_query(first_bucket: int) -> str:
     return f"{union}\nORDER BY 1 LIMIT $1 OFFSET $2"
 
 
+async def list_rows(conn: Connection, threshold: int, limit: int, offset: int) -> list[asyncpg.Record]:
+    """One page of the list: rows (id, user_id, created_at, goods_count) in id order."""
+    return await conn.fetch(merge_query(bucket_of(threshold + 1)), limit, offset, threshold)
+
+
 async def list_orders(conn: Connection, threshold: int, limit: int, offset: int) -> list[HistoryItem]:
-    first = bucket_of(threshold + 1)
-    rows = await conn.fetch(merge_query(first), limit, offset, threshold)
+    rows = await list_rows(conn, threshold, limit, offset)
     return [
         HistoryItem(id=r["id"], user_id=r["user_id"], created_at=r["created_at"], goods_count=r["goods_count"])
         for r in rows
