@@ -417,7 +417,8 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
     )
     section.note(
         "HTTP: sequential GETs on one keep-alive connection to the order_history API process (uvicorn, one worker). "
-        f"Direct: order_history.queries.list_rows (rows, as the original is timed) on an asyncpg connection with the API's session settings "
+        "Direct: order_history.queries.list_rows (rows, as the original is timed) on an asyncpg connection "
+        f"with the API's session settings "
         f"({API_SETTINGS}). Direct, PG defaults: the same on a connection with PostgreSQL's default settings "
         "(a diagnostic; the API does not run so). "
         "Original: the original design's query on schema baseline (same rows, index on goods(order_id)), "
