@@ -40,6 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load pg_stat_statements and report the costliest statements of the consumer and the order API",
     )
     parser.add_argument(
+        "--pg-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the bench's server, e.g. --pg-set max_wal_size=4GB",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -101,11 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     scale = scale_of(args)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = Report(scale=scale.name, command=command.strip())
-    bs = BenchStack.create(fast_pg=args.fast_pg, keep=args.keep, pg_stats=args.pg_stats)
+    pg_settings = dict(item.split("=", 1) for item in args.pg_set)
+    bs = BenchStack.create(fast_pg=args.fast_pg, keep=args.keep, pg_stats=args.pg_stats, pg_settings=pg_settings)
     report.describe_machine(
-        postgres="durable (fsync on, synchronous_commit on)"
-        if not args.fast_pg
-        else "fast_pg (fsync off, synchronous_commit off)",
+        postgres=(
+            "durable (fsync on, synchronous_commit on)"
+            if not args.fast_pg
+            else "fast_pg (fsync off, synchronous_commit off)"
+        )
+        + "".join(f"; {k}={v}" for k, v in pg_settings.items()),
         kafka_partitions=bs.config.kafka_partitions,
         scale=dataclasses.asdict(scale),
     )

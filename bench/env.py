@@ -32,7 +32,9 @@ class BenchStack:
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @classmethod
-    def create(cls, fast_pg: bool, keep: bool = False, pg_stats: bool = False) -> BenchStack:
+    def create(
+        cls, fast_pg: bool, keep: bool = False, pg_stats: bool = False, pg_settings: dict[str, str] | None = None
+    ) -> BenchStack:
         pg_port = free_port()
         config = StackConfig(
             state_dir=REPO / ".devstack" / f"bench-{pg_port}",
@@ -46,6 +48,7 @@ class BenchStack:
         )
         shutil.rmtree(config.state_dir, ignore_errors=True)
         stack = Stack(config)
+        stack.postgres.extra_settings.update(pg_settings or {})
         if pg_stats:
             stack.postgres.extra_settings.update(
                 {
