@@ -19,6 +19,7 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,23 @@ def parse_wrk(stdout: str) -> dict[str, Any]:
     raise RuntimeError(f"wrk printed no summary:\n{stdout[-2000:]}")
 
 
+async def wait_with_progress(
+    proc: asyncio.subprocess.Process, seconds: float, desc: str, tick: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Wait for a timed load generator, with a progress bar; `tick` runs every 0.5 s meanwhile."""
+    started = time.monotonic()
+    with tqdm(total=round(seconds), desc=desc, unit="s") as bar:
+        while proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+            if tick is not None:
+                await tick()
+            bar.n = min(round(seconds), round(time.monotonic() - started))
+            bar.refresh()
+
+
 async def outbox_backlog(bs: BenchStack, database: str) -> int:
     conn = await bs.connect(database)
     try:
@@ -118,15 +136,11 @@ async def run_wrk_with_backlog(
         )
         started = time.monotonic()
         samples: list[int] = []
-        with tqdm(total=round(seconds), desc=desc, unit="s") as bar:
-            while proc.returncode is None:
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
-                samples.append(int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")))
-                bar.n = min(round(seconds), round(time.monotonic() - started))
-                bar.refresh()
+
+        async def sample_backlog() -> None:
+            samples.append(int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")))
+
+        await wait_with_progress(proc, seconds, desc, sample_backlog)
         stopped = time.monotonic()
         out, err = await proc.communicate()
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -262,15 +276,7 @@ async def run_pgbench(
         cwd=str(workdir),
         env={"PGPASSWORD": "order_svc", "PATH": "/usr/bin:/bin"},
     )
-    started = time.monotonic()
-    with tqdm(total=round(seconds), desc=desc, unit="s") as bar:
-        while proc.returncode is None:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
-            bar.n = min(round(seconds), round(time.monotonic() - started))
-            bar.refresh()
+    await wait_with_progress(proc, seconds, desc)
     out, err = await proc.communicate()
     text = out.decode()
     if proc.returncode != 0:

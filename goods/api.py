@@ -79,8 +79,11 @@ async def delete_goods(goods_id: GoodsId, request: Request) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service's app; without `settings` (as uvicorn calls it), a server process's, set from the environment."""
+    serving = settings is None
     settings = settings or Settings()
     return create_service_app(
+        freeze_heap=serving,
         title="goods service",
         database_url=settings.database_url,
         routers=[router],

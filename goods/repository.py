@@ -32,24 +32,28 @@ WITH input AS (
      e AS ({outbox.insert_sql("goods.created", "w", "w.id", "w.version", _DATA)})
 SELECT w.* FROM w JOIN input USING (id) ORDER BY input.n"""
 
-_UPDATE = f"""
-WITH w AS (
-    UPDATE goods SET
-        order_id = COALESCE($2, order_id),
-        name = CASE WHEN $3 THEN $4 ELSE name END,
-        version = version + 1,
-        updated_at = now()
-    WHERE id = $1 AND ($5::integer IS NULL OR version = $5)
-    RETURNING {_COLUMNS}),
-     e AS ({outbox.insert_sql("goods.updated", "w", "w.id", "w.version", _DATA)})
-SELECT {_COLUMNS} FROM w"""
+_UPDATE = outbox.with_event(
+    f"""UPDATE goods SET
+            order_id = COALESCE($2, order_id),
+            name = CASE WHEN $3 THEN $4 ELSE name END,
+            version = version + 1,
+            updated_at = now()
+        WHERE id = $1 AND ($5::integer IS NULL OR version = $5)
+        RETURNING {_COLUMNS}""",
+    "goods.updated",
+    "w.version",
+    _DATA,
+    _COLUMNS,
+)
 
-_DELETE = f"""
-WITH w AS (
-    DELETE FROM goods WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
-    RETURNING {_COLUMNS}, now() AS deleted_at),
-     e AS ({outbox.insert_sql("goods.deleted", "w", "w.id", "w.version + 1", {**_DATA, "updated_at": "w.deleted_at"})})
-SELECT {_COLUMNS} FROM w"""
+_DELETE = outbox.with_event(
+    f"""DELETE FROM goods WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
+        RETURNING {_COLUMNS}, now() AS deleted_at""",
+    "goods.deleted",
+    "w.version + 1",
+    {**_DATA, "updated_at": "w.deleted_at"},
+    _COLUMNS,
+)
 
 
 async def insert_many(conn: Connection, items: Sequence[tuple[int, str | None]]) -> list[asyncpg.Record]:

@@ -76,8 +76,11 @@ async def delete_order(order_id: OrderId, request: Request) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service's app; without `settings` (as uvicorn calls it), a server process's, set from the environment."""
+    serving = settings is None
     settings = settings or Settings()
     return create_service_app(
+        freeze_heap=serving,
         title="order service",
         database_url=settings.database_url,
         routers=[router],

@@ -26,20 +26,24 @@ WITH input AS (
      e AS ({outbox.insert_sql("order.created", "w", "w.id", "w.version", _DATA)})
 SELECT w.* FROM w JOIN input USING (id) ORDER BY input.n"""
 
-_UPDATE = f"""
-WITH w AS (
-    UPDATE orders SET user_id = $2, version = version + 1, updated_at = now()
-    WHERE id = $1 AND ($3::integer IS NULL OR version = $3)
-    RETURNING {_COLUMNS}),
-     e AS ({outbox.insert_sql("order.updated", "w", "w.id", "w.version", _DATA)})
-SELECT {_COLUMNS} FROM w"""
+_UPDATE = outbox.with_event(
+    f"""UPDATE orders SET user_id = $2, version = version + 1, updated_at = now()
+        WHERE id = $1 AND ($3::integer IS NULL OR version = $3)
+        RETURNING {_COLUMNS}""",
+    "order.updated",
+    "w.version",
+    _DATA,
+    _COLUMNS,
+)
 
-_DELETE = f"""
-WITH w AS (
-    DELETE FROM orders WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
-    RETURNING {_COLUMNS}, now() AS deleted_at),
-     e AS ({outbox.insert_sql("order.deleted", "w", "w.id", "w.version + 1", {**_DATA, "updated_at": "w.deleted_at"})})
-SELECT {_COLUMNS} FROM w"""
+_DELETE = outbox.with_event(
+    f"""DELETE FROM orders WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
+        RETURNING {_COLUMNS}, now() AS deleted_at""",
+    "order.deleted",
+    "w.version + 1",
+    {**_DATA, "updated_at": "w.deleted_at"},
+    _COLUMNS,
+)
 
 
 async def insert_many(conn: Connection, user_ids: Sequence[int]) -> list[asyncpg.Record]:

@@ -39,8 +39,11 @@ async def get_order_history(order_id: Annotated[int, Path(ge=1, le=MAX_ID)], req
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service's app; without `settings` (as uvicorn calls it), a server process's, set from the environment."""
+    serving = settings is None
     settings = settings or Settings()
     return create_service_app(
+        freeze_heap=serving,
         title="order-history service",
         database_url=settings.database_url,
         routers=[router],

@@ -146,10 +146,13 @@ def create_service_app(
     session_settings: Mapping[str, str] | None = None,
     outbox: bool = False,
     state: Callable[[asyncpg.Pool], Mapping[str, object]] | None = None,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """A FastAPI app with a database pool in `app.state.pool`, errors and health endpoints.
 
     `state(pool)` names more objects built on the pool (a service's batchers), set on `app.state`.
+    `freeze_heap`: for the app of a server process (not of a test), keep everything
+    built at startup out of the cyclic collector's passes (see the lifespan).
     """
 
     @asynccontextmanager
@@ -160,11 +163,12 @@ def create_service_app(
         app.state.outbox_notifier = OutboxNotifier(app.state.pool) if outbox else None
         if app.state.outbox_notifier is not None:
             app.state.outbox_notifier.start()
-        # Everything built so far (modules, the app, pydantic's validators) lives as
-        # long as the process: keep it out of the cyclic collector's full passes,
-        # which would otherwise rescan it every few hundred requests.
-        gc.collect()
-        gc.freeze()
+        if freeze_heap:
+            # Everything built so far (modules, the app, pydantic's validators) lives as
+            # long as the process: keep it out of the cyclic collector's full passes,
+            # which would otherwise rescan it every few hundred requests.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

@@ -51,6 +51,16 @@ def insert_sql(
     )
 
 
+def with_event(write: str, event_type: EventType, aggregate_version: str, data: dict[str, str], columns: str) -> str:
+    """One statement: `write` (an INSERT/UPDATE/DELETE ... RETURNING at least `columns`)
+    as CTE `w`, the event of each row it wrote, and `columns` of those rows."""
+    return (
+        f"WITH w AS ({write}),\n"
+        f"     e AS ({insert_sql(event_type, 'w', 'w.id', aggregate_version, data)})\n"
+        f"SELECT {columns} FROM w"
+    )
+
+
 class OutboxNotifier:
     """Wakes the relay after commits, outside the writing transactions.
 
