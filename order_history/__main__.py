@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 
 import asyncpg
@@ -20,6 +21,12 @@ log = logging.getLogger("order_history")
 async def run_consumer(settings: Settings, instance: str) -> None:
     """Run the consumer until SIGTERM/SIGINT; restart it (from its stored positions) if it fails."""
     configure_logging(settings.log_level, settings.log_format)
+    # A batch in flight keeps some 150,000 objects alive for about a second, and
+    # with the default threshold (a collection every 700 allocations) the cycle
+    # collector walks them again and again: decoding measured 14 µs per event
+    # instead of 9. The consumer's objects are freed by reference counting (they
+    # form no cycles), so collecting less often costs no memory.
+    gc.set_threshold(100_000, 20, 100)
     config = ConsumerConfig(
         dsn=settings.database_url,
         bootstrap_servers=settings.kafka_bootstrap_servers,
