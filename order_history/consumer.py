@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from order_history.projections import apply_batch, reduce_events
+from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
 from shared.database import RETRYABLE_ERRORS, Connection
 from shared.events import TOPICS, Event, PoisonMessage, decode_event, dlq_topic
 
@@ -50,9 +50,25 @@ WAITED_OUT_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, asyncpg.exc
 # the event or the reason it is poison.
 Decoded = dict[TopicPartition, list["Event | str"]]
 
-# The prefetcher decodes this many messages, then lets the loop run (to send the
-# current batch's next statement), so Python's decoding and PostgreSQL's work overlap.
-DECODE_SLICE = 250
+# The prefetcher takes this many messages from aiokafka at a time, decodes them,
+# then lets the loop run (to send the current batch's next statement), so that
+# Python's work on the next batch and PostgreSQL's on the current one overlap
+# without delaying the current one: one getmany of a whole batch kept the loop
+# for some 50 ms, and every statement of the current batch waited for it.
+FETCH_SLICE = 500
+
+
+@dataclass
+class Fetched:
+    """A batch fetched ahead of time: its messages, decoded, and its statement's parameters.
+
+    `prepared` assumes every valid event of the batch is new; `process` uses it
+    when that holds (the usual case) and prepares again when it does not.
+    """
+
+    records: dict[TopicPartition, list[ConsumerRecord]]
+    decoded: Decoded
+    prepared: PreparedBatch
 
 
 @dataclass
@@ -258,16 +274,37 @@ class HistoryConsumer:
         """Decode every message of a batch: an Event, or the reason it is poison."""
         return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
 
-    async def decode_yielding(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> Decoded:
-        """`decode`, giving the event loop a turn every DECODE_SLICE messages."""
-        out: Decoded = {}
-        for tp, messages in records.items():
-            outcomes: list[Event | str] = []
-            for start in range(0, len(messages), DECODE_SLICE):
-                outcomes += self._decode_slice(tp, messages[start : start + DECODE_SLICE])
-                await asyncio.sleep(0)
-            out[tp] = outcomes
-        return out
+    async def fetch(self) -> Fetched | None:
+        """Fetch, decode and prepare up to max_records messages (None: nothing arrived in time).
+
+        In slices of FETCH_SLICE, giving the event loop a turn after each. The
+        first getmany waits up to fetch_timeout_ms; the next ones take only what
+        aiokafka has already fetched.
+        """
+        assert self.consumer is not None
+        records: dict[TopicPartition, list[ConsumerRecord]] = {}
+        decoded: Decoded = {}
+        total = 0
+        timeout = self.config.fetch_timeout_ms
+        while total < self.config.max_records:
+            got = await self.consumer.getmany(
+                timeout_ms=timeout, max_records=min(FETCH_SLICE, self.config.max_records - total)
+            )
+            count = 0
+            for tp, messages in got.items():
+                if messages:
+                    records.setdefault(tp, []).extend(messages)
+                    decoded.setdefault(tp, []).extend(self._decode_slice(tp, messages))
+                    count += len(messages)
+            if not count:
+                break
+            total += count
+            timeout = 0
+            await asyncio.sleep(0)
+        if not records:
+            return None
+        events = [o for outcomes in decoded.values() for o in outcomes if not isinstance(o, str)]
+        return Fetched(records, decoded, prepare(reduce_events(events)))
 
     def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
         topic = self.config.contract_topic(tp.topic)
@@ -284,11 +321,14 @@ class HistoryConsumer:
         records: dict[TopicPartition, list[ConsumerRecord]],
         refused: str | None = None,
         decoded: Decoded | None = None,
+        prepared: PreparedBatch | None = None,
     ) -> BatchStats:
         """Apply one fetched batch in one transaction (with its DLQ messages).
 
-        `decoded` holds the batch decoded ahead of time (else it is decoded here).
-        With `refused`, every new message of the batch is dead-lettered with that reason.
+        `decoded` holds the batch decoded ahead of time (else it is decoded here),
+        `prepared` its statement's parameters for the case where all its valid
+        events are new. With `refused`, every new message of the batch is
+        dead-lettered with that reason.
         """
         if decoded is None:
             decoded = self.decode(records)
@@ -318,9 +358,10 @@ class HistoryConsumer:
             if poison:
                 await self._dead_letter(conn, poison)
                 stats.poison = len(poison)
-            batch = reduce_events(events)
-            if len(batch):
-                await apply_batch(conn, batch)
+            if prepared is None or stats.skipped_seen or refused is not None:
+                prepared = prepare(reduce_events(events))  # some were applied before: not the prefetched set
+            if len(prepared):
+                await apply_prepared(conn, prepared)
             stats.applied = len(events)
             await self.positions.advance(conn, next_offsets)
         return stats
@@ -353,7 +394,7 @@ class HistoryConsumer:
     async def run(self) -> None:
         """Apply batches while the next one is fetched and decoded.
 
-        A prefetch task fetches and decodes the next batch while this loop waits
+        A prefetch task fetches, decodes and prepares the next batch while this loop waits
         on the database for the current one, so Python's decoding and
         PostgreSQL's work overlap. Batches stay in fetch order; if a batch has to
         be given up (database outage), the prefetched ones are dropped too and
@@ -361,7 +402,7 @@ class HistoryConsumer:
         """
         assert self.consumer is not None
         while not self._stopping:
-            queue: asyncio.Queue[tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded]] = asyncio.Queue(1)
+            queue: asyncio.Queue[Fetched] = asyncio.Queue(1)
             prefetch = asyncio.create_task(self._prefetch(queue))
             try:
                 while not self._stopping:
@@ -371,8 +412,7 @@ class HistoryConsumer:
                         get.cancel()
                         prefetch.result()  # the prefetcher crashed: raise its error
                         return
-                    records, decoded = get.result()
-                    if not await self._process_with_retry(records, decoded):
+                    if not await self._process_with_retry(get.result()):
                         break  # given up: drop the prefetched batches, re-seek, start over
             finally:
                 prefetch.cancel()
@@ -381,21 +421,16 @@ class HistoryConsumer:
             if not self._stopping:
                 await self.seek_to_stored_positions(list(self.consumer.assignment()))
 
-    async def _prefetch(self, queue: asyncio.Queue[tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded]]) -> None:
-        assert self.consumer is not None
+    async def _prefetch(self, queue: asyncio.Queue[Fetched]) -> None:
         while not self._stopping:
-            records = await self.consumer.getmany(
-                timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.max_records
-            )
-            records = {tp: msgs for tp, msgs in records.items() if msgs}
-            if records:
-                await queue.put((records, await self.decode_yielding(records)))
+            fetched = await self.fetch()
+            if fetched is not None:
+                await queue.put(fetched)
 
-    async def _process_with_retry(
-        self, records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded | None = None
-    ) -> bool:
+    async def _process_with_retry(self, fetched: Fetched) -> bool:
         """Apply a batch, retrying through short outages; False if it was given up."""
         assert self.consumer is not None
+        records, decoded = fetched.records, fetched.decoded
         backoff = 0.1
         attempt = 0
         while not self._stopping:
@@ -403,7 +438,7 @@ class HistoryConsumer:
             try:
                 started = time.monotonic()
                 try:
-                    stats = await self.process(records, decoded=decoded)
+                    stats = await self.process(records, decoded=decoded, prepared=fetched.prepared)
                 except REFUSED_DATA_ERRORS as exc:
                     stats = await self._isolate(records, exc, decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:

@@ -158,8 +158,19 @@ def _text_array(values: list[str | None]) -> str:
     )
 
 
-async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
-    """Apply `batch`; call inside a transaction."""
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A reduced batch as the statement's parameters, built ahead of the transaction."""
+
+    params: tuple[str, ...]
+    entities: int
+
+    def __len__(self) -> int:
+        return self.entities
+
+
+def prepare(batch: ReducedBatch) -> PreparedBatch:
+    """The parameters of `_APPLY` for `batch`: pure Python, no database."""
     goods: list[tuple[Event, GoodsData | GoodsDeletedData]] = []
     for event in batch.goods.values():
         assert isinstance(event.data, GoodsData | GoodsDeletedData)
@@ -168,8 +179,7 @@ async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
     for event in batch.orders.values():
         assert isinstance(event.data, OrderData | OrderDeletedData)
         orders.append((event, event.data))
-    row = await conn.fetchrow(
-        _APPLY,
+    params = (
         _array([e.aggregate_id for e, _ in goods]),
         _array([d.order_id for _, d in goods]),
         _text_array([d.name for _, d in goods]),
@@ -184,5 +194,16 @@ async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
         _array([e.aggregate_version for e, _ in orders]),
         _array([e.event_type == "order.deleted" for e, _ in orders]),
     )
+    return PreparedBatch(params, len(batch))
+
+
+async def apply_prepared(conn: Connection, prepared: PreparedBatch) -> ApplyResult:
+    """Apply a prepared batch; call inside a transaction."""
+    row = await conn.fetchrow(_APPLY, *prepared.params)
     assert row is not None
     return ApplyResult(int(row["orders"]), int(row["goods"]))
+
+
+async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
+    """Apply `batch`; call inside a transaction."""
+    return await apply_prepared(conn, prepare(batch))
