@@ -59,16 +59,37 @@ FETCH_SLICE = 500
 
 
 @dataclass
-class Fetched:
-    """A batch fetched ahead of time: its messages, decoded, and its statement's parameters.
+class Part:
+    """The messages of some of a batch's partitions, decoded, and their statement's parameters.
 
-    `prepared` assumes every valid event of the batch is new; `process` uses it
+    `prepared` assumes every valid event of the part is new; `process` uses it
     when that holds (the usual case) and prepares again when it does not.
     """
 
     records: dict[TopicPartition, list[ConsumerRecord]]
     decoded: Decoded
     prepared: PreparedBatch
+
+
+@dataclass
+class Fetched:
+    """A batch fetched ahead of time, split into parts of disjoint partitions."""
+
+    records: dict[TopicPartition, list[ConsumerRecord]]
+    decoded: Decoded
+    parts: list[Part]
+
+
+def split_partitions(sizes: dict[TopicPartition, int], ways: int) -> list[list[TopicPartition]]:
+    """`ways` groups of partitions with about equal message counts (each partition,
+    largest first, to the lightest group); empty groups are left out."""
+    groups: list[list[TopicPartition]] = [[] for _ in range(ways)]
+    loads = [0] * ways
+    for tp in sorted(sizes, key=lambda t: (-sizes[t], t)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(tp)
+        loads[lightest] += sizes[tp]
+    return [g for g in groups if g]
 
 
 @dataclass
@@ -81,6 +102,7 @@ class ConsumerConfig:
     fetch_timeout_ms: int = 100
     max_backoff: float = 5.0
     session_timeout_ms: int = 10000
+    apply_connections: int = 2
     client_id: str = "order-history-consumer"
     topic_prefix: str = ""
 
@@ -192,7 +214,7 @@ class HistoryConsumer:
         self.pool = await asyncpg.create_pool(
             self.config.dsn,
             min_size=1,
-            max_size=2,
+            max_size=self.config.apply_connections,
             command_timeout=60,
             # A batch's transaction holds both its read-model changes and its
             # positions, so a commit lost in a database crash is lost whole and
@@ -303,8 +325,12 @@ class HistoryConsumer:
             await asyncio.sleep(0)
         if not records:
             return None
-        events = [o for outcomes in decoded.values() for o in outcomes if not isinstance(o, str)]
-        return Fetched(records, decoded, prepare(reduce_events(events)))
+        parts = []
+        for group in split_partitions({tp: len(m) for tp, m in records.items()}, self.config.apply_connections):
+            events = [o for tp in group for o in decoded[tp] if not isinstance(o, str)]
+            prepared = prepare(reduce_events(events))
+            parts.append(Part({tp: records[tp] for tp in group}, {tp: decoded[tp] for tp in group}, prepared))
+        return Fetched(records, decoded, parts)
 
     def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
         topic = self.config.contract_topic(tp.topic)
@@ -438,7 +464,7 @@ class HistoryConsumer:
             try:
                 started = time.monotonic()
                 try:
-                    stats = await self.process(records, decoded=decoded, prepared=fetched.prepared)
+                    stats = await self._process_parts(fetched.parts)
                 except REFUSED_DATA_ERRORS as exc:
                     stats = await self._isolate(records, exc, decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:
@@ -461,6 +487,26 @@ class HistoryConsumer:
             await self._commit_to_kafka(records)
             return True
         return False
+
+    async def _process_parts(self, parts: list[Part]) -> BatchStats:
+        """Apply the parts of a batch at once, each in its own transaction on its own connection.
+
+        Parts hold disjoint partitions, so their goods rows and position rows are
+        disjoint; the order rows they share are locked in id order by both, so
+        one waits for the other's commit and neither deadlocks. While one part's
+        transaction writes orders, the other's parses its arrays and writes its
+        goods: PostgreSQL uses two cores. If one part fails, the other may have
+        committed: a retry of the batch skips its messages by their positions.
+        """
+        results = await asyncio.gather(
+            *(self.process(p.records, decoded=p.decoded, prepared=p.prepared) for p in parts), return_exceptions=True
+        )
+        total = BatchStats()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            total.add(result)
+        return total
 
     async def _isolate(
         self, records: dict[TopicPartition, list[ConsumerRecord]], error: Exception, decoded: Decoded | None
