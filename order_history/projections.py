@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -86,11 +86,11 @@ class ApplyResult:
 #   ON CONFLICT DO UPDATE locks each row it meets, in input (id) order, so
 #   concurrent consumers take order rows in one order and add their deltas to
 #   the latest row version: increments commute, no count is lost.
-_APPLY = """
-WITH g_in AS (
+_APPLY_CTES = """g_in AS (
     SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::timestamptz[],
                          $5::text::timestamptz[], $6::text::integer[], $7::text::boolean[])
         AS t(id, order_id, name, created_at, updated_at, version, deleted)
+    WHERE {guard}
 ), upserted AS (
     INSERT INTO goods AS g (id, order_id, name, created_at, updated_at, version, deleted)
     SELECT id, order_id, name, created_at, updated_at, version, deleted FROM g_in
@@ -115,6 +115,7 @@ WITH g_in AS (
     SELECT * FROM unnest($8::text::bigint[], $9::text::bigint[], $10::text::timestamptz[], $11::text::timestamptz[],
                          $12::text::integer[], $13::text::boolean[])
         AS t(id, user_id, created_at, updated_at, version, deleted)
+    WHERE {guard}
 ), orders_upserted AS (
     INSERT INTO orders AS o (id, user_id, created_at, updated_at, version, known, deleted, goods_count)
     SELECT COALESCE(o_in.id, deltas.order_id), o_in.user_id, o_in.created_at, o_in.updated_at,
@@ -134,8 +135,17 @@ WITH g_in AS (
         goods_count = o.goods_count + EXCLUDED.goods_count
     WHERE o.version < EXCLUDED.version OR EXCLUDED.goods_count <> 0
     RETURNING 1
-)
-SELECT (SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM upserted) AS goods"""
+)"""
+# Parameters $1..$13 are a PreparedBatch's; a statement that adds its own starts at $14.
+PARAMS: Final = 13
+_COUNTS = "(SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM upserted) AS goods"
+_APPLY = f"WITH {_APPLY_CTES.format(guard='true')}\nSELECT {_COUNTS}"
+
+
+def apply_sql(before: str, guard: str, select: str) -> str:
+    """The batch statement with CTEs of the caller's `before` it, applied only where `guard`
+    (an SQL condition over those CTEs) holds, and `select` added to its result row."""
+    return f"WITH {before},\n{_APPLY_CTES.format(guard=guard)}\nSELECT {select}, {_COUNTS}"
 
 
 def _array(values: list[Any]) -> str:

@@ -11,7 +11,11 @@ import uuid
 
 import asyncpg
 import orjson
+from aiokafka import ConsumerRecord, TopicPartition
 
+from order_history.consumer import Part
+from order_history.projections import prepare, reduce_events
+from shared.events import Event
 from tests.harness import GOODS, ORDER, Env
 from tests.readmodel import (
     ExpectedModel,
@@ -220,3 +224,29 @@ async def test_a_database_outage_is_waited_out_and_nothing_is_skipped(env: Env) 
     await env.wait_caught_up(timeout=60)
     assert await read_model_snapshot(await env.pool("order_history")) == expected.snapshot()
     assert await recount_mismatches(await env.pool("order_history")) == 0
+
+
+async def test_a_part_applied_before_is_refused_by_the_one_statement_path_and_skipped(env: Env) -> None:
+    """The one-round-trip statement applies a part only if none of it was applied before;
+    otherwise it changes nothing, and `process` skips what the positions say is applied."""
+    events = list(random_stream(random.Random(5), 300, 20))
+    await env.produce(encode(events))
+    consumer = await env.start_consumer()
+    await env.wait_caught_up()
+    history = await env.pool("order_history")
+    model, positions = await read_model_snapshot(history), await env.positions()
+    goods = await env.read_topic(GOODS, expect=sum(e.topic == GOODS for e in events))
+    records: dict[TopicPartition, list[ConsumerRecord]] = {}
+    for message in goods:
+        records.setdefault(TopicPartition(message.topic, message.partition), []).append(message)
+    decoded = consumer.decode(records)
+    valid = [e for outcomes in decoded.values() for e in outcomes if isinstance(e, Event)]
+    again = Part(records, decoded, prepare(reduce_events(valid)))
+    assert len(again.prepared) > 0
+
+    assert await consumer._apply_tracked(again) is None
+    stats = await consumer._process_part(again)
+
+    assert (stats.events, stats.skipped_seen, stats.applied) == (len(goods), len(goods), 0)
+    assert await read_model_snapshot(history) == model
+    assert await env.positions() == positions

@@ -30,3 +30,16 @@ def test_duplicates_collapse_and_orders_and_goods_stay_apart() -> None:
     batch = reduce_events([order, order, goods(1, 3, 1), deleted, goods(1, 3, 1)])
     assert batch.orders == {1: order}
     assert batch.goods[1] is deleted
+
+
+def test_partitions_are_split_into_groups_of_about_equal_size() -> None:
+    from aiokafka import TopicPartition
+
+    from order_history.consumer import split_partitions
+
+    g0, g1, g2, o0 = TopicPartition("g", 0), TopicPartition("g", 1), TopicPartition("g", 2), TopicPartition("o", 0)
+    sizes = {g0: 500, g1: 300, g2: 250, o0: 40}
+    groups = split_partitions(sizes, 2)
+    assert sorted(tp for g in groups for tp in g) == sorted(sizes)  # every partition once
+    assert sorted(sum(sizes[tp] for tp in g) for g in groups) == [540, 550]  # 500 + 40 and 300 + 250
+    assert split_partitions({g0: 10}, 2) == [[g0]]  # no empty group
