@@ -8,9 +8,14 @@ positions, so after a crash, a kill -9 or a rebalance it resumes from what its
 own database says it applied. Kafka's committed offsets are written too, after
 the database commit, only so that lag tools can read them.
 
-A transaction first locks the position rows of the partitions in its batch and
-skips events below them: if two instances ever hold a batch of one partition
-(during a rebalance), the second one applies nothing twice.
+A transaction locks the position rows of the partitions in its batch before it
+writes anything, and applies no event below them: if two instances ever hold a
+batch of one partition (during a rebalance), the second one applies nothing
+twice. Usually one statement does it all (_TRACKED_APPLY); when some of the
+batch was applied before, `process` skips those events.
+
+A batch is applied as parts of disjoint partitions, each in its own
+transaction on its own connection, at the same time (see _process_parts).
 
 Poison messages go to `<topic>.dlq` (raw value, with the reason and the original
 topic/partition/offset as headers) and to the dead_letters table, then are
