@@ -32,6 +32,7 @@ async def run_consumer(settings: Settings, instance: str) -> None:
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group=settings.consumer_group,
         max_records=settings.batch_max_records,
+        apply_connections=settings.apply_connections,
         fetch_timeout_ms=settings.fetch_timeout_ms,
         session_timeout_ms=settings.session_timeout_ms,
         client_id=f"order-history-consumer-{instance}",

@@ -17,7 +17,10 @@ class Settings(CommonSettings):
     db_pool_size: int = Field(default=20, ge=1, description="database connections per API worker process")
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of the API")
     consumer_group: str = "order-history"
-    batch_max_records: int = Field(default=15000, ge=1, description="events applied per database transaction")
+    batch_max_records: int = Field(default=15000, ge=1, description="events the consumer applies per batch")
+    apply_connections: int = Field(
+        default=2, ge=1, le=16, description="transactions a batch is split into, applied at once (by partition)"
+    )
     fetch_timeout_ms: int = Field(default=100, ge=1)
     session_timeout_ms: int = Field(
         default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"

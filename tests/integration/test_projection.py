@@ -150,7 +150,7 @@ async def test_positions_advance_in_the_same_transaction_and_resume_after_restar
     await consumer.stop()
     before = await env.positions()
     await env.produce(encode(events[200:]))
-    await env.start_consumer(max_records=37)
+    await env.start_consumer(max_records=37, apply_connections=1)  # one transaction per batch
     await env.wait_caught_up()
     assert sum((await env.positions()).values()) == len(events) > sum(before.values())
     assert await read_model_snapshot(await env.pool("order_history")) == expected.snapshot()
