@@ -46,14 +46,7 @@ _UPDATE = outbox.with_event(
     _COLUMNS,
 )
 
-_DELETE = outbox.with_event(
-    f"""DELETE FROM goods WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
-        RETURNING {_COLUMNS}, now() AS deleted_at""",
-    "goods.deleted",
-    "w.version + 1",
-    {**_DATA, "updated_at": "w.deleted_at"},
-    _COLUMNS,
-)
+_DELETE = outbox.delete_with_event("goods", "goods.deleted", _DATA, _COLUMNS)
 
 
 async def insert_many(conn: Connection, items: Sequence[tuple[int, str | None]]) -> list[asyncpg.Record]:

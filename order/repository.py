@@ -36,14 +36,7 @@ _UPDATE = outbox.with_event(
     _COLUMNS,
 )
 
-_DELETE = outbox.with_event(
-    f"""DELETE FROM orders WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
-        RETURNING {_COLUMNS}, now() AS deleted_at""",
-    "order.deleted",
-    "w.version + 1",
-    {**_DATA, "updated_at": "w.deleted_at"},
-    _COLUMNS,
-)
+_DELETE = outbox.delete_with_event("orders", "order.deleted", _DATA, _COLUMNS)
 
 
 async def insert_many(conn: Connection, user_ids: Sequence[int]) -> list[asyncpg.Record]:

@@ -80,9 +80,15 @@ class Part:
 class Fetched:
     """A batch fetched ahead of time, split into parts of disjoint partitions."""
 
-    records: dict[TopicPartition, list[ConsumerRecord]]
-    decoded: Decoded
     parts: list[Part]
+
+    @property
+    def records(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+        return {tp: messages for part in self.parts for tp, messages in part.records.items()}
+
+    @property
+    def decoded(self) -> Decoded:
+        return {tp: outcomes for part in self.parts for tp, outcomes in part.decoded.items()}
 
 
 def split_partitions(sizes: dict[TopicPartition, int], ways: int) -> list[list[TopicPartition]]:
@@ -364,7 +370,7 @@ class HistoryConsumer:
             events = [o for tp in group for o in decoded[tp] if not isinstance(o, str)]
             prepared = prepare(reduce_events(events))
             parts.append(Part({tp: records[tp] for tp in group}, {tp: decoded[tp] for tp in group}, prepared))
-        return Fetched(records, decoded, parts)
+        return Fetched(parts)
 
     def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
         topic = self.config.contract_topic(tp.topic)

@@ -61,6 +61,20 @@ def with_event(write: str, event_type: EventType, aggregate_version: str, data: 
     )
 
 
+def delete_with_event(table: str, event_type: EventType, data: dict[str, str], columns: str) -> str:
+    """One statement: delete row `id = $1` of `table` (compare-and-set on version when $2 is
+    not NULL) with its event, which carries the row's last state one version on,
+    `updated_at` being the deletion time; returns `columns` of the deleted row."""
+    return with_event(
+        f"""DELETE FROM {table} WHERE id = $1 AND ($2::integer IS NULL OR version = $2)
+        RETURNING {columns}, now() AS deleted_at""",
+        event_type,
+        "w.version + 1",
+        {**data, "updated_at": "w.deleted_at"},
+        columns,
+    )
+
+
 class OutboxNotifier:
     """Wakes the relay after commits, outside the writing transactions.
 
