@@ -132,6 +132,16 @@ class BenchStack:
     def superuser_dsn(self, database: str) -> str:
         return self.stack.postgres.dsn(database)
 
+    async def checkpoint(self) -> None:
+        """CHECKPOINT, so that a timed run starts from a clean state: no checkpoint of
+        the previous run's writes during it, and WAL segments to recycle instead of
+        new ones to create (a new 16 MB segment is zero-filled while commits wait)."""
+        conn = await asyncpg.connect(self.superuser_dsn("postgres"))
+        try:
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
     async def connect(self, database: str, **settings: str) -> asyncpg.Connection:
         return await asyncpg.connect(
             self.dsn(database), server_settings={"timezone": "UTC", **settings}, command_timeout=600

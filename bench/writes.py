@@ -345,6 +345,7 @@ async def run(
     try:
         for trial in range(scale.wrk_trials):
             for name, script_path in scripts.items():
+                await bs.checkpoint()
                 results[name].append(
                     await run_pgbench(
                         bs, script_path, scale.connections, scale.pgbench_seconds, workdir, f"{name[:28]} #{trial + 1}"
@@ -376,6 +377,7 @@ async def run(
                     profiler.start()
                 if trial == 0:
                     await bs.reset_statement_stats()
+                await bs.checkpoint()
                 meter.start()
                 result = await run_wrk_with_backlog(
                     bs,
