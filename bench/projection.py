@@ -254,6 +254,7 @@ async def reset_read_model(bs: BenchStack) -> None:
         await conn.execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
     finally:
         await conn.close()
+    await bs.checkpoint()  # the next trial starts clean (see BenchStack.checkpoint)
 
 
 async def verify(bs: BenchStack, gen: Generator) -> dict[str, Any]:

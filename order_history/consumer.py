@@ -368,7 +368,7 @@ class HistoryConsumer:
         parts = []
         for group in split_partitions({tp: len(m) for tp, m in records.items()}, self.config.apply_connections):
             events = [o for tp in group for o in decoded[tp] if not isinstance(o, str)]
-            prepared = prepare(reduce_events(events))
+            prepared = prepare(reduce_events(events), insert_created=True)
             parts.append(Part({tp: records[tp] for tp in group}, {tp: decoded[tp] for tp in group}, prepared))
         return Fetched(parts)
 
@@ -427,7 +427,8 @@ class HistoryConsumer:
             if prepared is None or stats.skipped_seen or refused is not None:
                 prepared = prepare(reduce_events(events))  # some were applied before: not the prefetched set
             if len(prepared):
-                await apply_prepared(conn, prepared)
+                # Upserts only: a goods.created may be here again (see projections.inserted).
+                await apply_prepared(conn, prepared.upserts_only())
             stats.applied = len(events)
             await self.positions.advance(conn, next_offsets)
         return stats
@@ -555,7 +556,8 @@ class HistoryConsumer:
     async def _apply_tracked(self, part: Part) -> BatchStats | None:
         """`process` for the usual case, in one round trip (_TRACKED_APPLY); None if it is not that case.
 
-        The usual case: no poison message, and none of the part applied before.
+        The usual case: no poison message, none of the part applied before, and
+        no goods.created in it that the read model has seen already.
         Each statement sent waits for every event-loop turn before its reply is
         read, so one statement instead of five (BEGIN, lock, apply, advance,
         COMMIT) also saves the turns the prefetcher takes in between.
@@ -565,15 +567,20 @@ class HistoryConsumer:
             return None
         ordered = sorted(part.records)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                _TRACKED_APPLY,
-                *part.prepared.params,
-                self.positions.group,
-                [tp.topic for tp in ordered],
-                [tp.partition for tp in ordered],
-                [part.records[tp][0].offset for tp in ordered],
-                [part.records[tp][-1].offset + 1 for tp in ordered],
-            )
+            try:
+                row = await conn.fetchrow(
+                    _TRACKED_APPLY,
+                    *part.prepared.params,
+                    self.positions.group,
+                    [tp.topic for tp in ordered],
+                    [tp.partition for tp in ordered],
+                    [part.records[tp][0].offset for tp in ordered],
+                    [part.records[tp][-1].offset + 1 for tp in ordered],
+                )
+            except asyncpg.UniqueViolationError:
+                # A goods.created of the part was delivered before (projections.inserted):
+                # the statement changed nothing; `process` applies the part by upserts.
+                return None
         assert row is not None
         if not row["ok"]:
             return None

@@ -33,7 +33,7 @@ tracking records, so the read model is a deterministic function of the log.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
@@ -46,6 +46,9 @@ from shared.events import Event, GoodsData, GoodsDeletedData, OrderData, OrderDe
 class ReducedBatch:
     orders: dict[int, Event] = field(default_factory=dict)
     goods: dict[int, Event] = field(default_factory=dict)
+    # Goods whose goods.created event is in the batch: the read model has no row
+    # for them, unless the event was delivered before (see `prepare`).
+    created_goods: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.orders) + len(self.goods)
@@ -55,7 +58,12 @@ def reduce_events(events: Iterable[Event]) -> ReducedBatch:
     """Keep, per entity, the event with the highest aggregate_version."""
     batch = ReducedBatch()
     for event in events:
-        target = batch.orders if event.event_type.startswith("order.") else batch.goods
+        if event.event_type.startswith("order."):
+            target = batch.orders
+        else:
+            target = batch.goods
+            if event.event_type == "goods.created":
+                batch.created_goods.add(event.aggregate_id)
         seen = target.get(event.aggregate_id)
         if seen is None or event.aggregate_version > seen.aggregate_version:
             target[event.aggregate_id] = event
@@ -73,8 +81,14 @@ class ApplyResult:
 # step scans a table: rows are reached by primary key, so the cost of a batch
 # does not grow with the tables.
 #
-# - upserted: goods, newest version wins (a duplicate or a stale version is not
-#   returned). An updated row records the order it was counted in before
+# - inserted: goods created in this batch, by a plain INSERT. ON CONFLICT first
+#   probes the primary key for every row, and that probe was a fifth of the
+#   database's time; a new row needs none (the insert itself still refuses a
+#   duplicate id). Only the caller's one-statement path asks for this: if the
+#   goods.created was delivered before, the statement fails whole and the batch
+#   is applied by upserts only (`PreparedBatch.upserts_only`);
+# - upserted: other goods, newest version wins (a duplicate or a stale version is
+#   not returned). An updated row records the order it was counted in before
 #   (counted_in_before, migration 0004), since RETURNING shows only the new row;
 # - deltas: per order, +1 for each changed goods item now live in it, -1 for each
 #   that was live in it before the change (a move is -1 and +1, a delete -1);
@@ -88,12 +102,16 @@ class ApplyResult:
 #   the latest row version: increments commute, no count is lost.
 _APPLY_CTES = """g_in AS (
     SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::timestamptz[],
-                         $5::text::timestamptz[], $6::text::integer[], $7::text::boolean[])
-        AS t(id, order_id, name, created_at, updated_at, version, deleted)
+                         $5::text::timestamptz[], $6::text::integer[], $7::text::boolean[], $14::text::boolean[])
+        AS t(id, order_id, name, created_at, updated_at, version, deleted, created)
     WHERE {guard}
+), inserted AS (
+    INSERT INTO goods (id, order_id, name, created_at, updated_at, version, deleted)
+    SELECT id, order_id, name, created_at, updated_at, version, deleted FROM g_in WHERE created
+    RETURNING order_id, deleted, counted_in_before
 ), upserted AS (
     INSERT INTO goods AS g (id, order_id, name, created_at, updated_at, version, deleted)
-    SELECT id, order_id, name, created_at, updated_at, version, deleted FROM g_in
+    SELECT id, order_id, name, created_at, updated_at, version, deleted FROM g_in WHERE NOT created
     ON CONFLICT (id) DO UPDATE SET
         order_id   = EXCLUDED.order_id,
         name       = CASE WHEN EXCLUDED.deleted THEN g.name ELSE EXCLUDED.name END,
@@ -104,11 +122,13 @@ _APPLY_CTES = """g_in AS (
         counted_in_before = CASE WHEN g.deleted THEN NULL ELSE g.order_id END
     WHERE g.version < EXCLUDED.version
     RETURNING g.order_id, g.deleted, g.counted_in_before
+), changed AS (
+    SELECT * FROM inserted UNION ALL SELECT * FROM upserted
 ), deltas AS (
     SELECT order_id, sum(d)::integer AS d FROM (
-        SELECT order_id, 1 AS d FROM upserted WHERE NOT deleted
+        SELECT order_id, 1 AS d FROM changed WHERE NOT deleted
         UNION ALL
-        SELECT counted_in_before, -1 FROM upserted WHERE counted_in_before IS NOT NULL
+        SELECT counted_in_before, -1 FROM changed WHERE counted_in_before IS NOT NULL
     ) AS x
     GROUP BY order_id
 ), o_in AS (
@@ -136,9 +156,9 @@ _APPLY_CTES = """g_in AS (
     WHERE o.version < EXCLUDED.version OR EXCLUDED.goods_count <> 0
     RETURNING 1
 )"""
-# Parameters $1..$13 are a PreparedBatch's; a statement that adds its own starts at $14.
-PARAMS: Final = 13
-_COUNTS = "(SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM upserted) AS goods"
+# Parameters $1..$14 are a PreparedBatch's; a statement that adds its own starts at $15.
+PARAMS: Final = 14
+_COUNTS = "(SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM changed) AS goods"
 _APPLY = f"WITH {_APPLY_CTES.format(guard='true')}\nSELECT {_COUNTS}"
 
 
@@ -172,15 +192,30 @@ def _text_array(values: list[str | None]) -> str:
 class PreparedBatch:
     """A reduced batch as the statement's parameters, built ahead of the transaction."""
 
-    params: tuple[str, ...]
+    columns: tuple[str, ...]  # $1..$13
+    created: str  # $14: per goods row, whether it is written by a plain INSERT
     entities: int
+    goods: int
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return (*self.columns, self.created)
 
     def __len__(self) -> int:
         return self.entities
 
+    def upserts_only(self) -> PreparedBatch:
+        """The same batch with every goods row upserted: for when a goods.created
+        of it may have been applied before (a redelivery)."""
+        return replace(self, created=_array([False] * self.goods))
 
-def prepare(batch: ReducedBatch) -> PreparedBatch:
-    """The parameters of `_APPLY` for `batch`: pure Python, no database."""
+
+def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
+    """The parameters of `_APPLY` for `batch`: pure Python, no database.
+
+    `insert_created`: the goods created in the batch are written by a plain
+    INSERT, which fails if the read model has one of those rows already.
+    """
     goods: list[tuple[Event, GoodsData | GoodsDeletedData]] = []
     for event in batch.goods.values():
         assert isinstance(event.data, GoodsData | GoodsDeletedData)
@@ -204,7 +239,8 @@ def prepare(batch: ReducedBatch) -> PreparedBatch:
         _array([e.aggregate_version for e, _ in orders]),
         _array([e.event_type == "order.deleted" for e, _ in orders]),
     )
-    return PreparedBatch(params, len(batch))
+    created = [insert_created and e.aggregate_id in batch.created_goods for e, _ in goods]
+    return PreparedBatch(params, _array(created), len(batch), len(goods))
 
 
 async def apply_prepared(conn: Connection, prepared: PreparedBatch) -> ApplyResult:

@@ -32,6 +32,19 @@ def test_duplicates_collapse_and_orders_and_goods_stay_apart() -> None:
     assert batch.goods[1] is deleted
 
 
+def test_only_goods_created_in_the_batch_are_marked_for_a_plain_insert_and_only_on_request() -> None:
+    from order_history.projections import prepare
+
+    created = new_event("goods.created", 1, 1, GoodsData(id=1, order_id=7, name=None, created_at=NOW, updated_at=NOW))
+    # goods 1: created, then updated in the same batch; goods 2: only an update (created earlier).
+    batch = reduce_events([goods(1, 2, 7), created, goods(2, 5, 7)])
+    assert batch.created_goods == {1}
+    assert list(batch.goods) == [1, 2]
+    assert prepare(batch, insert_created=True).created == "{true,false}"
+    assert prepare(batch, insert_created=True).upserts_only().created == "{false,false}"
+    assert prepare(batch).created == "{false,false}"  # the default is safe for a redelivery
+
+
 def test_partitions_are_split_into_groups_of_about_equal_size() -> None:
     from aiokafka import TopicPartition
 
