@@ -38,7 +38,8 @@ down: ## stop everything `make up` started (data stays)
 status: ## show what runs, with PIDs and log files
 	@$(PY) -m devstack status
 
-clean: down ## stop and delete all local data and logs
+clean: ## stop and delete all local data and logs (also a cluster kept under /var/tmp)
+	@if [ -x $(PY) ]; then $(PY) -m devstack clean; fi
 	rm -rf .devstack/pgdata .devstack/kafka .devstack/logs .devstack/run .devstack/test-*
 
 test: ## install what is missing and run the whole test suite against fresh servers

@@ -1,4 +1,4 @@
-"""`python -m devstack up|down|status|install-kafka`: the Makefile's back end."""
+"""`python -m devstack up|down|clean|status|install-kafka`: the Makefile's back end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "install-kafka", "infra"])
+    parser.add_argument("command", choices=["up", "down", "clean", "status", "install-kafka", "infra"])
     args = parser.parse_args(argv)
     try:
         config = StackConfig.from_env(os.environ)
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.print_summary()
         elif args.command == "down":
             stack.down()
+        elif args.command == "clean":
+            stack.clean()
         else:
             print(dump(stack.status()))
     except StackError as exc:

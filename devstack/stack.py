@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -185,6 +186,17 @@ class Stack:
             stop_by_pid_file(pid_file)
         self.kafka.stop()
         self.postgres.stop()
+
+    def clean(self) -> None:
+        """Stop everything, then delete the stack's data and logs, including a
+        PostgreSQL cluster kept outside the checkout (see PostgresServer)."""
+        self.down()
+        root = self.config.state_dir
+        kept_elsewhere = self.postgres.data_dir.parent if self.postgres.data_dir != root / "pgdata" else None
+        for path in (root / "pgdata", root / "kafka", self.logs, self.run_dir, kept_elsewhere):
+            if path is not None and path.exists():
+                say(f"deleting {path}")
+                shutil.rmtree(path)
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {
