@@ -122,9 +122,8 @@ class BenchStack:
                     if not self.config.state_dir.exists():
                         break
                     time.sleep(1.0)
-                pgdata = self.stack.postgres.data_dir
-                if not pgdata.is_relative_to(self.config.state_dir):  # the cluster lived under /var/tmp
-                    shutil.rmtree(pgdata.parent, ignore_errors=True)
+                if self.stack.postgres.relocated_to is not None:
+                    shutil.rmtree(self.stack.postgres.relocated_to, ignore_errors=True)
 
     # -- databases -------------------------------------------------------------
     def dsn(self, database: str) -> str:

@@ -72,6 +72,8 @@ class PostgresServer:
     def __post_init__(self) -> None:
         self.bindir = find_bindir()
         self.run_as: str | None = None
+        # Where the cluster lives instead of data_dir's parent, if it had to move (below).
+        self.relocated_to: Path | None = None
         if os.geteuid() == 0:
             self.run_as = os.environ.get("PG_OS_USER", "postgres")
             try:
@@ -91,6 +93,7 @@ class PostgresServer:
                 say(f"{self.run_as} cannot reach {self.data_dir}; the cluster lives in {base} instead")
                 self.data_dir = base / "pgdata"
                 self.log_file = base / "postgres.log"
+                self.relocated_to = base
 
     # -- helpers -------------------------------------------------------------
     def _reachable_by_run_as(self, path: Path) -> bool:

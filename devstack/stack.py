@@ -192,8 +192,7 @@ class Stack:
         PostgreSQL cluster kept outside the checkout (see PostgresServer)."""
         self.down()
         root = self.config.state_dir
-        kept_elsewhere = self.postgres.data_dir.parent if self.postgres.data_dir != root / "pgdata" else None
-        for path in (root / "pgdata", root / "kafka", self.logs, self.run_dir, kept_elsewhere):
+        for path in (root / "pgdata", root / "kafka", self.logs, self.run_dir, self.postgres.relocated_to):
             if path is not None and path.exists():
                 say(f"deleting {path}")
                 shutil.rmtree(path)

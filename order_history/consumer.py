@@ -497,7 +497,7 @@ class HistoryConsumer:
     async def _process_with_retry(self, fetched: Fetched) -> bool:
         """Apply a batch, retrying through short outages; False if it was given up."""
         assert self.consumer is not None
-        records, decoded = fetched.records, fetched.decoded
+        records = fetched.records
         backoff = 0.1
         attempt = 0
         while not self._stopping:
@@ -507,7 +507,7 @@ class HistoryConsumer:
                 try:
                     stats = await self._process_parts(fetched.parts)
                 except REFUSED_DATA_ERRORS as exc:
-                    stats = await self._isolate(records, exc, decoded)
+                    stats = await self._isolate(records, exc, fetched.decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:
                 # Anything but a refusal of the data is the database's or Kafka's
                 # state (down, no login, no permission...): wait, never skip.

@@ -68,8 +68,8 @@ def stack() -> Iterator[Stack]:
     finally:
         stack.down()
         shutil.rmtree(stack.config.state_dir, ignore_errors=True)
-        if not stack.postgres.data_dir.is_relative_to(stack.config.state_dir):
-            shutil.rmtree(stack.postgres.data_dir.parent, ignore_errors=True)  # the cluster lived elsewhere
+        if stack.postgres.relocated_to is not None:
+            shutil.rmtree(stack.postgres.relocated_to, ignore_errors=True)
 
 
 @pytest.fixture
