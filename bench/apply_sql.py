@@ -1,0 +1,163 @@
+"""The projection's database side alone: the consumer's batch statements, without Kafka or Python's decoding.
+
+`python -m bench.apply_sql [--events N] [--trials T] [--before SQL ...]`
+
+A diagnostic beside measurement 2 (not part of `make bench`). It builds the
+projection bench's event stream (bench.projection.Generator), keys it to 3
+partitions per topic as the bench's producer does, cuts it into batches of the
+consumer's size and each batch into the consumer's parts
+(order_history.consumer.split_partitions), and prepares every part's parameters
+before the clock starts. Then, on an empty read model of a PostgreSQL server of
+its own (durable settings, as the bench's), it applies them with the consumer's
+statement and session settings:
+
+- serial: every part one after another, on one connection: the database's own
+  time per event;
+- parallel: each batch's parts at once, one connection each, as the consumer
+  applies them.
+
+Each trial starts from an empty read model and a CHECKPOINT. `--before` runs SQL
+on the empty read model first (to try an index or a storage parameter); the
+read model is checked against a recount after each trial.
+
+The stream's batches are consecutive slices of it, so every part holds about as
+many events; the consumer's batches come as aiokafka hands them over, often
+from two or three partitions, and its parts are less even.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from order_history.consumer import ConsumerConfig, split_partitions
+from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
+from shared.events import Event
+
+from .env import BenchStack, log, step
+from .projection import Generator
+
+PARTITIONS = 3
+Batches = list[list[tuple[int, PreparedBatch]]]  # per batch, its parts as (events, prepared parameters)
+SESSION = {"timezone": "UTC", "synchronous_commit": "off", "plan_cache_mode": "force_generic_plan"}
+
+
+def batches_of(events: int, batch: int, ways: int) -> Batches:
+    """Per batch, its parts as (events, prepared parameters)."""
+    gen = Generator()
+    partitioner = DefaultPartitioner()
+    partitions = list(range(PARTITIONS))
+    out: Batches = []
+    current: dict[TopicPartition, list[Event]] = {}
+    for i in range(events):
+        event = gen.next(i)
+        tp = TopicPartition(event.topic, partitioner(event.key, partitions, partitions))
+        current.setdefault(tp, []).append(event)
+        if (i + 1) % batch == 0 or i + 1 == events:
+            parts = []
+            for group in split_partitions({tp: len(m) for tp, m in current.items()}, ways):
+                part = [e for tp in group for e in current[tp]]
+                parts.append((len(part), prepare(reduce_events(part), insert_created=True)))
+            out.append(parts)
+            current = {}
+    return out
+
+
+async def trial(dsn: str, mode: str, batches: Batches, before: list[str]) -> dict[str, Any]:
+    ways = max(len(parts) for parts in batches)
+    conns = [await asyncpg.connect(dsn, server_settings=SESSION) for _ in range(ways)]
+    try:
+        await conns[0].execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
+        for sql in before:
+            await conns[0].execute(sql)
+        await conns[0].execute("CHECKPOINT")
+        await conns[0].execute("SELECT pg_stat_reset()")
+
+        async def apply(conn: asyncpg.Connection, prepared: PreparedBatch) -> None:
+            async with conn.transaction():
+                await apply_prepared(conn, prepared)
+
+        events = sum(n for parts in batches for n, _ in parts)
+        started = time.perf_counter()
+        for parts in batches:
+            if mode == "serial":
+                for _, prepared in parts:
+                    await apply(conns[0], prepared)
+            else:
+                await asyncio.gather(*(apply(conns[k], prepared) for k, (_, prepared) in enumerate(parts)))
+        seconds = time.perf_counter() - started
+        wrong = await conns[0].fetchval(
+            """SELECT count(*) FROM orders o
+               LEFT JOIN (SELECT order_id, count(*) AS n FROM goods WHERE NOT deleted GROUP BY order_id) g
+                 ON g.order_id = o.id
+               WHERE o.goods_count <> coalesce(g.n, 0)"""
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    await asyncio.sleep(1.1)  # a backend flushes its table statistics as it exits
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname IN ('orders', 'goods')"
+        )
+    finally:
+        await conn.close()
+    updates = {r["relname"]: (r["n_tup_upd"], r["n_tup_hot_upd"]) for r in rows}
+    return {
+        "mode": mode,
+        "events": events,
+        "seconds": seconds,
+        "us_per_event": seconds / events * 1e6,
+        "events_per_s": events / seconds,
+        "orders_with_wrong_count": wrong,
+        "updates_hot": updates,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.apply_sql", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=600_000)
+    parser.add_argument("--batch", type=int, default=ConsumerConfig.max_records, help="events per batch")
+    parser.add_argument("--parts", type=int, default=ConsumerConfig.apply_connections, help="parts per batch")
+    parser.add_argument("--trials", type=int, default=2, help="trials of each mode, alternating")
+    parser.add_argument("--before", action="append", default=[], metavar="SQL", help="run on the empty read model")
+    args = parser.parse_args(argv)
+    with step(f"building and preparing {args.events:,} events"):
+        batches = batches_of(args.events, args.batch, args.parts)
+    bs = BenchStack.create(fast_pg=False)
+    results = []
+    try:
+        with step(f"starting PostgreSQL in {bs.config.state_dir}"):
+            bs.stack.postgres.start()
+            bs.stack.postgres.create_databases()
+            bs.stack.migrate()
+        for n in range(args.trials):
+            for mode in ("serial", "parallel"):
+                with step(f"{mode} trial {n + 1}"):
+                    results.append(asyncio.run(trial(bs.superuser_dsn("order_history"), mode, batches, args.before)))
+    finally:
+        bs.down()
+    before = "; ".join(args.before) or "-"
+    print(f"\n{args.events:,} events, batches of {args.batch:,}, {args.parts} parts each; before: {before}\n")
+    print("| mode | µs per event | events/s | orders with a wrong count | updates, HOT (orders; goods) |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        counts = (r["updates_hot"].get(t, (0, 0)) for t in ("orders", "goods"))
+        hot = "; ".join(f"{upd:,}, {hot:,}" for upd, hot in counts)
+        cells = [r["mode"], f"{r['us_per_event']:.2f}", f"{r['events_per_s']:,.0f}", r["orders_with_wrong_count"], hot]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    failed = [r for r in results if r["orders_with_wrong_count"]]
+    if failed:
+        log(f"{len(failed)} trial(s) left orders with a wrong count")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
