@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         bs.start()
+        speed = report.environment["machine_speed"] = {"start": asyncio.run(bs.machine_speed())}
         asyncio.run(run(args, scale, bs, report))
+        speed["end"] = asyncio.run(bs.machine_speed())
     except KeyboardInterrupt:
         log("interrupted: stopping the bench stack; partial results follow")
         code = 130

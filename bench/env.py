@@ -18,7 +18,7 @@ from devstack.progress import step as devstack_step
 from devstack.stack import REPO, Stack, StackConfig, readyz
 from shared.events import TOPICS, dlq_topic
 
-from .stats import children_of
+from .stats import children_of, median
 
 log = functools.partial(say, prefix="bench")
 step = functools.partial(devstack_step, prefix="bench")
@@ -143,6 +143,27 @@ class BenchStack:
             await conn.execute("CHECKPOINT")
         finally:
             await conn.close()
+
+    async def machine_speed(self) -> dict[str, float]:
+        """The same small fixed work, timed (median of 3, ms): a pure-Python loop and
+        a PostgreSQL query that reads no table. Taken at a run's start and end, so
+        that runs can be compared with how fast the machine was at the time (its
+        speed drifts by ±15% and more)."""
+        python_ms, postgres_ms = [], []
+        conn = await asyncpg.connect(self.superuser_dsn("postgres"))
+        try:
+            for _ in range(3):
+                started = time.perf_counter()
+                total = 0
+                for i in range(2_000_000):
+                    total += i
+                python_ms.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                await conn.fetchval("SELECT sum(g) FROM generate_series(1, 2000000) AS g")
+                postgres_ms.append((time.perf_counter() - started) * 1000)
+        finally:
+            await conn.close()
+        return {"python_loop_ms": round(median(python_ms), 1), "postgres_series_ms": round(median(postgres_ms), 1)}
 
     async def connect(self, database: str, **settings: str) -> asyncpg.Connection:
         return await asyncpg.connect(
