@@ -5,16 +5,16 @@
 A diagnostic beside measurement 2 (not part of `make bench`). It builds the
 projection bench's event stream (bench.projection.Generator), keys it to 3
 partitions per topic as the bench's producer does, cuts it into batches of the
-consumer's size and each batch into the consumer's parts
-(order_history.consumer.split_partitions), and prepares every part's parameters
-before the clock starts. Then, on an empty read model of a PostgreSQL server of
+consumer's size and each batch into parts, its partitions split evenly over
+the consumer's lanes (order_history.consumer.Lanes), and prepares every part's
+parameters before the clock starts. Then, on an empty read model of a PostgreSQL server of
 its own (durable settings, as the bench's), it applies them with the consumer's
 statement and session settings:
 
 - serial: every part one after another, on one connection: the database's own
   time per event;
-- parallel: each batch's parts at once, one connection each, as the consumer
-  applies them.
+- parallel: each batch's parts at once, one connection each. (The consumer's
+  lanes do not wait for each other after each batch; this mode does.)
 
 Each trial starts from an empty read model and a CHECKPOINT. `--before` runs SQL
 on the empty read model first (to try an index or a storage parameter); after
@@ -37,7 +37,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from order_history.consumer import ConsumerConfig, split_partitions
+from order_history.consumer import ConsumerConfig, Lanes
 from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
 from shared.events import Event
 
@@ -63,7 +63,8 @@ def batches_of(events: int, batch: int, ways: int) -> tuple[Generator, Batches]:
         current.setdefault(tp, []).append(event)
         if (i + 1) % batch == 0 or i + 1 == events:
             parts = []
-            for group in split_partitions({tp: len(m) for tp, m in current.items()}, ways):
+            # each batch on its own: its partitions split evenly over the lanes
+            for _, group in sorted(Lanes(ways).route({tp: len(m) for tp, m in current.items()}).items()):
                 part = [e for tp in group for e in current[tp]]
                 parts.append((len(part), prepare(reduce_events(part), insert_created=True)))
             out.append(parts)

@@ -14,8 +14,10 @@ batch of one partition (during a rebalance), the second one applies nothing
 twice. Usually one statement does it all (_TRACKED_APPLY); when some of the
 batch was applied before, `process` skips those events.
 
-A batch is applied as parts of disjoint partitions, each in its own
-transaction on its own connection, at the same time (see _process_parts).
+Partitions are applied by `apply_connections` lanes at once, each lane one
+transaction at a time on its own connection (see Lanes): a partition stays on
+one lane while any of its messages wait there, so each partition's messages are
+applied in order.
 
 Poison messages go to `<topic>.dlq` (raw value, with the reason and the original
 topic/partition/offset as headers) and to the dead_letters table, then are
@@ -26,7 +28,6 @@ consumer re-seeks to the database's positions and reads again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -65,7 +66,7 @@ FETCH_SLICE = 500
 
 @dataclass
 class Part:
-    """The messages of some of a batch's partitions, decoded, and their statement's parameters.
+    """Messages of some partitions, decoded, and their statement's parameters: one lane's transaction.
 
     `prepared` assumes every valid event of the part is new; `process` uses it
     when that holds (the usual case) and prepares again when it does not.
@@ -75,32 +76,50 @@ class Part:
     decoded: Decoded
     prepared: PreparedBatch
 
-
-@dataclass
-class Fetched:
-    """A batch fetched ahead of time, split into parts of disjoint partitions."""
-
-    parts: list[Part]
-
-    @property
-    def records(self) -> dict[TopicPartition, list[ConsumerRecord]]:
-        return {tp: messages for part in self.parts for tp, messages in part.records.items()}
-
-    @property
-    def decoded(self) -> Decoded:
-        return {tp: outcomes for part in self.parts for tp, outcomes in part.decoded.items()}
+    def __len__(self) -> int:
+        return sum(map(len, self.records.values()))
 
 
-def split_partitions(sizes: dict[TopicPartition, int], ways: int) -> list[list[TopicPartition]]:
-    """`ways` groups of partitions with about equal message counts (each partition,
-    largest first, to the lightest group); empty groups are left out."""
-    groups: list[list[TopicPartition]] = [[] for _ in range(ways)]
-    loads = [0] * ways
-    for tp in sorted(sizes, key=lambda t: (-sizes[t], t)):
-        lightest = loads.index(min(loads))
-        groups[lightest].append(tp)
-        loads[lightest] += sizes[tp]
-    return [g for g in groups if g]
+class Lanes:
+    """Which lane applies each partition's next messages.
+
+    Each lane applies its parts one after another, in its own transactions; the
+    lanes run at once. A partition stays on its lane while any of its messages
+    are queued or being applied there, so every partition's messages are applied
+    in offset order. A partition with none waiting goes to the lane with the
+    fewest messages waiting: the lanes stay about equally loaded, and each lane
+    starts its next part as soon as it is done with the last, whatever the other
+    lanes are doing. (One transaction per batch, split by partition, would make
+    every part wait for the batch's slowest.)
+    """
+
+    def __init__(self, count: int) -> None:
+        self.waiting = [0] * count  # messages queued or being applied, per lane
+        self.lane_of: dict[TopicPartition, int] = {}
+        self._pending: dict[TopicPartition, int] = {}  # messages queued or being applied, per partition
+
+    def route(self, sizes: dict[TopicPartition, int]) -> dict[int, list[TopicPartition]]:
+        """Give each partition of a fetched batch (with its message count) a lane: lane -> its partitions."""
+        routed: dict[int, list[TopicPartition]] = {}
+        for tp in sorted(sizes, key=lambda t: (-sizes[t], t)):
+            lane = self.lane_of.get(tp)
+            if lane is None:
+                lane = self.waiting.index(min(self.waiting))
+                self.lane_of[tp] = lane
+            routed.setdefault(lane, []).append(tp)
+            self.waiting[lane] += sizes[tp]
+            self._pending[tp] = self._pending.get(tp, 0) + sizes[tp]
+        return routed
+
+    def done(self, sizes: dict[TopicPartition, int]) -> None:
+        """A lane is done with these messages (applied, skipped or given up): a partition
+        with nothing left waiting may go to another lane next time."""
+        for tp, size in sizes.items():
+            self.waiting[self.lane_of[tp]] -= size
+            self._pending[tp] -= size
+            if not self._pending[tp]:
+                del self._pending[tp]
+                del self.lane_of[tp]
 
 
 @dataclass
@@ -248,6 +267,7 @@ class HistoryConsumer:
         self.producer: AIOKafkaProducer | None = None
         self._stopping = False
         self._last_kafka_commit = 0.0
+        self._applied_ends: dict[TopicPartition, int] = {}  # applied, not yet committed to Kafka
         self.total = BatchStats()
 
     async def start(self) -> None:
@@ -336,8 +356,8 @@ class HistoryConsumer:
         """Decode every message of a batch: an Event, or the reason it is poison."""
         return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
 
-    async def fetch(self) -> Fetched | None:
-        """Fetch, decode and prepare up to max_records messages (None: nothing arrived in time).
+    async def fetch(self) -> tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded] | None:
+        """Fetch and decode up to max_records messages (None: nothing arrived in time).
 
         In slices of FETCH_SLICE, giving the event loop a turn after each. The
         first getmany waits up to fetch_timeout_ms; the next ones take only what
@@ -363,14 +383,13 @@ class HistoryConsumer:
             total += count
             timeout = 0
             await asyncio.sleep(0)
-        if not records:
-            return None
-        parts = []
-        for group in split_partitions({tp: len(m) for tp, m in records.items()}, self.config.apply_connections):
-            events = [o for tp in group for o in decoded[tp] if not isinstance(o, str)]
-            prepared = prepare(reduce_events(events), insert_created=True)
-            parts.append(Part({tp: records[tp] for tp in group}, {tp: decoded[tp] for tp in group}, prepared))
-        return Fetched(parts)
+        return (records, decoded) if records else None
+
+    @staticmethod
+    def part(records: dict[TopicPartition, list[ConsumerRecord]], decoded: Decoded) -> Part:
+        """A lane's part: the messages and their statement's parameters, assuming every valid event is new."""
+        events = [o for tp in records for o in decoded[tp] if not isinstance(o, str)]
+        return Part(records, decoded, prepare(reduce_events(events), insert_created=True))
 
     def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
         topic = self.config.contract_topic(tp.topic)
@@ -459,45 +478,72 @@ class HistoryConsumer:
 
     # -- the loop --------------------------------------------------------------
     async def run(self) -> None:
-        """Apply batches while the next one is fetched and decoded.
+        """Apply what arrives, in lanes, until stopped.
 
-        A prefetch task fetches, decodes and prepares the next batch while this loop waits
-        on the database for the current one, so Python's decoding and
-        PostgreSQL's work overlap. Batches stay in fetch order; if a batch has to
-        be given up (database outage), the prefetched ones are dropped too and
-        the consumer re-seeks to its stored positions, so nothing is skipped.
+        A prefetch task fetches, decodes and prepares the lanes' next parts while
+        the lanes wait on the database, so Python's work and PostgreSQL's
+        overlap. Each partition's parts stay in fetch order (see Lanes). If a
+        lane has to give a part up (database outage), every lane stops, the
+        queued parts are dropped and the consumer re-seeks to its stored
+        positions, so nothing is skipped.
         """
         assert self.consumer is not None
         while not self._stopping:
-            queue: asyncio.Queue[Fetched] = asyncio.Queue(1)
-            prefetch = asyncio.create_task(self._prefetch(queue))
-            try:
-                while not self._stopping:
-                    get = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait({get, prefetch}, return_when=asyncio.FIRST_COMPLETED)
-                    if get not in done:
-                        get.cancel()
-                        prefetch.result()  # the prefetcher crashed: raise its error
-                        return
-                    if not await self._process_with_retry(get.result()):
-                        break  # given up: drop the prefetched batches, re-seek, start over
-            finally:
-                prefetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await prefetch
+            await self._run_lanes()
             if not self._stopping:
                 await self.seek_to_stored_positions(list(self.consumer.assignment()))
 
-    async def _prefetch(self, queue: asyncio.Queue[Fetched]) -> None:
+    async def _run_lanes(self) -> None:
+        """Run the prefetcher and the lanes until the consumer stops or a lane gives a part up.
+
+        When stopping, each lane finishes the part it is applying; queued parts are dropped.
+        """
+        ways = self.config.apply_connections
+        lanes = Lanes(ways)
+        queues: list[asyncio.Queue[Part | None]] = [asyncio.Queue(1) for _ in range(ways)]
+        prefetch = asyncio.create_task(self._prefetch(lanes, queues))
+        workers = [asyncio.create_task(self._lane(lanes, queue)) for queue in queues]
+        try:
+            done, _ = await asyncio.wait([prefetch, *workers], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a task crashed: raise its error
+            if prefetch in done:  # stopping: let each lane finish its current part
+                for queue in queues:
+                    while not queue.empty():
+                        queue.get_nowait()
+                    queue.put_nowait(None)
+                await asyncio.gather(*workers)
+        finally:
+            for task in (prefetch, *workers):
+                task.cancel()
+            await asyncio.gather(prefetch, *workers, return_exceptions=True)
+
+    async def _prefetch(self, lanes: Lanes, queues: list[asyncio.Queue[Part | None]]) -> None:
         while not self._stopping:
             fetched = await self.fetch()
-            if fetched is not None:
-                await queue.put(fetched)
+            if fetched is None:
+                continue
+            records, decoded = fetched
+            for lane, tps in lanes.route({tp: len(m) for tp, m in records.items()}).items():
+                await queues[lane].put(self.part({tp: records[tp] for tp in tps}, {tp: decoded[tp] for tp in tps}))
 
-    async def _process_with_retry(self, fetched: Fetched) -> bool:
-        """Apply a batch, retrying through short outages; False if it was given up."""
+    async def _lane(self, lanes: Lanes, queue: asyncio.Queue[Part | None]) -> None:
+        """Apply one lane's parts in order; return when told to stop, or when a part is given up."""
+        while True:
+            part = await queue.get()
+            if part is None:
+                return
+            try:
+                applied = await self._process_with_retry(part)
+            finally:
+                lanes.done({tp: len(m) for tp, m in part.records.items()})
+            if not applied:
+                return
+
+    async def _process_with_retry(self, part: Part) -> bool:
+        """Apply a part, retrying through short outages; False if it was given up."""
         assert self.consumer is not None
-        records = fetched.records
+        records = part.records
         backoff = 0.1
         attempt = 0
         while not self._stopping:
@@ -505,19 +551,15 @@ class HistoryConsumer:
             try:
                 started = time.monotonic()
                 try:
-                    stats = await self._process_parts(fetched.parts)
+                    stats = await self._process_part(part)
                 except REFUSED_DATA_ERRORS as exc:
-                    stats = await self._isolate(records, exc, fetched.decoded)
+                    stats = await self._isolate(records, exc, part.decoded)
             except (*WAITED_OUT_ERRORS, KafkaError) as exc:
                 # Anything but a refusal of the data is the database's or Kafka's
                 # state (down, no login, no permission...): wait, never skip.
                 log.warning(
                     "batch not applied, will retry",
-                    extra={
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "attempt": attempt,
-                        "events": sum(map(len, records.values())),
-                    },
+                    extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt, "events": len(part)},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
@@ -528,24 +570,6 @@ class HistoryConsumer:
             await self._commit_to_kafka(records)
             return True
         return False
-
-    async def _process_parts(self, parts: list[Part]) -> BatchStats:
-        """Apply the parts of a batch at once, each in its own transaction on its own connection.
-
-        Parts hold disjoint partitions, so their goods rows and position rows are
-        disjoint; the order rows they share are locked in id order by both, so
-        one waits for the other's commit and neither deadlocks. While one part's
-        transaction writes orders, the other's parses its arrays and writes its
-        goods: PostgreSQL uses two cores. If one part fails, the other may have
-        committed: a retry of the batch skips its messages by their positions.
-        """
-        results = await asyncio.gather(*(self._process_part(p) for p in parts), return_exceptions=True)
-        total = BatchStats()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            total.add(result)
-        return total
 
     async def _process_part(self, part: Part) -> BatchStats:
         stats = await self._apply_tracked(part)
@@ -625,14 +649,17 @@ class HistoryConsumer:
         )
 
     async def _commit_to_kafka(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Best effort, at most once a second: only for lag monitoring."""
+        """Best effort, at most once a second, for every lane's partitions: only for lag monitoring."""
         assert self.consumer is not None
+        for tp, msgs in records.items():
+            self._applied_ends[tp] = msgs[-1].offset + 1
         now = time.monotonic()
         if now - self._last_kafka_commit < 1.0:
             return
         self._last_kafka_commit = now
         assigned = self.consumer.assignment()
-        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if tp in assigned}
+        offsets = {tp: end for tp, end in self._applied_ends.items() if tp in assigned}
+        self._applied_ends.clear()
         try:
             await self.consumer.commit(offsets)
         except KafkaError:

@@ -19,7 +19,7 @@ class Settings(CommonSettings):
     consumer_group: str = "order-history"
     batch_max_records: int = Field(default=15000, ge=1, description="events the consumer applies per batch")
     apply_connections: int = Field(
-        default=2, ge=1, le=16, description="transactions a batch is split into, applied at once (by partition)"
+        default=2, ge=1, le=16, description="lanes: transactions applied at once, each to its own partitions"
     )
     fetch_timeout_ms: int = Field(default=100, ge=1)
     session_timeout_ms: int = Field(

@@ -45,14 +45,25 @@ def test_only_goods_created_in_the_batch_are_marked_for_a_plain_insert_and_only_
     assert prepare(batch).created == "{false,false}"  # the default is safe for a redelivery
 
 
-def test_partitions_are_split_into_groups_of_about_equal_size() -> None:
+def test_a_partition_stays_on_its_lane_while_its_messages_wait_and_new_ones_go_to_the_least_loaded() -> None:
     from aiokafka import TopicPartition
 
-    from order_history.consumer import split_partitions
+    from order_history.consumer import Lanes
 
     g0, g1, g2, o0 = TopicPartition("g", 0), TopicPartition("g", 1), TopicPartition("g", 2), TopicPartition("o", 0)
-    sizes = {g0: 500, g1: 300, g2: 250, o0: 40}
-    groups = split_partitions(sizes, 2)
-    assert sorted(tp for g in groups for tp in g) == sorted(sizes)  # every partition once
-    assert sorted(sum(sizes[tp] for tp in g) for g in groups) == [540, 550]  # 500 + 40 and 300 + 250
-    assert split_partitions({g0: 10}, 2) == [[g0]]  # no empty group
+    lanes = Lanes(2)
+    # largest first, each to the lane with the fewest messages waiting
+    assert lanes.route({g0: 500, g1: 300, g2: 250, o0: 40}) == {0: [g0, o0], 1: [g1, g2]}
+    assert lanes.waiting == [540, 550]
+    # g0 still waits on lane 0: its next messages go there too, however loaded lane 0 is
+    assert lanes.route({g0: 1000, g1: 10}) == {0: [g0], 1: [g1]}
+    lanes.done({g1: 300, g2: 250})  # lane 1 applied its first part; g1 has 10 more waiting
+    assert lanes.waiting == [1540, 10]
+    lanes.done({g1: 10})
+    lanes.done({g0: 500, o0: 40})  # lane 0 is done with its first part; g0 still has 1,000 waiting
+    assert lanes.waiting == [1000, 0]
+    # g1, g2 and o0 have nothing waiting: they may move, and go to the idle lane
+    assert lanes.route({g2: 5, o0: 5, g0: 5}) == {0: [g0], 1: [g2, o0]}
+    lanes.done({g0: 1005})
+    lanes.done({g2: 5, o0: 5})
+    assert lanes.waiting == [0, 0] and not lanes.lane_of
