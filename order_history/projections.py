@@ -32,6 +32,7 @@ tracking records, so the read model is a deterministic function of the log.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -101,9 +102,10 @@ class ApplyResult:
 #   concurrent consumers take order rows in one order and add their deltas to
 #   the latest row version: increments commute, no count is lost.
 _APPLY_CTES = """g_in AS (
-    SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::timestamptz[],
-                         $5::text::timestamptz[], $6::text::integer[], $7::text::boolean[], $14::text::boolean[])
-        AS t(id, order_id, name, created_at, updated_at, version, deleted, created)
+    SELECT id, order_id, name, {created_at}, {updated_at}, version, deleted, created
+    FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::bigint[],
+                $5::text::bigint[], $6::text::integer[], $7::text::boolean[], $14::text::boolean[])
+        AS t(id, order_id, name, created_us, updated_us, version, deleted, created)
     WHERE {guard}
 ), inserted AS (
     INSERT INTO goods (id, order_id, name, created_at, updated_at, version, deleted)
@@ -132,9 +134,10 @@ _APPLY_CTES = """g_in AS (
     ) AS x
     GROUP BY order_id
 ), o_in AS (
-    SELECT * FROM unnest($8::text::bigint[], $9::text::bigint[], $10::text::timestamptz[], $11::text::timestamptz[],
-                         $12::text::integer[], $13::text::boolean[])
-        AS t(id, user_id, created_at, updated_at, version, deleted)
+    SELECT id, user_id, {created_at}, {updated_at}, version, deleted
+    FROM unnest($8::text::bigint[], $9::text::bigint[], $10::text::bigint[], $11::text::bigint[],
+                $12::text::integer[], $13::text::boolean[])
+        AS t(id, user_id, created_us, updated_us, version, deleted)
     WHERE {guard}
 ), orders_upserted AS (
     INSERT INTO orders AS o (id, user_id, created_at, updated_at, version, known, deleted, goods_count)
@@ -156,27 +159,65 @@ _APPLY_CTES = """g_in AS (
     WHERE o.version < EXCLUDED.version OR EXCLUDED.goods_count <> 0
     RETURNING 1
 )"""
+
+
+def _timestamp(micros: str) -> str:
+    """SQL for the timestamptz `micros` microseconds after 1970-01-01 UTC, exactly.
+
+    Timestamps travel as microseconds since the epoch: PostgreSQL parses a
+    bigint array several times faster than one of timestamptz text, which was
+    some 7% of the statement's time. Seconds and microseconds are added
+    separately because interval multiplication goes through a double, which
+    holds every count of seconds exactly (and every count of microseconds only
+    for about 285 years around 1970).
+    """
+    return (
+        f"timestamptz 'epoch' + ({micros} / 1000000) * interval '1 second'"
+        f" + ({micros} % 1000000) * interval '1 microsecond'"
+    )
+
+
+_TIMESTAMPS = {
+    "created_at": _timestamp("created_us") + " AS created_at",
+    "updated_at": _timestamp("updated_us") + " AS updated_at",
+}
 # Parameters $1..$14 are a PreparedBatch's; a statement that adds its own starts at $15.
 PARAMS: Final = 14
 _COUNTS = "(SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM changed) AS goods"
-_APPLY = f"WITH {_APPLY_CTES.format(guard='true')}\nSELECT {_COUNTS}"
+_APPLY = f"WITH {_APPLY_CTES.format(guard='true', **_TIMESTAMPS)}\nSELECT {_COUNTS}"
 
 
 def apply_sql(before: str, guard: str, select: str) -> str:
     """The batch statement with CTEs of the caller's `before` it, applied only where `guard`
     (an SQL condition over those CTEs) holds, and `select` added to its result row."""
-    return f"WITH {before},\n{_APPLY_CTES.format(guard=guard)}\nSELECT {select}, {_COUNTS}"
+    return f"WITH {before},\n{_APPLY_CTES.format(guard=guard, **_TIMESTAMPS)}\nSELECT {select}, {_COUNTS}"
 
 
 def _array(values: list[Any]) -> str:
-    """A PostgreSQL array literal of ints, booleans or datetimes (None is NULL).
+    """A PostgreSQL array literal of ints or booleans (None is NULL).
 
-    orjson writes them as a JSON array: numbers, true/false/null and RFC 3339
-    strings in double quotes, which is also PostgreSQL's array syntax once the
-    brackets are braces. asyncpg's binary array encoding costs about 4 µs per
-    timestamp; this, about 0.5.
+    orjson writes them as a JSON array: numbers and true/false/null, which is
+    also PostgreSQL's array syntax once the brackets are braces. asyncpg's
+    binary array encoding costs several times as much.
     """
     return "{" + orjson.dumps(values)[1:-1].decode() + "}"
+
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
+
+
+def _micros_array(values: list[dt.datetime | None]) -> str:
+    """A PostgreSQL array literal of microseconds since 1970-01-01 UTC (see _timestamp).
+
+    A naive datetime is taken as UTC, as the consumer's session (timezone UTC) takes one.
+    """
+    return _array(
+        [
+            None if v is None else ((v if v.tzinfo is not None else v.replace(tzinfo=dt.UTC)) - _EPOCH) // _MICROSECOND
+            for v in values
+        ]
+    )
 
 
 def _text_array(values: list[str | None]) -> str:
@@ -228,14 +269,14 @@ def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
         _array([e.aggregate_id for e, _ in goods]),
         _array([d.order_id for _, d in goods]),
         _text_array([d.name for _, d in goods]),
-        _array([d.created_at for _, d in goods]),
-        _array([d.updated_at for _, d in goods]),
+        _micros_array([d.created_at for _, d in goods]),
+        _micros_array([d.updated_at for _, d in goods]),
         _array([e.aggregate_version for e, _ in goods]),
         _array([e.event_type == "goods.deleted" for e, _ in goods]),
         _array([e.aggregate_id for e, _ in orders]),
         _array([d.user_id for _, d in orders]),
-        _array([d.created_at for _, d in orders]),
-        _array([d.updated_at for _, d in orders]),
+        _micros_array([d.created_at for _, d in orders]),
+        _micros_array([d.updated_at for _, d in orders]),
         _array([e.aggregate_version for e, _ in orders]),
         _array([e.event_type == "order.deleted" for e, _ in orders]),
     )

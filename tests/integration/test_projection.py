@@ -6,6 +6,7 @@ Real Kafka, real PostgreSQL, the real consumer (in-process).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import uuid
 
@@ -14,8 +15,8 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
 from order_history.consumer import Part
-from order_history.projections import prepare, reduce_events
-from shared.events import Event
+from order_history.projections import apply_batch, prepare, reduce_events
+from shared.events import Event, GoodsData, OrderData, new_event
 from tests.harness import GOODS, ORDER, Env
 from tests.readmodel import (
     ExpectedModel,
@@ -254,3 +255,32 @@ async def test_a_part_applied_before_is_refused_by_the_one_statement_path_and_sk
     assert (stats.events, stats.skipped_seen, stats.applied) == (len(goods), len(goods), 0)
     assert await read_model_snapshot(history) == model
     assert await env.positions() == positions
+
+
+async def test_timestamps_are_stored_to_the_microsecond_from_year_1_to_9999(env: Env) -> None:
+    """The batch statement carries timestamps as microseconds since 1970: every one comes back exactly,
+    whatever its offset, and a naive one is taken as UTC."""
+    utc, plus2 = dt.UTC, dt.timezone(dt.timedelta(hours=2))
+    moments = [
+        dt.datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=utc),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=utc),
+        dt.datetime(1970, 1, 1, tzinfo=utc),
+        dt.datetime(2026, 11, 22, 23, 1, 2, 345678, tzinfo=plus2),
+        dt.datetime(2300, 6, 1, 12, 0, 0, 999999, tzinfo=utc),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=utc),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 6),  # naive
+    ]
+    events = []
+    for i, moment in enumerate(moments, start=1):
+        order = OrderData(id=i, user_id=1, created_at=moment, updated_at=moment)
+        events.append(new_event("order.created", i, 1, order))
+        data = GoodsData(id=i, order_id=i, name=None, created_at=moment, updated_at=moment)
+        events.append(new_event("goods.created", i, 1, data))
+    history = await env.pool("order_history")
+    async with history.acquire() as conn, conn.transaction():
+        await apply_batch(conn, reduce_events(events))
+    for table in ("orders", "goods"):
+        rows = await history.fetch(f"SELECT id, created_at, updated_at FROM {table} ORDER BY id")
+        as_utc = [m if m.tzinfo else m.replace(tzinfo=utc) for m in moments]
+        assert [r["created_at"] for r in rows] == as_utc, table
+        assert [r["updated_at"] for r in rows] == as_utc, table
