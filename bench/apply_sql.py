@@ -7,9 +7,9 @@ projection bench's event stream (bench.projection.Generator), keys it to 3
 partitions per topic as the bench's producer does, cuts it into batches of the
 consumer's size and each batch into parts, its partitions split evenly over
 the consumer's lanes (order_history.consumer.Lanes), and prepares every part's
-parameters before the clock starts. Then, on an empty read model of a PostgreSQL server of
-its own (durable settings, as the bench's), it applies them with the consumer's
-statement and session settings:
+parameters before the clock starts. Then, on an empty read model of a
+PostgreSQL server of its own (durable settings, as the bench's), it applies
+them with the consumer's statement and session settings:
 
 - serial: every part one after another, on one connection: the database's own
   time per event;

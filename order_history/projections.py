@@ -165,11 +165,12 @@ def _timestamp(micros: str) -> str:
     """SQL for the timestamptz `micros` microseconds after 1970-01-01 UTC, exactly.
 
     Timestamps travel as microseconds since the epoch: PostgreSQL parses a
-    bigint array several times faster than one of timestamptz text, which was
-    some 7% of the statement's time. Seconds and microseconds are added
-    separately because interval multiplication goes through a double, which
-    holds every count of seconds exactly (and every count of microseconds only
-    for about 285 years around 1970).
+    bigint far faster than timestamptz text (`timestamptz_in` was 4% of the
+    backend's time), and the statement got 9-12% faster (docs/benchmarks.md,
+    sixth round). Seconds and microseconds are added separately because
+    interval multiplication goes through a double, which holds every count of
+    seconds exactly, and a count of microseconds only within about 285 years of
+    1970.
     """
     return (
         f"timestamptz 'epoch' + ({micros} / 1000000) * interval '1 second'"
