@@ -37,7 +37,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from order_history.consumer import ConsumerConfig, Lanes
+from order_history.consumer import SESSION_SETTINGS, ConsumerConfig, Lanes
 from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
 from shared.events import Event
 
@@ -46,7 +46,6 @@ from .projection import Generator, verify
 
 PARTITIONS = 3
 Batches = list[list[tuple[int, PreparedBatch]]]  # per batch, its parts as (events, prepared parameters)
-SESSION = {"timezone": "UTC", "synchronous_commit": "off", "plan_cache_mode": "force_generic_plan"}
 
 
 def batches_of(events: int, batch: int, ways: int) -> tuple[Generator, Batches]:
@@ -75,7 +74,7 @@ def batches_of(events: int, batch: int, ways: int) -> tuple[Generator, Batches]:
 async def trial(bs: BenchStack, gen: Generator, mode: str, batches: Batches, before: list[str]) -> dict[str, Any]:
     dsn = bs.superuser_dsn("order_history")
     ways = max(len(parts) for parts in batches)
-    conns = [await asyncpg.connect(dsn, server_settings=SESSION) for _ in range(ways)]
+    conns = [await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS) for _ in range(ways)]
     try:
         await conns[0].execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
         for sql in before:

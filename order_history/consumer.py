@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -51,6 +52,21 @@ REFUSED_DATA_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.IntegrityConstraintViolationError,
 )
 WAITED_OUT_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, asyncpg.exceptions.PostgresError)
+
+# The consumer's database sessions (bench.apply_sql uses them too).
+SESSION_SETTINGS: Final = {
+    "timezone": "UTC",
+    # A part's transaction holds both its read-model changes and its positions,
+    # so a commit lost in a database crash is lost whole and simply re-applied
+    # from the older positions: waiting for the WAL flush buys nothing here (it
+    # only slows every part down).
+    "synchronous_commit": "off",
+    # The batch statement reaches every row by primary key, whatever the sizes:
+    # one generic plan serves every batch. A custom plan would also parse each
+    # batch's array literals a second time, at planning (measured: about 6% of
+    # the database's time).
+    "plan_cache_mode": "force_generic_plan",
+}
 
 # A batch decoded ahead of time: per partition, for each of its messages in order,
 # the event or the reason it is poison.
@@ -94,9 +110,17 @@ class Lanes:
     """
 
     def __init__(self, count: int) -> None:
-        self.waiting = [0] * count  # messages queued or being applied, per lane
-        self.lane_of: dict[TopicPartition, int] = {}
+        self.count = count
+        self.lane_of: dict[TopicPartition, int] = {}  # partitions with messages waiting
         self._pending: dict[TopicPartition, int] = {}  # messages queued or being applied, per partition
+
+    @property
+    def waiting(self) -> list[int]:
+        """Messages queued or being applied, per lane."""
+        per_lane = [0] * self.count
+        for tp, pending in self._pending.items():
+            per_lane[self.lane_of[tp]] += pending
+        return per_lane
 
     def route(self, sizes: dict[TopicPartition, int]) -> dict[int, list[TopicPartition]]:
         """Give each partition of a fetched batch (with its message count) a lane: lane -> its partitions."""
@@ -104,10 +128,9 @@ class Lanes:
         for tp in sorted(sizes, key=lambda t: (-sizes[t], t)):
             lane = self.lane_of.get(tp)
             if lane is None:
-                lane = self.waiting.index(min(self.waiting))
-                self.lane_of[tp] = lane
+                waiting = self.waiting
+                lane = self.lane_of[tp] = waiting.index(min(waiting))
             routed.setdefault(lane, []).append(tp)
-            self.waiting[lane] += sizes[tp]
             self._pending[tp] = self._pending.get(tp, 0) + sizes[tp]
         return routed
 
@@ -115,7 +138,6 @@ class Lanes:
         """A lane is done with these messages (applied, skipped or given up): a partition
         with nothing left waiting may go to another lane next time."""
         for tp, size in sizes.items():
-            self.waiting[self.lane_of[tp]] -= size
             self._pending[tp] -= size
             if not self._pending[tp]:
                 del self._pending[tp]
@@ -276,19 +298,7 @@ class HistoryConsumer:
             min_size=1,
             max_size=self.config.apply_connections,
             command_timeout=60,
-            # A batch's transaction holds both its read-model changes and its
-            # positions, so a commit lost in a database crash is lost whole and
-            # simply re-applied from the older positions: waiting for the WAL
-            # flush buys nothing here (it only slows every batch down).
-            server_settings={
-                "timezone": "UTC",
-                "synchronous_commit": "off",
-                # The batch statement reaches every row by primary key, whatever the
-                # sizes: one generic plan serves every batch. A custom plan would
-                # also parse each batch's array literals a second time, at planning
-                # (measured: about 6% of the database's time).
-                "plan_cache_mode": "force_generic_plan",
-            },
+            server_settings=SESSION_SETTINGS,
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap_servers,

@@ -279,8 +279,8 @@ async def test_timestamps_are_stored_to_the_microsecond_from_year_1_to_9999(env:
     history = await env.pool("order_history")
     async with history.acquire() as conn, conn.transaction():
         await apply_batch(conn, reduce_events(events))
+    as_utc = [m if m.tzinfo else m.replace(tzinfo=utc) for m in moments]
     for table in ("orders", "goods"):
         rows = await history.fetch(f"SELECT id, created_at, updated_at FROM {table} ORDER BY id")
-        as_utc = [m if m.tzinfo else m.replace(tzinfo=utc) for m in moments]
         assert [r["created_at"] for r in rows] == as_utc, table
         assert [r["updated_at"] for r in rows] == as_utc, table
