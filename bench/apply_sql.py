@@ -1,6 +1,6 @@
 """The projection's database side alone: the consumer's batch statements, without Kafka or Python's decoding.
 
-`python -m bench.apply_sql [--events N] [--trials T] [--before SQL ...]`
+`python -m bench.apply_sql [--events N] [--trials T] [--before SQL ...] [--pg-set NAME=VALUE ...]`
 
 A diagnostic beside measurement 2 (not part of `make bench`). It builds the
 projection bench's event stream (bench.projection.Generator), keys it to 3
@@ -81,6 +81,7 @@ async def trial(bs: BenchStack, gen: Generator, mode: str, batches: Batches, bef
             await conns[0].execute(sql)
         await conns[0].execute("CHECKPOINT")
         await conns[0].execute("SELECT pg_stat_reset()")
+        await conns[0].execute("SELECT pg_stat_reset_shared('wal')")
 
         async def apply(conn: asyncpg.Connection, prepared: PreparedBatch) -> None:
             async with conn.transaction():
@@ -105,8 +106,10 @@ async def trial(bs: BenchStack, gen: Generator, mode: str, batches: Batches, bef
         rows = await conn.fetch(
             "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname IN ('orders', 'goods')"
         )
+        wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     finally:
         await conn.close()
+    assert wal is not None
     updates = {r["relname"]: (r["n_tup_upd"], r["n_tup_hot_upd"]) for r in rows}
     return {
         "mode": mode,
@@ -116,6 +119,8 @@ async def trial(bs: BenchStack, gen: Generator, mode: str, batches: Batches, bef
         "events_per_s": events / seconds,
         "correct": checked["correct"],
         "updates_hot": updates,
+        "wal_bytes_per_event": int(wal["wal_bytes"]) / events,
+        "wal_fpi": wal["wal_fpi"],
     }
 
 
@@ -126,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=int, default=ConsumerConfig.apply_connections, help="parts per batch")
     parser.add_argument("--trials", type=int, default=2, help="trials of each mode, alternating")
     parser.add_argument("--before", action="append", default=[], metavar="SQL", help="run on the empty read model")
+    parser.add_argument("--pg-set", action="append", default=[], metavar="NAME=VALUE", help="a PostgreSQL setting")
     args = parser.parse_args(argv)
     with step(f"building and preparing {args.events:,} events"):
         gen, batches = batches_of(args.events, args.batch, args.parts)
-    bs = BenchStack.create(fast_pg=False)
+    pg_settings = dict(item.split("=", 1) for item in args.pg_set)
+    bs = BenchStack.create(fast_pg=False, pg_settings=pg_settings)
     results = []
     try:
         with step(f"starting PostgreSQL in {bs.config.state_dir}"):
@@ -143,13 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bs.down()
     before = "; ".join(args.before) or "-"
-    print(f"\n{args.events:,} events, batches of {args.batch:,}, {args.parts} parts each; before: {before}\n")
-    print("| mode | µs per event | events/s | read model correct | updates, HOT (orders; goods) |")
-    print("|---|---|---|---|---|")
+    settings = ", ".join(args.pg_set) or "-"
+    print(f"\n{args.events:,} events, batches of {args.batch:,}, {args.parts} parts each; before: {before}")
+    print(f"PostgreSQL settings: {settings}\n")
+    columns = [
+        "mode",
+        "µs per event",
+        "events/s",
+        "read model correct",
+        "updates, HOT (orders; goods)",
+        "WAL bytes per event; full-page images",
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for r in results:
         counts = (r["updates_hot"].get(t, (0, 0)) for t in ("orders", "goods"))
         hot = "; ".join(f"{upd:,}, {hot:,}" for upd, hot in counts)
-        cells = [r["mode"], f"{r['us_per_event']:.2f}", f"{r['events_per_s']:,.0f}", r["correct"], hot]
+        wal = f"{r['wal_bytes_per_event']:,.0f}; {r['wal_fpi']:,}"
+        cells = [r["mode"], f"{r['us_per_event']:.2f}", f"{r['events_per_s']:,.0f}", r["correct"], hot, wal]
         print("| " + " | ".join(map(str, cells)) + " |")
     failed = [r for r in results if not r["correct"]]
     if failed:

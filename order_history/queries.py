@@ -5,12 +5,13 @@ partial index on (goods_count_bucket(goods_count), id) INCLUDE (user_id,
 created_at, goods_count) (migration 0002): within one bucket the index is already
 in id order, so the query is a UNION ALL of one index range per bucket above N,
 which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT rows.
-For N < 40, all counts above 40 are one more range, of the partial index
-orders_listed_over_40 on (id) (migration 0003), instead of eleven wide buckets.
-The bucket that holds N + 1 is filtered by `goods_count > N` when it spans
-several counts. Cost: one index descent per bucket plus O + L entries (and, in
-a wide boundary bucket, the entries below N it skips); independent of the
-number of orders and goods.
+For N < 40, the counts above the first tail T >= N (T in 10, 20, 30, 40) are one
+more range, of the partial index orders_listed_over_T on (id) (migrations 0003
+and 0006), instead of a bucket each: at most 11 ranges, and one alone when N is
+a tail. The bucket that holds N + 1 is filtered by `goods_count > N` when it
+spans several counts. Cost: one index descent per range plus O + L entries
+(and, in a wide boundary bucket, the entries below N it skips); independent of
+the number of orders and goods.
 
 Each statement's text depends only on the first bucket, so there are at most
 BUCKETS of them; they run as prepared statements with generic plans (planned
@@ -32,6 +33,9 @@ from shared.database import Connection
 EXACT_BUCKETS = 40
 _WIDE_UPPER = (48, 64, 96, 128, 192, 256, 512, 1024, 4096, 65536)
 BUCKETS = EXACT_BUCKETS + len(_WIDE_UPPER) + 1
+# Counts T with a partial index orders_listed_over_T of the orders above T, in id
+# order (migrations 0003 and 0006).
+TAILS = (10, 20, 30, EXACT_BUCKETS)
 
 # Settings of the read API's connections (see module docstring).
 SESSION_SETTINGS = {
@@ -58,23 +62,26 @@ _COLUMNS = "id, user_id, created_at, goods_count"
 
 @cache
 def merge_query(first_bucket: int) -> str:
-    """SQL with $1 = limit, $2 = offset, $3 = threshold; buckets first_bucket..BUCKETS.
+    """SQL with $1 = limit, $2 = offset, $3 = threshold; counts from first_bucket's on.
 
     Each branch is a parenthesised, id-ordered subquery: that is the form for which
     PostgreSQL 15 plans a Merge Append of the branches (a plain UNION ALL under
     an outer ORDER BY gets an Append and a Sort of every matching row).
     """
-    last = EXACT_BUCKETS if first_bucket <= EXACT_BUCKETS else BUCKETS
+    # Within the exact buckets (first_bucket = N + 1): the buckets up to the first
+    # tail T >= N, then T's index range. Above them: every wide bucket from the
+    # first on (the statement serves every N whose N + 1 falls in first_bucket).
+    tail = next((t for t in TAILS if t >= first_bucket - 1), None) if first_bucket <= EXACT_BUCKETS else None
+    last = BUCKETS if tail is None else tail
     branches = [
         f"(SELECT {_COLUMNS} FROM orders WHERE {_LISTED} AND goods_count_bucket(goods_count) = {b}"
         + (" AND goods_count > $3" if b == first_bucket else "")
         + " ORDER BY id)"
         for b in range(first_bucket, last + 1)
     ]
-    if last == EXACT_BUCKETS:  # every count above 40: one range of index orders_listed_over_40 (migration 0003)
-        over = f"goods_count > {EXACT_BUCKETS}"
-        branches.append(f"(SELECT {_COLUMNS} FROM orders WHERE {_LISTED} AND {over} ORDER BY id)")
-    if len(branches) == 1:  # the last bucket alone: no merge (and a second ORDER BY would be an error)
+    if tail is not None:
+        branches.append(f"(SELECT {_COLUMNS} FROM orders WHERE {_LISTED} AND goods_count > {tail} ORDER BY id)")
+    if len(branches) == 1:  # one range alone: no merge (and a second ORDER BY would be an error)
         return f"{branches[0][1:-1]}\nLIMIT $1 OFFSET $2"
     union = "\nUNION ALL\n".join(branches)
     return f"{union}\nORDER BY 1 LIMIT $1 OFFSET $2"
@@ -82,7 +89,10 @@ def merge_query(first_bucket: int) -> str:
 
 async def list_rows(conn: Connection, threshold: int, limit: int, offset: int) -> list[asyncpg.Record]:
     """One page of the list: rows (id, user_id, created_at, goods_count) in id order."""
-    return await conn.fetch(merge_query(bucket_of(threshold + 1)), limit, offset, threshold)
+    sql = merge_query(bucket_of(threshold + 1))
+    if "$3" not in sql:  # a tail's range alone: its index holds exactly the counts above the threshold
+        return await conn.fetch(sql, limit, offset)
+    return await conn.fetch(sql, limit, offset, threshold)
 
 
 async def list_orders(conn: Connection, threshold: int, limit: int, offset: int) -> list[HistoryItem]:

@@ -1,7 +1,7 @@
 """The list query against a plain scan, over goods counts in every bucket (order_history/queries.py).
 
 The read model is filled directly: this is about the merge of index ranges
-(exact buckets, the range of counts above 40, the wide buckets), not the consumer.
+(exact buckets, the ranges of counts above 10, 20, 30 and 40, the wide buckets), not the consumer.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 
 from tests.harness import Env
 
-# Counts in every exact bucket, on both sides of 40, in every wide bucket, and at the ends.
+# Counts in every exact bucket, on both sides of each tail (10, 20, 30, 40), in every wide bucket, and at the ends.
 COUNTS = [0, *range(1, 131), 150, 192, 193, 256, 257, 600, 1024, 1025, 4096, 4097, 65536, 65537, 2**31 - 1]
-THRESHOLDS = [0, 1, 5, 29, 30, 39, 40, 41, 47, 48, 49, 100, 1024, 5000, 65536, 2**31 - 2]
+THRESHOLDS = [0, 1, 5, 9, 10, 11, 19, 20, 21, 29, 30, 31, 39, 40, 41, 47, 48, 49, 100, 1024, 5000, 65536, 2**31 - 2]
 PAGES = [(50, 0), (7, 3), (1000, 0), (25, 100)]
 
 PLAIN = """SELECT id FROM orders WHERE known AND NOT deleted AND goods_count > $1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
-from order_history.queries import BUCKETS, EXACT_BUCKETS, bucket_of, merge_query
+from order_history.queries import BUCKETS, EXACT_BUCKETS, TAILS, bucket_of, merge_query
 from shared.api import ApiError, parse_if_match, reads_request_only
 
 
@@ -26,13 +26,22 @@ def test_if_match_rejects_garbage_with_a_400(header: str) -> None:
     assert info.value.status == 400 and info.value.field == "If-Match"
 
 
-def test_merge_query_has_one_branch_per_exact_bucket_from_the_threshold_on_and_one_for_the_rest() -> None:
+def test_merge_query_has_one_branch_per_exact_bucket_up_to_the_next_tail_and_one_for_the_tail() -> None:
     sql = merge_query(bucket_of(6))
-    assert sql.count("UNION ALL") == EXACT_BUCKETS - 6 + 1
+    assert sql.count("UNION ALL") == 10 - 6 + 1
     assert "goods_count_bucket(goods_count) = 6 AND goods_count > $3" in sql
     assert "goods_count_bucket(goods_count) = 5 " not in sql
-    assert "goods_count_bucket(goods_count) = 41 " not in sql
-    assert f"goods_count > {EXACT_BUCKETS} ORDER BY id" in sql
+    assert "goods_count_bucket(goods_count) = 11 " not in sql
+    assert "goods_count > 10 ORDER BY id)" in sql
+
+
+@pytest.mark.parametrize("threshold", range(EXACT_BUCKETS))
+def test_every_threshold_below_the_wide_buckets_merges_at_most_eleven_ranges(threshold: int) -> None:
+    sql = merge_query(bucket_of(threshold + 1))
+    tail = next(t for t in TAILS if t >= threshold)
+    assert sql.count("UNION ALL") == tail - threshold <= 10
+    assert f"goods_count > {tail} ORDER BY id" in sql
+    assert [t for t in TAILS if f"goods_count > {t} ORDER BY" in sql] == [tail]
 
 
 def test_merge_query_above_the_exact_buckets_uses_the_wide_ones() -> None:
