@@ -67,3 +67,31 @@ def test_a_partition_stays_on_its_lane_while_its_messages_wait_and_new_ones_go_t
     lanes.done({g0: 1005})
     lanes.done({g2: 5, o0: 5})
     assert lanes.waiting == [0, 0] and not lanes.lane_of
+
+
+def test_timestamps_become_microseconds_since_1970_in_utc_whatever_their_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    from pydantic import TypeAdapter
+
+    from order_history.projections import _micros_array
+
+    parsed = TypeAdapter(dt.datetime).validate_json
+    values: list[dt.datetime | None] = [
+        None,
+        dt.datetime(1, 1, 1),  # naive: taken as UTC
+        dt.datetime(1, 1, 1, 23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=14))),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+        dt.datetime(1970, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=-5, minutes=-30))),
+        parsed('"2026-11-22T10:15:30.123456+02:00"'),
+        parsed('"2026-11-22T10:15:30.000001Z"'),
+        dt.datetime(2026, 7, 1, 12, tzinfo=ZoneInfo("Europe/Berlin")),  # summer time: +02:00
+        dt.datetime(2026, 1, 1, 12, tzinfo=ZoneInfo("Europe/Berlin")),  # +01:00
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+    ]
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    expected = [
+        None if v is None else ((v if v.tzinfo else v.replace(tzinfo=dt.UTC)) - epoch) // dt.timedelta(microseconds=1)
+        for v in values
+    ]
+    assert _micros_array(values) == "{" + ",".join("null" if e is None else str(e) for e in expected) + "}"
