@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.errors import StackError
@@ -70,6 +70,9 @@ class ManagedProcess:
     log_file: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
+    # The child this object started, if it did: whether it still runs is then
+    # known exactly, without reading /proc.
+    _child: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def marker(self) -> str:
@@ -109,11 +112,14 @@ class ManagedProcess:
                 )
             except FileNotFoundError as exc:
                 raise StackError(f"{self.name}: cannot run {self.argv[0]!r}: {exc}") from exc
+        self._child = proc
         self.pid_file.write_text(f"{proc.pid}\n{self.marker}\n")
         return proc.pid
 
     def exited_early(self) -> bool:
         """True if start() ran but the process is gone."""
+        if self._child is not None:
+            return self._child.poll() is not None
         return self.pid_file.exists() and self.pid() is None
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -102,11 +102,11 @@ class Lanes:
     Each lane applies its parts one after another, in its own transactions; the
     lanes run at once. A partition stays on its lane while any of its messages
     are queued or being applied there, so every partition's messages are applied
-    in offset order. A partition with none waiting goes to the lane with the
-    fewest messages waiting: the lanes stay about equally loaded, and each lane
-    starts its next part as soon as it is done with the last, whatever the other
-    lanes are doing. (One transaction per batch, split by partition, would make
-    every part wait for the batch's slowest.)
+    in offset order. A partition with none waiting goes to the open lane (one
+    with room for a part) with the fewest messages waiting: the lanes stay about
+    equally loaded, and each lane starts its next part as soon as it is done with
+    the last, whatever the other lanes are doing. (One transaction per batch,
+    split by partition, would make every part wait for the batch's slowest.)
     """
 
     def __init__(self, count: int) -> None:
@@ -122,17 +122,28 @@ class Lanes:
             per_lane[self.lane_of[tp]] += pending
         return per_lane
 
-    def route(self, sizes: dict[TopicPartition, int]) -> dict[int, list[TopicPartition]]:
-        """Give each partition of a fetched batch (with its message count) a lane: lane -> its partitions."""
+    def route(
+        self, sizes: dict[TopicPartition, int], open_lanes: Collection[int] | None = None
+    ) -> dict[int, list[TopicPartition]]:
+        """Give each partition of a fetched batch (with its message count) a lane: lane -> its partitions.
+
+        A partition with messages waiting keeps its lane; the others go to one of
+        `open_lanes` (default: every lane).
+        """
+        candidates = range(self.count) if open_lanes is None else sorted(open_lanes)
         routed: dict[int, list[TopicPartition]] = {}
         for tp in sorted(sizes, key=lambda t: (-sizes[t], t)):
             lane = self.lane_of.get(tp)
             if lane is None:
                 waiting = self.waiting
-                lane = self.lane_of[tp] = waiting.index(min(waiting))
+                lane = self.lane_of[tp] = min(candidates, key=lambda i: (waiting[i], i))
             routed.setdefault(lane, []).append(tp)
             self._pending[tp] = self._pending.get(tp, 0) + sizes[tp]
         return routed
+
+    def bound_to(self, lanes: Collection[int]) -> set[TopicPartition]:
+        """The partitions with messages waiting on one of `lanes`."""
+        return {tp for tp, lane in self.lane_of.items() if lane in lanes}
 
     def done(self, sizes: dict[TopicPartition, int]) -> None:
         """A lane is done with these messages (applied, skipped or given up): a partition
@@ -366,8 +377,12 @@ class HistoryConsumer:
         """Decode every message of a batch: an Event, or the reason it is poison."""
         return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
 
-    async def fetch(self) -> tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded] | None:
-        """Fetch and decode up to max_records messages (None: nothing arrived in time).
+    async def fetch(
+        self, partitions: Collection[TopicPartition] = ()
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded] | None:
+        """Fetch and decode up to max_records messages of `partitions` (default: all
+        assigned ones; None: nothing arrived in time). The other partitions' records
+        stay in aiokafka's buffer.
 
         In slices of FETCH_SLICE, giving the event loop a turn after each. The
         first getmany waits up to fetch_timeout_ms; the next ones take only what
@@ -380,7 +395,7 @@ class HistoryConsumer:
         timeout = self.config.fetch_timeout_ms
         while total < self.config.max_records:
             got = await self.consumer.getmany(
-                timeout_ms=timeout, max_records=min(FETCH_SLICE, self.config.max_records - total)
+                *partitions, timeout_ms=timeout, max_records=min(FETCH_SLICE, self.config.max_records - total)
             )
             count = 0
             for tp, messages in got.items():
@@ -511,8 +526,9 @@ class HistoryConsumer:
         ways = self.config.apply_connections
         lanes = Lanes(ways)
         queues: list[asyncio.Queue[Part | None]] = [asyncio.Queue(1) for _ in range(ways)]
-        prefetch = asyncio.create_task(self._prefetch(lanes, queues))
-        workers = [asyncio.create_task(self._lane(lanes, queue)) for queue in queues]
+        room = asyncio.Event()  # set when a lane takes its queued part
+        prefetch = asyncio.create_task(self._prefetch(lanes, queues, room))
+        workers = [asyncio.create_task(self._lane(lanes, queue, room)) for queue in queues]
         try:
             done, _ = await asyncio.wait([prefetch, *workers], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -528,19 +544,35 @@ class HistoryConsumer:
                 task.cancel()
             await asyncio.gather(prefetch, *workers, return_exceptions=True)
 
-    async def _prefetch(self, lanes: Lanes, queues: list[asyncio.Queue[Part | None]]) -> None:
+    async def _prefetch(self, lanes: Lanes, queues: list[asyncio.Queue[Part | None]], room: asyncio.Event) -> None:
+        """Fetch, decode and prepare the next part of every lane with room for one.
+
+        The partitions waiting on a full lane are left out of the fetch (their
+        records stay in aiokafka's buffer), so a full lane never holds up the
+        others' next parts. Only this task fills the queues, so a lane open when
+        the fetch starts is still open when its part is ready.
+        """
+        assert self.consumer is not None
         while not self._stopping:
-            fetched = await self.fetch()
+            room.clear()
+            open_lanes = [i for i, queue in enumerate(queues) if queue.empty()]
+            full = set(range(len(queues))) - set(open_lanes)
+            partitions = self.consumer.assignment() - lanes.bound_to(full) if full else ()
+            if not open_lanes or (full and not partitions):
+                await room.wait()
+                continue
+            fetched = await self.fetch(partitions)
             if fetched is None:
                 continue
             records, decoded = fetched
-            for lane, tps in lanes.route({tp: len(m) for tp, m in records.items()}).items():
-                await queues[lane].put(self.part({tp: records[tp] for tp in tps}, {tp: decoded[tp] for tp in tps}))
+            for lane, tps in lanes.route({tp: len(m) for tp, m in records.items()}, open_lanes).items():
+                queues[lane].put_nowait(self.part({tp: records[tp] for tp in tps}, {tp: decoded[tp] for tp in tps}))
 
-    async def _lane(self, lanes: Lanes, queue: asyncio.Queue[Part | None]) -> None:
+    async def _lane(self, lanes: Lanes, queue: asyncio.Queue[Part | None], room: asyncio.Event) -> None:
         """Apply one lane's parts in order; return when told to stop, or when a part is given up."""
         while True:
             part = await queue.get()
+            room.set()
             if part is None:
                 return
             try:

@@ -64,9 +64,13 @@ def test_a_partition_stays_on_its_lane_while_its_messages_wait_and_new_ones_go_t
     assert lanes.waiting == [1000, 0]
     # g1, g2 and o0 have nothing waiting: they may move, and go to the idle lane
     assert lanes.route({g2: 5, o0: 5, g0: 5}) == {0: [g0], 1: [g2, o0]}
+    assert lanes.bound_to([0]) == {g0} and lanes.bound_to([1]) == {g2, o0}
+    # with lane 1 full, a partition with nothing waiting goes to the open lane 0, however loaded
+    assert lanes.route({g1: 7}, open_lanes=[0]) == {0: [g1]}
     lanes.done({g0: 1005})
     lanes.done({g2: 5, o0: 5})
-    assert lanes.waiting == [0, 0] and not lanes.lane_of
+    lanes.done({g1: 7})
+    assert lanes.waiting == [0, 0] and not lanes.lane_of and not lanes.bound_to([0, 1])
 
 
 def test_timestamps_become_microseconds_since_1970_in_utc_whatever_their_zone() -> None:
