@@ -78,6 +78,7 @@ Decoded = dict[TopicPartition, list["Event | str"]]
 # without delaying the current one: one getmany of a whole batch kept the loop
 # for some 50 ms, and every statement of the current batch waited for it.
 FETCH_SLICE = 500
+FETCH_WHILE_FULL_MS = 5
 
 
 @dataclass
@@ -378,21 +379,21 @@ class HistoryConsumer:
         return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
 
     async def fetch(
-        self, partitions: Collection[TopicPartition] = ()
+        self, partitions: Collection[TopicPartition] = (), timeout_ms: int | None = None
     ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], Decoded] | None:
         """Fetch and decode up to max_records messages of `partitions` (default: all
         assigned ones; None: nothing arrived in time). The other partitions' records
         stay in aiokafka's buffer.
 
         In slices of FETCH_SLICE, giving the event loop a turn after each. The
-        first getmany waits up to fetch_timeout_ms; the next ones take only what
-        aiokafka has already fetched.
+        first getmany waits up to `timeout_ms` (default fetch_timeout_ms); the
+        next ones take only what aiokafka has already fetched.
         """
         assert self.consumer is not None
         records: dict[TopicPartition, list[ConsumerRecord]] = {}
         decoded: Decoded = {}
         total = 0
-        timeout = self.config.fetch_timeout_ms
+        timeout = self.config.fetch_timeout_ms if timeout_ms is None else timeout_ms
         while total < self.config.max_records:
             got = await self.consumer.getmany(
                 *partitions, timeout_ms=timeout, max_records=min(FETCH_SLICE, self.config.max_records - total)
@@ -561,7 +562,10 @@ class HistoryConsumer:
             if not open_lanes or (full and not partitions):
                 await room.wait()
                 continue
-            fetched = await self.fetch(partitions)
+            # While a lane is full, wait only briefly for the others' partitions:
+            # the full lane may take its part meanwhile, and its partitions' next
+            # messages are not fetched until this returns.
+            fetched = await self.fetch(partitions, FETCH_WHILE_FULL_MS if full else None)
             if fetched is None:
                 continue
             records, decoded = fetched

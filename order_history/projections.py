@@ -218,11 +218,11 @@ def _micros_array(values: Sequence[dt.datetime | None]) -> str:
     """A PostgreSQL array literal of microseconds since 1970-01-01 UTC (see _timestamp).
 
     A naive datetime is taken as UTC, as the consumer's session (timezone UTC) takes one.
-    Computed from the fields, not as `(v - epoch) // 1 µs`: for the datetimes
-    pydantic decodes that went through `utcoffset()` of pydantic's own tzinfo,
-    about 1.9 µs per value against 1.0 µs here, and it was 15% of the consumer's
-    own time (py-spy). A fixed-offset zone's offset does not depend on the date,
-    so it is asked for without one.
+    Computed from the fields, not as `(v - epoch) // 1 µs`, which asks the
+    tzinfo pydantic decodes into for its offset through `datetime.utcoffset()`:
+    1.9 µs per value against 1.0 here, and it was 15% of the consumer's own time
+    (py-spy). A fixed-offset zone's offset does not depend on the date, so it is
+    asked for without one.
     """
     out: list[int | None] = []
     for v in values:
