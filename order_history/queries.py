@@ -7,8 +7,8 @@ in id order, so the query is a UNION ALL of one index range per bucket above N,
 which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT rows.
 For N < 40, the counts above the first tail T >= N (T in 10, 20, 30, 40) are one
 more range, of the partial index orders_listed_over_T on (id) (migrations 0003
-and 0006), instead of a bucket each: at most 11 ranges, and one alone when N is
-a tail. The bucket that holds N + 1 is filtered by `goods_count > N` when it
+and 0006), instead of a bucket each: at most 11 ranges, and one alone when N is 10,
+20 or 30. The bucket that holds N + 1 is filtered by `goods_count > N` when it
 spans several counts. Cost: one index descent per range plus O + L entries
 (and, in a wide boundary bucket, the entries below N it skips); independent of
 the number of orders and goods.

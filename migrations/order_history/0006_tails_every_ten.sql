@@ -3,7 +3,7 @@
 -- Migration 0003 did this for counts above 40. With these, the list query for a
 -- threshold N below 40 merges the exact buckets N+1..T and the range of counts
 -- above T, where T is the first of 10, 20, 30, 40 not below N: at most 11 index
--- ranges instead of up to 41, and a single range for N = 10, 20, 30 or 40 (see
+-- ranges instead of up to 41, and a single range for N = 10, 20 or 30 (see
 -- order_history/queries.py). An index holds only the orders above its count, so
 -- a change to an order with at most 10 goods writes no entry into any of them.
 CREATE INDEX orders_listed_over_10 ON orders (id)
