@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .config import FULL, QUICK, Scale
-from .env import BenchStack, log
+from .env import BenchStack, log, pg_settings_of
 from .report import RESULTS_DIR, Report
 
 MEASUREMENTS = ("query", "projection", "write", "freshness")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = scale_of(args)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = Report(scale=scale.name, command=command.strip())
-    pg_settings = dict(item.split("=", 1) for item in args.pg_set)
+    pg_settings = pg_settings_of(args.pg_set)
     bs = BenchStack.create(fast_pg=args.fast_pg, keep=args.keep, pg_stats=args.pg_stats, pg_settings=pg_settings)
     report.describe_machine(
         postgres=(

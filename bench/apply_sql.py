@@ -41,7 +41,7 @@ from order_history.consumer import SESSION_SETTINGS, ConsumerConfig, Lanes
 from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
 from shared.events import Event
 
-from .env import BenchStack, log, step
+from .env import BenchStack, log, pg_settings_of, step
 from .projection import Generator, verify
 
 PARTITIONS = 3
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with step(f"building and preparing {args.events:,} events"):
         gen, batches = batches_of(args.events, args.batch, args.parts)
-    pg_settings = dict(item.split("=", 1) for item in args.pg_set)
+    pg_settings = pg_settings_of(args.pg_set)
     bs = BenchStack.create(fast_pg=False, pg_settings=pg_settings)
     results = []
     try:

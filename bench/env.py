@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
 
 from devstack.postgres import DATABASES
 from devstack.processes import ManagedProcess, free_port
@@ -24,12 +25,24 @@ log = functools.partial(say, prefix="bench")
 step = functools.partial(devstack_step, prefix="bench")
 
 
+def pg_settings_of(items: list[str]) -> dict[str, str]:
+    """`--pg-set NAME=VALUE` options as a dict of PostgreSQL settings."""
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--pg-set {item!r}: expected NAME=VALUE")
+        settings[name] = value
+    return settings
+
+
 @dataclass
 class BenchStack:
     stack: Stack
     keep: bool = False
     pg_stats: bool = False
     processes: list[ManagedProcess] = field(default_factory=list)
+    groups_ready: bool = False  # the broker has its offsets topic (see create_topics)
 
     @classmethod
     def create(
@@ -186,8 +199,34 @@ class BenchStack:
 
     # -- Kafka -----------------------------------------------------------------
     async def create_topics(self, prefix: str) -> None:
+        """A measurement's topics; the first time, also the broker's offsets topic.
+
+        A new broker creates `__consumer_offsets` when the first consumer group
+        looks for its coordinator; until then that consumer is refused and
+        retries (GroupCoordinatorNotAvailable). That is a one-time step of a new
+        broker, not of the consumer, so a throwaway group joins once here, before
+        any measurement starts a consumer.
+        """
         names = [prefix + t for t in TOPICS] + [prefix + dlq_topic(t) for t in TOPICS]
         await self.stack.kafka.ensure_topics(names)
+        if not self.groups_ready:
+            with step("a consumer group joins once, so that the new broker has its offsets topic"):
+                await self._join_once(names[0], f"{prefix}warm-up")
+            self.groups_ready = True
+
+    async def _join_once(self, topic: str, group: str) -> None:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.stack.kafka.bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not consumer.assignment():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"consumer group {group} got no partitions of {topic} in 60 s")
+                await consumer.getmany(timeout_ms=100, max_records=1)
+        finally:
+            await consumer.stop()
 
     # -- service processes -----------------------------------------------------
     def env(self, prefix: str, **extra: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from tqdm import tqdm
 
@@ -356,26 +356,6 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-async def warm_up_groups(bootstrap: str, topic: str, group: str) -> None:
-    """Have the broker create its offsets topic before the timed trials.
-
-    A new broker creates `__consumer_offsets` when the first consumer group looks
-    for its coordinator; until then that consumer is refused and retries
-    (GroupCoordinatorNotAvailable). That is a one-time step of a new broker,
-    not of the consumer: without this it fell on the first consumer trial.
-    """
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"consumer group {group} got no partitions of {topic} in 60 s")
-            await consumer.getmany(timeout_ms=100, max_records=1)
-    finally:
-        await consumer.stop()
-
-
 async def run(
     bs: BenchStack, scale: Scale, report: Report, profile: bool = False, results_dir: Path | None = None
 ) -> None:
@@ -390,8 +370,6 @@ async def run(
     section.data["produced"] = produced
     log(f"produced: {json.dumps(produced)}")
     bootstrap = bs.stack.kafka.bootstrap
-    with step("a consumer group joins once, so that the new broker has its offsets topic"):
-        await warm_up_groups(bootstrap, f"{prefix}order.events", f"{prefix}warm-up")
 
     consumer_trials: list[dict[str, Any]] = []
     raw_trials: list[dict[str, Any]] = []

@@ -131,7 +131,7 @@ class Lanes:
         A partition with messages waiting keeps its lane; the others go to one of
         `open_lanes` (default: every lane).
         """
-        candidates = range(self.count) if open_lanes is None else sorted(open_lanes)
+        candidates = range(self.count) if open_lanes is None else open_lanes
         routed: dict[int, list[TopicPartition]] = {}
         for tp in sorted(sizes, key=lambda t: (-sizes[t], t)):
             lane = self.lane_of.get(tp)
