@@ -47,6 +47,7 @@ class Batcher(Generic[In, Out]):
         self._max_in_flight = max_in_flight
         self._queue: deque[tuple[In, asyncio.Future[Out]]] = deque()
         self._in_flight = 0
+        self._items_in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: In) -> Out:
@@ -55,6 +56,11 @@ class Batcher(Generic[In, Out]):
         self._queue.append((item, future))
         self._start_batches()
         return await future
+
+    @property
+    def pending(self) -> int:
+        """Calls queued or in a running batch."""
+        return len(self._queue) + self._items_in_flight
 
     def _start_batches(self) -> None:
         while self._queue and self._in_flight < self._max_in_flight:
@@ -66,6 +72,7 @@ class Batcher(Generic[In, Out]):
             if not batch:
                 return
             self._in_flight += 1
+            self._items_in_flight += len(batch)
             task = asyncio.create_task(self._run_batch(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -102,6 +109,7 @@ class Batcher(Generic[In, Out]):
                     future.set_result(result)
         finally:
             self._in_flight -= 1
+            self._items_in_flight -= len(batch)
             self._start_batches()
 
     async def _run_alone(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:

@@ -94,6 +94,12 @@ class Env:
     @asynccontextmanager
     async def client(self, service: str) -> AsyncIterator[httpx.AsyncClient]:
         """An HTTP client talking to the service's real ASGI app (real database)."""
+        async with self.app_client(service) as (_, client):
+            yield client
+
+    @asynccontextmanager
+    async def app_client(self, service: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+        """The service's real ASGI app, started, and an HTTP client talking to it."""
         app: FastAPI
         if service == "order":
             app = create_order_app(self.order_settings())
@@ -104,7 +110,7 @@ class Env:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                yield client
+                yield app, client
 
     def start_relay(self, service: str, **overrides: Any) -> OutboxRelay:
         config = RelayConfig(

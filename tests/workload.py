@@ -71,12 +71,21 @@ class Workload:
         except NotFound:
             self.stats.not_found += 1
 
-    async def run(self, accepted: int, seed: int, concurrency: int = 8) -> WorkloadStats:
-        """Run until `accepted` writes were accepted."""
+    async def run(
+        self, accepted: int, seed: int, concurrency: int = 8, until: Callable[[], bool] | None = None
+    ) -> WorkloadStats:
+        """Run until `accepted` writes were accepted and, when given, `until()` holds.
+
+        A fault test passes `until` to keep the load going until it has made
+        all its faults, however fast the machine writes.
+        """
         rng = random.Random(seed)
 
+        def more() -> bool:
+            return self.stats.accepted < accepted or (until is not None and not until())
+
         async def worker() -> None:
-            while self.stats.accepted < accepted:
+            while more():
                 await self.step(rng)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
