@@ -53,11 +53,18 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
         return False
     if marker is None:
         return True
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return marker.encode() in cmdline
+    # A process that has just been started may show an empty command line for a
+    # moment while it execs (seen in about 1 start of 20): look again before
+    # deciding it is not ours. A kernel thread's stays empty.
+    for _ in range(50):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        if cmdline:
+            return marker.encode() in cmdline
+        time.sleep(0.002)
+    return False
 
 
 @dataclass
