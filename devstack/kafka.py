@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -212,6 +213,13 @@ class KafkaBroker:
 
     def kill9(self) -> None:
         self.process.kill9()
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its connections open but answers nothing (a hung broker)."""
+        self.process.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.signal(signal.SIGCONT)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual debugging aid

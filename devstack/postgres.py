@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from devstack.errors import StackError
-from devstack.processes import port_accepts, port_is_free, run
+from devstack.processes import kill9_tree, port_accepts, port_is_free, run
 from devstack.progress import say, step
 
 SUPERUSER = "postgres"
@@ -221,6 +221,20 @@ class PostgresServer:
             return
         with step("stopping PostgreSQL"):
             run(self._argv("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir)), "pg_ctl stop")
+
+    def kill9(self) -> None:
+        """A crash: the postmaster and every backend killed at once (the next start recovers)."""
+        pid = self.postmaster_pid()
+        if pid is None or not self.running():
+            return
+        kill9_tree(pid)
+        # pg_ctl (and the next postmaster) take the old PID for a live server until
+        # its zombie is reaped by whoever inherited it.
+        deadline = time.monotonic() + 30
+        while self.running():
+            if time.monotonic() > deadline:
+                raise StackError(f"PostgreSQL's postmaster {pid} still counts as running after SIGKILL")
+            time.sleep(0.05)
 
     def postmaster_pid(self) -> int | None:
         try:

@@ -129,11 +129,15 @@ class ManagedProcess:
             return self._child.poll() is not None
         return self.pid_file.exists() and self.pid() is None
 
-    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
+        """Signal the process and wait up to `timeout` for it to exit, then SIGKILL it.
+
+        True if it exited within `timeout` (or was not running).
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
-            return
+            return True
         if sig == signal.SIGKILL:
             _kill_group(pid, sig)  # no chance to stop its children (API workers) itself
         else:
@@ -145,12 +149,24 @@ class ManagedProcess:
         while time.monotonic() < deadline and pid_alive(pid):
             _reap(pid)
             time.sleep(0.1)
-        if pid_alive(pid):
+        exited = not pid_alive(pid)
+        if not exited:
             _kill_group(pid, signal.SIGKILL)
             while pid_alive(pid):
                 _reap(pid)
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
+        return exited
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` (SIGSTOP, SIGCONT, ...) to the process, if it runs."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, sig)
+
+    def exit_status(self) -> int | None:
+        """The exit status of a process this object started, once it has exited."""
+        return None if self._child is None else self._child.poll()
 
     def kill9(self) -> None:
         self.stop(timeout=0.0, sig=signal.SIGKILL)
@@ -174,6 +190,36 @@ def stop_by_pid_file(pid_file: Path, timeout: float = 15.0) -> None:
     marker = lines[1]
     proc = ManagedProcess(name=pid_file.stem, argv=[marker], pid_file=pid_file, log_file=pid_file)
     proc.stop(timeout=timeout)
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(stat.parent.name))
+    return out
+
+
+def kill9_tree(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL a process and its children at once (a server and its workers), and wait until they are gone."""
+    victims = [pid, *children_of(pid)]
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(v) for v in victims):
+        for victim in victims:
+            _reap(victim)
+        if time.monotonic() > deadline:
+            raise StackError(f"processes {victims} did not die after SIGKILL")
+        time.sleep(0.05)
 
 
 def _kill_group(pid: int, sig: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from goods.settings import Settings
 from shared.entrypoints import run_api, run_migrations, run_relay
@@ -18,7 +19,7 @@ def main() -> None:
     if args.command == "api":
         run_api("goods.api:create_app", settings.host, settings.port, settings.api_workers, settings)
     elif args.command == "relay":
-        asyncio.run(run_relay("goods", settings))
+        sys.exit(asyncio.run(run_relay("goods", settings)))
     else:
         asyncio.run(run_migrations("goods", settings.database_url, settings))
 

@@ -40,18 +40,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from order_history.projections import PARAMS, PreparedBatch, apply_prepared, apply_sql, prepare, reduce_events
-from shared.database import RETRYABLE_ERRORS, Connection
+from shared.database import REFUSED_DATA_ERRORS, WAIT_OUT_ERRORS, Connection
 from shared.events import TOPICS, Event, PoisonMessage, decode_event, dlq_topic
 
 log = logging.getLogger(__name__)
-
-# The database refusing an event's data (SQLSTATE classes 22 and 23): that event
-# is dead-lettered. Every other database error is waited out.
-REFUSED_DATA_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.exceptions.DataError,
-    asyncpg.exceptions.IntegrityConstraintViolationError,
-)
-WAITED_OUT_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, asyncpg.exceptions.PostgresError)
 
 # The consumer's database sessions (bench.apply_sql uses them too).
 SESSION_SETTINGS: Final = {
@@ -358,7 +350,7 @@ class HistoryConsumer:
                 async with self.pool.acquire() as conn:
                     stored = await self.positions.load(conn, tps)
                 break
-            except WAITED_OUT_ERRORS as exc:
+            except WAIT_OUT_ERRORS as exc:
                 log.warning("cannot read positions, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
@@ -600,7 +592,7 @@ class HistoryConsumer:
                     stats = await self._process_part(part)
                 except REFUSED_DATA_ERRORS as exc:
                     stats = await self._isolate(records, exc, part.decoded)
-            except (*WAITED_OUT_ERRORS, KafkaError) as exc:
+            except (*WAIT_OUT_ERRORS, KafkaError) as exc:
                 # Anything but a refusal of the data is the database's or Kafka's
                 # state (down, no login, no permission...): wait, never skip.
                 log.warning(

@@ -12,8 +12,12 @@ from asyncpg.pool import PoolConnectionProxy
 # A connection as handed out by a pool or opened directly.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
-# Errors that say nothing about the request and everything about the database
-# or the network: callers retry them or answer 503, never 4xx.
+# The one classification of database errors, used by the APIs, the relays and
+# the consumer alike.
+#
+# UNAVAILABLE_ERRORS say nothing about the request and everything about the
+# database or the network (TimeoutError is an OSError): the APIs answer 503,
+# the background processes wait them out.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -25,14 +29,23 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # the role may not log in (now)
     asyncpg.exceptions.InvalidCatalogNameError,  # the database is not there (yet)
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout, or cancelled by an operator
+    asyncpg.exceptions.IdleSessionTimeoutError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
 )
 
-# Errors after which the whole transaction can simply be run again.
-RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
-    *UNAVAILABLE_ERRORS,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
+# The database refusing the data itself (SQLSTATE classes 22 and 23): running
+# the same statement again fails the same way. The consumer dead-letters the
+# event that causes it.
+REFUSED_DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
 )
+
+# What a background process waits out (after REFUSED_DATA_ERRORS where data is
+# involved): any other database error is the database's state (down, no login,
+# no permission, a deadlock...), never a reason to skip or drop work.
+WAIT_OUT_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.exceptions.PostgresError)
 
 
 async def keep_session(_: asyncpg.Connection[asyncpg.Record]) -> None:

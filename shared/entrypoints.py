@@ -6,15 +6,20 @@ import asyncio
 import logging
 import logging.config
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import uvicorn
 
 from shared.logs import configure_logging, logging_config
 from shared.migrations import migrate
-from shared.outbox import OutboxRelay, RelayConfig
+from shared.relay import OutboxRelay
 from shared.settings import CommandServiceSettings, CommonSettings
 
 log = logging.getLogger(__name__)
+
+# Seconds a stopping process gives its main loop to finish what it is doing.
+STOP_GRACE = 5.0
 
 
 def run_api(factory: str, host: str, port: int, workers: int, settings: CommonSettings) -> None:
@@ -45,31 +50,44 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_relay(name: str, settings: CommandServiceSettings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    relay = OutboxRelay(
-        RelayConfig(
-            dsn=settings.database_url,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            batch_size=settings.relay_batch_size,
-            poll_interval=settings.relay_poll_interval,
-            retention_seconds=settings.outbox_retention_seconds,
-            topic_prefix=settings.kafka_topic_prefix,
-        ),
-        name=name,
-    )
+async def supervise(main: Coroutine[Any, Any, None], request_stop: Callable[[], None], what: str) -> int:
+    """Run a background process's main loop until SIGTERM/SIGINT; the process's exit status.
+
+    0 after a requested stop. If the loop ends by itself it has died (it waits
+    out every outage it knows of): the error is logged and the status is 1, so
+    that a supervisor restarts the process instead of it living on idle. A loop
+    that does not finish within STOP_GRACE of a stop is cancelled.
+    """
     stop = asyncio.Event()
     install_stop_signals(stop)
-    log.info("outbox relay starting", extra={"relay": name})
-    task = asyncio.create_task(relay.run())
-    await stop.wait()
-    relay.stop()
+    task = asyncio.create_task(main)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        error = task.exception()
+        log.critical(f"{what} main loop ended on its own; exiting with status 1", exc_info=error)
+        return 1
+    request_stop()
     try:
-        await asyncio.wait_for(task, timeout=10)
+        await asyncio.wait_for(task, timeout=STOP_GRACE)
     except TimeoutError:
-        task.cancel()
-    await relay.close()
+        log.warning(f"{what} did not stop within {STOP_GRACE:.0f}s; cancelled")
+    except Exception:
+        log.exception(f"{what} failed while stopping")
+    return 0
+
+
+async def run_relay(name: str, settings: CommandServiceSettings) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    relay = OutboxRelay(settings, name=name)
+    log.info("outbox relay starting", extra={"relay": name})
+    try:
+        status = await supervise(relay.run(), relay.stop, "outbox relay")
+    finally:
+        await relay.close()
     log.info("outbox relay stopped", extra={"relay": name, "published": relay.published})
+    return status
 
 
 async def run_migrations(service: str, database_url: str, settings: CommonSettings) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,18 @@ class CommonSettings(BaseSettings):
         validation_alias="KAFKA_TOPIC_PREFIX",
         description="prepended to every topic name, so that several environments can share one cluster",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: str | None = Field(default=None, validation_alias="KAFKA_SASL_PASSWORD", repr=False)
+    kafka_ssl_cafile: str | None = Field(
+        default=None, validation_alias="KAFKA_SSL_CAFILE", description="CA certificate(s) that signed the brokers'"
+    )
+    kafka_request_timeout_ms: int = Field(default=10000, ge=1000, validation_alias="KAFKA_REQUEST_TIMEOUT_MS")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     log_format: Literal["json", "text", "auto"] = Field(default="auto", validation_alias="LOG_FORMAT")
 
@@ -31,4 +43,21 @@ class CommandServiceSettings(CommonSettings):
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of the API")
     relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval: float = Field(default=1.0, gt=0)
+    relay_delivery_timeout: float = Field(
+        default=15.0, gt=0, description="seconds Kafka has to acknowledge a batch before the relay gives it up"
+    )
+    relay_leader_lease: float = Field(
+        default=30.0,
+        ge=5,
+        description="seconds after which PostgreSQL ends a leading relay's silent session, so a standby takes over",
+    )
+    relay_max_backoff: float = Field(default=5.0, gt=0)
     outbox_retention_seconds: float = Field(default=24 * 3600.0, ge=0)
+    outbox_purge_interval: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> CommandServiceSettings:
+        # A leader waiting for Kafka sends nothing to PostgreSQL; the lease must not end it meanwhile.
+        if self.relay_leader_lease <= self.relay_delivery_timeout + self.relay_poll_interval:
+            raise ValueError("relay_leader_lease must exceed relay_delivery_timeout + relay_poll_interval")
+        return self

@@ -32,7 +32,7 @@ from order_history.api import create_app as create_history_app
 from order_history.consumer import ConsumerConfig, HistoryConsumer
 from order_history.settings import Settings as HistorySettings
 from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS, dlq_topic
-from shared.outbox import OutboxRelay, RelayConfig
+from shared.relay import OutboxRelay
 
 _counter = itertools.count(1)
 
@@ -113,12 +113,10 @@ class Env:
                 yield app, client
 
     def start_relay(self, service: str, **overrides: Any) -> OutboxRelay:
-        config = RelayConfig(
-            dsn=self.url(service), bootstrap_servers=self.bootstrap, topic_prefix=self.prefix, poll_interval=0.5
-        )
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        relay = OutboxRelay(config, name=service)
+        """An in-process relay; `overrides` are Settings fields (relay_batch_size=20, ...)."""
+        base = self.order_settings() if service == "order" else self.goods_settings()
+        settings = base.model_copy(update={"kafka_topic_prefix": self.prefix, "relay_poll_interval": 0.5, **overrides})
+        relay = OutboxRelay(settings, name=service)
         self._tasks.append(asyncio.create_task(relay.run()))
         self._closers.append(relay.close)
         return relay
@@ -169,6 +167,12 @@ class Env:
                 pass
         for pool in self.pools.values():
             await pool.close()
+
+    async def close_pools(self) -> None:
+        """Drop this test's pools at once (before the server goes away); `pool` makes new ones."""
+        for pool in self.pools.values():
+            pool.terminate()
+        self.pools.clear()
 
     async def pool(self, service: str) -> asyncpg.Pool:
         if service not in self.pools:

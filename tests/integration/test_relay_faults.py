@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 from aiokafka import ConsumerRecord
 
+from devstack.processes import ManagedProcess
 from order import service as order_service
 from tests.harness import ORDER, Env, wait_until
 
@@ -42,7 +43,7 @@ async def outbox_event_ids(env: Env, service: str = "order") -> set[str]:
 
 @pytest.mark.slow
 async def test_writes_accepted_while_kafka_is_down_all_arrive_in_order(env: Env) -> None:
-    env.start_relay("order", max_backoff=1.0, request_timeout_ms=3000)
+    env.start_relay("order", relay_max_backoff=1.0, kafka_request_timeout_ms=3000, relay_delivery_timeout=3.0)
     async with env.client("order") as client:
         created = await client.post("/v1/order", json={"user_id": 1})
         assert created.status_code == 201
@@ -114,8 +115,8 @@ async def test_relay_killed_in_the_middle_of_a_backlog_loses_nothing(env: Env) -
 
 async def test_two_relays_do_not_publish_the_same_rows(env: Env) -> None:
     """With two relays on one database, each row goes out once (no crash, so no duplicate)."""
-    env.start_relay("order", batch_size=20)
-    env.start_relay("order", batch_size=20)
+    env.start_relay("order", relay_batch_size=20)
+    env.start_relay("order", relay_batch_size=20)
     creator = order_service.order_creator(await env.pool("order"))
     for i in range(300):
         await order_service.create_order(creator, i + 1)
@@ -128,7 +129,7 @@ async def test_two_relays_do_not_publish_the_same_rows(env: Env) -> None:
 
 
 async def test_published_rows_are_purged_after_the_retention(env: Env) -> None:
-    env.start_relay("order", retention_seconds=0.0, purge_interval=0.2)
+    env.start_relay("order", outbox_retention_seconds=0.0, outbox_purge_interval=0.2)
     pool = await env.pool("order")
     creator = order_service.order_creator(pool)
     for i in range(20):
@@ -139,3 +140,108 @@ async def test_published_rows_are_purged_after_the_retention(env: Env) -> None:
 
     await wait_until(purged, 30, "published outbox rows to be purged")
     assert len(await env.read_topic(ORDER, expect=20)) == 20
+
+
+async def _backlog(env: Env, orders: int) -> None:
+    pool = await env.pool("order")
+    creator = order_service.order_creator(pool)
+    sem = asyncio.Semaphore(8)
+
+    async def create(i: int) -> None:
+        async with sem:
+            await order_service.create_order(creator, i + 1)
+
+    await asyncio.gather(*(create(i) for i in range(orders)))
+
+
+async def _restart_postgres(env: Env) -> None:
+    await env.close_pools()
+    env.stack.postgres.kill9()
+    await asyncio.to_thread(env.stack.postgres.start)
+
+
+@pytest.mark.slow
+async def test_relay_publishing_when_postgres_crashes_goes_on_after_it_restarts(env: Env) -> None:
+    """PostgreSQL is killed (-9) while the relay is in the middle of a batch, and started again:
+    the relay publishes the rest of the backlog and every write made after the restart."""
+    await _backlog(env, 2000)
+    pool = await env.pool("order")
+    relay = env.process("order-relay", "order", "relay")
+    relay.env = {**(relay.env or {}), "ORDER_RELAY_BATCH_SIZE": "100"}
+    holder = await pool.acquire()
+    await holder.execute("BEGIN")
+    await holder.fetchval("SELECT id FROM outbox ORDER BY id OFFSET 1000 LIMIT 1 FOR UPDATE")
+    relay.start()
+
+    async def mark_waits() -> bool:
+        return bool(
+            await pool.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'
+                     AND query LIKE 'UPDATE outbox SET published_at%'"""
+            )
+        )
+
+    await wait_until(mark_waits, 60, "the relay to be in the middle of a batch")
+    await _restart_postgres(env)
+    await _backlog(env, 10)  # written after the restart
+    await env.wait_outbox_drained(timeout=120)
+    records = await env.read_topic(ORDER, expect=2010, timeout=60)
+    check_stream(records, await outbox_event_ids(env))
+    assert relay.running()
+
+
+def _relay_process(env: Env, name: str, **settings: str) -> ManagedProcess:
+    relay = env.process(name, "order", "relay")
+    relay.env = {**(relay.env or {}), **{f"ORDER_RELAY_{k.upper()}": v for k, v in settings.items()}}
+    return relay
+
+
+async def _logged(process: ManagedProcess, message: str, times: int = 1, timeout: float = 60) -> None:
+    async def seen() -> bool:
+        try:
+            return process.log_file.read_text(errors="replace").count(message) >= times
+        except FileNotFoundError:
+            return False
+
+    await wait_until(seen, timeout, f"{process.name} to log {message!r}")
+
+
+@pytest.mark.slow
+async def test_a_broker_that_stops_answering_mid_batch_holds_no_transaction_and_a_standby_takes_over(env: Env) -> None:
+    """The broker is frozen (SIGSTOP) while the leading relay sends a batch: the leader gives the
+    batch up within its delivery timeout, no relay ever sits in an open transaction, the standby
+    takes the lead, SIGTERM stops a relay at once, and after SIGCONT every row is published."""
+    settings = {"delivery_timeout": "2", "leader_lease": "10", "poll_interval": "0.2", "max_backoff": "1"}
+    first = _relay_process(env, "order-relay-a", **settings)
+    second = _relay_process(env, "order-relay-b", **settings)
+    first.start()
+    await _logged(first, "leading")
+    await _backlog(env, 1)
+    await env.wait_outbox_drained()  # the leader has a working connection to the broker
+    second.start()
+    await _logged(second, "standing by")
+    pool = await env.pool("order")
+    open_transactions = 0
+    env.kafka.pause()
+    try:
+        await _backlog(env, 300)  # read and sent by the leader: no acknowledgement comes
+
+        async def standby_leads() -> bool:
+            nonlocal open_transactions
+            open_transactions += await pool.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE application_name LIKE 'outbox-relay-%' AND state LIKE 'idle in transaction%'"""
+            )
+            return "leading" in second.log_file.read_text(errors="replace")
+
+        await wait_until(standby_leads, 60, "the standby to take the lead")
+        assert "batch given up" in first.log_file.read_text(errors="replace")
+        assert open_transactions == 0
+        assert first.stop(timeout=15), "the relay did not stop on SIGTERM while Kafka was not answering"
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 300
+    finally:
+        env.kafka.resume()
+    await env.wait_outbox_drained(timeout=120)
+    records = await env.read_topic(ORDER, expect=301, timeout=60)
+    check_stream(records, await outbox_event_ids(env))

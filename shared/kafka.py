@@ -1,0 +1,103 @@
+"""Kafka clients as every process of the project builds them, and how they are let go.
+
+One place for the connection and security settings (`client_options`), for
+the producer's delivery guarantees (`producer`), and for closing a producer
+whose broker does not answer (`close_producer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
+
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryTimeout(KafkaTimeoutError):  # type: ignore[misc]
+    """Kafka did not acknowledge a batch within the delivery timeout."""
+
+
+def client_options(settings: CommonSettings) -> dict[str, Any]:
+    """Bootstrap servers and security options for any aiokafka client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    return options
+
+
+def producer(settings: CommonSettings, client_id: str, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all): no acknowledged
+    message is lost when a broker fails, and a retried batch is not written twice."""
+    options: dict[str, Any] = {
+        **client_options(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "request_timeout_ms": settings.kafka_request_timeout_ms,
+        "client_id": client_id,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def start_producer(settings: CommonSettings, client_id: str, **overrides: Any) -> AIOKafkaProducer:
+    """A started producer; its start is bounded by the request timeout."""
+    started = producer(settings, client_id, **overrides)
+    try:
+        async with asyncio.timeout(settings.kafka_request_timeout_ms / 1000 + 5):
+            await started.start()
+    except BaseException:
+        await close_producer(started)
+        raise
+    return started
+
+
+async def deliver(futures: list[asyncio.Future[Any]], timeout: float) -> None:
+    """Wait for the acknowledgements of sent messages, at most `timeout` seconds.
+
+    aiokafka's idempotent producer never expires a batch: it retries until the
+    broker answers, so without a deadline a send to an unreachable broker waits
+    forever.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*futures)
+    except TimeoutError:
+        raise DeliveryTimeout(f"Kafka did not acknowledge {len(futures)} messages within {timeout:.0f}s") from None
+
+
+async def close_producer(p: AIOKafkaProducer, timeout: float = 2.0) -> None:
+    """Stop `p` within `timeout` seconds even if its broker does not answer.
+
+    `AIOKafkaProducer.stop()` first waits until every pending batch is
+    delivered, which never happens while the broker is unreachable. After
+    `timeout`, the pending batches are failed and the sender and the
+    connections closed (aiokafka has no public call for this).
+    """
+    try:
+        await asyncio.wait_for(p.stop(), timeout)
+        return
+    except TimeoutError:
+        log.warning("Kafka producer did not flush in time; dropping its pending messages", extra={"s": timeout})
+    except Exception as exc:  # the broker is gone anyway
+        log.debug("Kafka producer stop failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+    with contextlib.suppress(Exception):
+        p._message_accumulator.fail_all(KafkaTimeoutError("producer closed before delivery"))
+        if p._sender is not None:
+            await asyncio.wait_for(p._sender.close(), timeout)
+        await asyncio.wait_for(p.client.close(), timeout)
