@@ -6,7 +6,7 @@ A diagnostic beside measurement 2 (not part of `make bench`). It builds the
 projection bench's event stream (bench.projection.Generator), keys it to 3
 partitions per topic as the bench's producer does, cuts it into batches of the
 consumer's size and each batch into parts, its partitions split evenly over
-the consumer's lanes (order_history.consumer.Lanes), and prepares every part's
+the consumer's lanes (order_history.lanes.Lanes), and prepares every part's
 parameters before the clock starts. Then, on an empty read model of a
 PostgreSQL server of its own (durable settings, as the bench's), it applies
 them with the consumer's statement and session settings:
@@ -37,8 +37,10 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from order_history.consumer import SESSION_SETTINGS, ConsumerConfig, Lanes
+from order_history.lanes import Lanes
 from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
+from order_history.runner import SESSION_SETTINGS
+from order_history.settings import Settings
 from shared.events import Event
 
 from .env import BenchStack, log, pg_settings_of, step
@@ -127,8 +129,12 @@ async def trial(bs: BenchStack, gen: Generator, mode: str, batches: Batches, bef
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.apply_sql", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=600_000)
-    parser.add_argument("--batch", type=int, default=ConsumerConfig.max_records, help="events per batch")
-    parser.add_argument("--parts", type=int, default=ConsumerConfig.apply_connections, help="parts per batch")
+    parser.add_argument(
+        "--batch", type=int, default=Settings.model_fields["batch_max_records"].default, help="events per batch"
+    )
+    parser.add_argument(
+        "--parts", type=int, default=Settings.model_fields["apply_connections"].default, help="parts per batch"
+    )
     parser.add_argument("--trials", type=int, default=2, help="trials of each mode, alternating")
     parser.add_argument("--before", action="append", default=[], metavar="SQL", help="run on the empty read model")
     parser.add_argument("--pg-set", action="append", default=[], metavar="NAME=VALUE", help="a PostgreSQL setting")

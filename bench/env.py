@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from devstack.postgres import DATABASES
+from devstack.databases import DATABASES
 from devstack.processes import ManagedProcess, free_port
 from devstack.progress import say
 from devstack.progress import step as devstack_step
@@ -140,9 +140,9 @@ class BenchStack:
 
     # -- databases -------------------------------------------------------------
     def dsn(self, database: str) -> str:
-        """`orders`, `goods` or `order_history`, as its owning service role."""
+        """`orders`, `goods` or `order_history`, as its owner role (the bench also changes the schema)."""
         db = next(d for d in DATABASES if d.name == database)
-        return db.url(self.config.pg_port)
+        return db.owner.url(db.name, self.config.pg_port)
 
     def superuser_dsn(self, database: str) -> str:
         return self.stack.postgres.dsn(database)

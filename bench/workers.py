@@ -24,13 +24,13 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from order_history.consumer import Positions
+from order_history.positions import Positions
 from order_history.projections import apply_batch, reduce_events
 from shared.events import TOPICS, decode_event
 
 
 def _consumer(bootstrap: str, topics: list[str]) -> AIOKafkaConsumer:
-    # The real consumer's fetch settings (order_history/consumer.py), without a group.
+    # The real consumer's fetch settings (order_history/runner.py), without a group.
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from devstack.databases import init_sql
 from devstack.errors import StackError
 from devstack.kafka import install_jars
 from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir
@@ -13,12 +14,14 @@ from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "clean", "status", "install-kafka", "infra"])
+    parser.add_argument("command", choices=["up", "down", "clean", "status", "install-kafka", "infra", "init-sql"])
     args = parser.parse_args(argv)
     try:
         config = StackConfig.from_env(os.environ)
         stack = Stack(config)
-        if args.command == "install-kafka":
+        if args.command == "init-sql":
+            print(init_sql(), end="")
+        elif args.command == "install-kafka":
             install_jars(kafka_libs_dir())
         elif args.command == "infra":
             stack.start_infrastructure()

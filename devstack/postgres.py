@@ -15,30 +15,13 @@ from pathlib import Path
 
 import asyncpg
 
+from devstack.databases import DATABASES, Database, grant_statements, role_statements
 from devstack.errors import StackError
 from devstack.processes import kill9_tree, port_accepts, port_is_free, run
 from devstack.progress import say, step
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "postgres"
-
-
-@dataclass(frozen=True)
-class Database:
-    name: str
-    role: str
-    password: str
-
-    def url(self, port: int, host: str = "127.0.0.1") -> str:
-        return f"postgresql://{self.role}:{self.password}@{host}:{port}/{self.name}"
-
-
-# The three databases of SPEC.md, one owning role per service.
-DATABASES: tuple[Database, ...] = (
-    Database("orders", "order_svc", "order_svc"),
-    Database("goods", "goods_svc", "goods_svc"),
-    Database("order_history", "order_history_svc", "order_history_svc"),
-)
 
 
 def find_bindir() -> Path:
@@ -247,16 +230,34 @@ class PostgresServer:
         asyncio.run(self._create_databases(databases))
 
     async def _create_databases(self, databases: Sequence[Database]) -> None:
+        """Roles, databases and privileges (devstack/databases.py); safe to run on every start."""
         conn = await asyncpg.connect(self.dsn())
         try:
             for db in databases:
-                role_exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", db.role)
-                if not role_exists:
-                    await conn.execute(f"CREATE ROLE {db.role} LOGIN PASSWORD '{db.password}'")
-                db_exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db.name)
-                if not db_exists:
-                    say(f"creating database {db.name} owned by {db.role}")
-                    await conn.execute(f"CREATE DATABASE {db.name} OWNER {db.role}")
+                for role in db.roles:
+                    exists = bool(await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name))
+                    for statement in role_statements(role, exists):
+                        await conn.execute(statement)
+                owner = await conn.fetchval(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", db.name
+                )
+                if owner is None:
+                    say(f"creating database {db.name} owned by {db.owner.name}")
+                    await conn.execute(f"CREATE DATABASE {db.name} OWNER {db.owner.name}")
+                elif owner != db.owner.name:
+                    say(f"database {db.name}: owner {owner} -> {db.owner.name} (its service role only writes now)")
+                    await conn.execute(f"ALTER DATABASE {db.name} OWNER TO {db.owner.name}")
+                await self._grant(db, moved_from=owner if owner not in (None, db.owner.name) else None)
+        finally:
+            await conn.close()
+
+    async def _grant(self, db: Database, moved_from: str | None) -> None:
+        conn = await asyncpg.connect(self.dsn(db.name))
+        try:
+            if moved_from is not None:  # the older layout: tables owned by the service role
+                await conn.execute(f"REASSIGN OWNED BY {moved_from} TO {db.owner.name}")
+            for statement in grant_statements(db):
+                await conn.execute(statement)
         finally:
             await conn.close()
 
@@ -264,6 +265,7 @@ class PostgresServer:
         conn = await asyncpg.connect(self.dsn())
         try:
             await conn.execute(f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {db.name} OWNER {db.role}")
+            await conn.execute(f"CREATE DATABASE {db.name} OWNER {db.owner.name}")
         finally:
             await conn.close()
+        await self._grant(db, moved_from=None)

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.databases import DATABASES
 from devstack.errors import StackError
 from devstack.kafka import KafkaBroker
-from devstack.postgres import DATABASES, PostgresServer
+from devstack.postgres import PostgresServer
 from devstack.processes import ManagedProcess, port_is_free, run, stop_by_pid_file
 from devstack.progress import say, step
 
@@ -85,12 +86,13 @@ class Stack:
     # -- environment shared by every service process -------------------------
     def service_env(self) -> dict[str, str]:
         c = self.config
-        urls = {db.name: db.url(c.pg_port) for db in DATABASES}
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "ORDER_DATABASE_URL": urls["orders"],
-            "GOODS_DATABASE_URL": urls["goods"],
-            "ORDER_HISTORY_DATABASE_URL": urls["order_history"],
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap}
+        for db in DATABASES:
+            env[f"{db.service}_DATABASE_URL"] = db.writer.url(db.name, c.pg_port)
+            env[f"{db.service}_OWNER_DATABASE_URL"] = db.owner.url(db.name, c.pg_port)
+        history = DATABASES[-1]
+        env["ORDER_HISTORY_QUERY_DATABASE_URL"] = history.reader.url(history.name, c.pg_port)
+        env |= {
             "ORDER_HOST": "127.0.0.1",
             "ORDER_PORT": str(c.order_port),
             "GOODS_HOST": "127.0.0.1",

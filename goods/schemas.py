@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from shared.events import MAX_ID
+from shared.events import MAX_ID, MAX_NAME_LENGTH, Text
 
-
-def _storable(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold the NUL character.
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain the NUL character (\\u0000)")
-    return value
-
-
-Name = Annotated[str | None, Field(max_length=200, description="free text, may be null"), AfterValidator(_storable)]
+Name = Annotated[Text, Field(max_length=MAX_NAME_LENGTH, description="free text, may be null")]
+_ORDER_ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 
 
 class GoodsCreate(BaseModel):
@@ -30,10 +23,19 @@ class GoodsCreate(BaseModel):
 class GoodsUpdate(BaseModel):
     """Fields to change; at least one. `name: null` clears the name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    order_id: int = Field(default=0, ge=1, le=MAX_ID)
+    order_id: Annotated[
+        int | None, Field(ge=1, le=MAX_ID, description="move the goods to this order"), WithJsonSchema(_ORDER_ID_SCHEMA)
+    ] = None
     name: Name = None
+
+    @field_validator("order_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("order_id cannot be null; leave it out to keep the order")
+        return value
 
     @model_validator(mode="after")
     def _something_to_change(self) -> GoodsUpdate:

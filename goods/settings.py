@@ -12,4 +12,5 @@ class Settings(CommandServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GOODS_", extra="ignore")
 
     database_url: str = "postgresql://goods_svc:goods_svc@127.0.0.1:5432/goods"
+    owner_database_url: str = "postgresql://goods_owner:goods_owner@127.0.0.1:5432/goods"
     port: int = Field(default=8081, ge=1, le=65535)

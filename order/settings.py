@@ -12,4 +12,5 @@ class Settings(CommandServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore")
 
     database_url: str = "postgresql://order_svc:order_svc@127.0.0.1:5432/orders"
+    owner_database_url: str = "postgresql://order_owner:order_owner@127.0.0.1:5432/orders"
     port: int = Field(default=8080, ge=1, le=65535)

@@ -10,9 +10,10 @@ from fastapi.responses import Response
 from order_history import queries
 from order_history.schemas import HistoryPage, HistoryQuery, OrderHistoryDetail
 from order_history.settings import Settings
-from shared.api import ERROR_RESPONSES, create_service_app, json_response, pool_of
-from shared.commands import NotFound
 from shared.events import MAX_ID
+from shared.http.app import create_service_app, json_response, pool_of
+from shared.http.errors import ERROR_RESPONSES
+from shared.refusals import NotFound
 
 router = APIRouter(prefix="/v1/order-history", tags=["order-history"])
 
@@ -45,7 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         freeze_heap=serving,
         title="order-history service",
-        database_url=settings.database_url,
+        database_url=settings.query_database_url,
+        acquire_timeout=settings.db_acquire_timeout,
         routers=[router],
         pool_size=settings.db_pool_size,
         session_settings=queries.SESSION_SETTINGS,

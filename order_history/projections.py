@@ -107,8 +107,9 @@ class ApplyResult:
 #   the latest row version: increments commute, no count is lost.
 _APPLY_CTES = """g_in AS (
     SELECT id, order_id, name, {created_at}, {updated_at}, version, deleted, created
-    FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::bigint[],
-                $5::text::bigint[], $6::text::integer[], $7::text::boolean[], $14::text::boolean[])
+    FROM unnest({g_id}::text::bigint[], {g_order}::text::bigint[], {g_name}::text::text[],
+                {g_created}::text::bigint[], {g_updated}::text::bigint[], {g_version}::text::integer[],
+                {g_deleted}::text::boolean[], {g_insert}::text::boolean[])
         AS t(id, order_id, name, created_us, updated_us, version, deleted, created)
     WHERE {guard}
 ), inserted AS (
@@ -140,8 +141,8 @@ _APPLY_CTES = """g_in AS (
     HAVING sum(d) <> 0
 ), o_in AS (
     SELECT id, user_id, {created_at}, {updated_at}, version, deleted
-    FROM unnest($8::text::bigint[], $9::text::bigint[], $10::text::bigint[], $11::text::bigint[],
-                $12::text::integer[], $13::text::boolean[])
+    FROM unnest({o_id}::text::bigint[], {o_user}::text::bigint[], {o_created}::text::bigint[],
+                {o_updated}::text::bigint[], {o_version}::text::integer[], {o_deleted}::text::boolean[])
         AS t(id, user_id, created_us, updated_us, version, deleted)
     WHERE {guard}
 ), orders_upserted AS (
@@ -187,16 +188,43 @@ _TIMESTAMPS = {
     "created_at": _timestamp("created_us") + " AS created_at",
     "updated_at": _timestamp("updated_us") + " AS updated_at",
 }
-# Parameters $1..$14 are a PreparedBatch's; a statement that adds its own starts at $15.
-PARAMS: Final = 14
+# The batch statement's parameters, by name, in the order a PreparedBatch gives them.
+BATCH_PARAMS: Final = (
+    "g_id",
+    "g_order",
+    "g_name",
+    "g_created",
+    "g_updated",
+    "g_version",
+    "g_deleted",
+    "o_id",
+    "o_user",
+    "o_created",
+    "o_updated",
+    "o_version",
+    "o_deleted",
+    "g_insert",
+)
 _COUNTS = "(SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM changed) AS goods"
-_APPLY = f"WITH {_APPLY_CTES.format(guard='true', **_TIMESTAMPS)}\nSELECT {_COUNTS}"
 
 
-def apply_sql(before: str, guard: str, select: str) -> str:
-    """The batch statement with CTEs of the caller's `before` it, applied only where `guard`
-    (an SQL condition over those CTEs) holds, and `select` added to its result row."""
-    return f"WITH {before},\n{_APPLY_CTES.format(guard=guard, **_TIMESTAMPS)}\nSELECT {select}, {_COUNTS}"
+def numbered(template: str, names: Sequence[str], **text: str) -> str:
+    """`template` with each `{name}` of `names` as its positional parameter ($1 for the first, ...)
+    and the other `{key}`s as `text`: statements are written with names, sent with numbers."""
+    return template.format(**{name: f"${i}" for i, name in enumerate(names, start=1)}, **text)
+
+
+def apply_sql(before: str = "", guard: str = "true", select: str = "", params: Sequence[str] = ()) -> str:
+    """The batch statement, its parameters BATCH_PARAMS then `params`; with CTEs of the caller's
+    `before` it, applied only where `guard` (an SQL condition over those CTEs) holds, and
+    `select` added to its result row. `before`, `guard` and `select` may name any parameter."""
+    with_before = f"{before},\n" if before else ""
+    result = f"{select}, " if select else ""
+    template = f"WITH {with_before}{_APPLY_CTES}\nSELECT {result}{_COUNTS}"
+    return numbered(template, (*BATCH_PARAMS, *params), guard=guard, **_TIMESTAMPS)
+
+
+_APPLY = apply_sql()
 
 
 def _array(values: Sequence[Any]) -> str:
@@ -252,8 +280,8 @@ def _text_array(values: Sequence[str | None]) -> str:
 class PreparedBatch:
     """A reduced batch as the statement's parameters, built ahead of the transaction."""
 
-    columns: tuple[str, ...]  # $1..$13
-    created: str  # $14: per goods row, whether it is written by a plain INSERT
+    columns: tuple[str, ...]  # BATCH_PARAMS but the last
+    created: str  # g_insert: per goods row, whether it is written by a plain INSERT
     entities: int
     goods: int
 

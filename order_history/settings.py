@@ -7,11 +7,25 @@ from shared.settings import CommonSettings
 
 
 class Settings(CommonSettings):
-    """Environment variables ORDER_HISTORY_*, plus KAFKA_BOOTSTRAP_SERVERS and LOG_*."""
+    """Environment variables ORDER_HISTORY_*, plus KAFKA_* and LOG_*."""
 
     model_config = SettingsConfigDict(env_prefix="ORDER_HISTORY_", extra="ignore")
 
-    database_url: str = "postgresql://order_history_svc:order_history_svc@127.0.0.1:5432/order_history"
+    database_url: str = Field(
+        default="postgresql://order_history_svc:order_history_svc@127.0.0.1:5432/order_history",
+        description="the consumer's: reads and writes the read model",
+    )
+    query_database_url: str = Field(
+        default="postgresql://order_history_reader:order_history_reader@127.0.0.1:5432/order_history",
+        description="the API's: a read-only role (or a streaming replica)",
+    )
+    owner_database_url: str = Field(
+        default="postgresql://order_history_owner:order_history_owner@127.0.0.1:5432/order_history",
+        description="the owner role: migrations and reset",
+    )
+    db_acquire_timeout: float = Field(
+        default=5.0, gt=0, description="seconds a request waits for a pooled connection before it answers 503"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8082, ge=1, le=65535)
     db_pool_size: int = Field(default=20, ge=1, description="database connections per API worker process")
@@ -22,6 +36,16 @@ class Settings(CommonSettings):
         default=2, ge=1, le=16, description="lanes: transactions applied at once, each to its own partitions"
     )
     fetch_timeout_ms: int = Field(default=100, ge=1)
+    # The prefetcher takes this many messages from aiokafka at a time, decodes them,
+    # then lets the loop run (to send the current batch's next statement), so that
+    # Python's work on the next batch and PostgreSQL's on the current one overlap
+    # without delaying the current one (docs/benchmarks.md, fifth round).
+    fetch_slice: int = Field(default=500, ge=1)
+    # While a lane is full, how long the prefetcher waits for the other partitions'
+    # messages: the full lane's partitions are not fetched until it returns.
+    fetch_while_full_ms: int = Field(default=5, ge=0)
     session_timeout_ms: int = Field(
         default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"
     )
+    consumer_max_backoff: float = Field(default=5.0, gt=0)
+    dlq_delivery_timeout: float = Field(default=15.0, gt=0, description="seconds Kafka has to take a dead letter")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TypeAlias
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 # A connection as handed out by a pool or opened directly.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -59,21 +59,49 @@ async def keep_session(_: asyncpg.Connection[asyncpg.Record]) -> None:
     """
 
 
+class BoundedPool(asyncpg.Pool):
+    """A pool whose `acquire()` waits at most `acquire_timeout` seconds for a connection
+    (then TimeoutError, which is UNAVAILABLE: a request answers 503 instead of queueing forever)."""
+
+    acquire_timeout: float = 5.0
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(
-    dsn: str, max_size: int = 10, command_timeout: float = 30.0, session_settings: Mapping[str, str] | None = None
-) -> asyncpg.Pool:
-    """A pool for request handlers, that can be created while the database is down (min_size=0)."""
+    dsn: str,
+    max_size: int = 10,
+    *,
+    min_size: int = 0,
+    command_timeout: float = 30.0,
+    acquire_timeout: float = 5.0,
+    session_settings: Mapping[str, str] | None = None,
+    reset: bool = False,
+) -> BoundedPool:
+    """A pool that can be created while the database is down (min_size=0 by default).
+
+    `reset=False`: connections go back to the pool without asyncpg's reset query
+    (see keep_session), for code that never changes session state.
+    """
     settings = {"timezone": "UTC", "application_name": "order-history"}
     settings.update(session_settings or {})
-    pool = await asyncpg.create_pool(
+    pool = BoundedPool(
         dsn,
-        min_size=0,
+        min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=command_timeout,
+        timeout=10,
         server_settings=settings,
-        reset=keep_session,
+        reset=None if reset else keep_session,
     )
-    assert pool is not None
+    pool.acquire_timeout = acquire_timeout
+    await pool
     return pool
 
 

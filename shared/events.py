@@ -15,12 +15,20 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
 MAX_ID: Final = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
+MAX_NAME_LENGTH: Final = 200
+
+# What the read side can store and show: PostgreSQL stores later years, but
+# neither asyncpg nor Python can read a timestamptz after 9999-12-31 UTC back,
+# so an event naming one would break every read of its order.
+EARLIEST: Final = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+LATEST: Final = dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+Timestamp = Annotated[dt.datetime, Field(ge=EARLIEST, le=LATEST)]
 
 ORDER_TOPIC: Final = "order.events"
 GOODS_TOPIC: Final = "goods.events"
@@ -44,40 +52,50 @@ class _Payload(BaseModel):
 class OrderData(_Payload):
     id: Id
     user_id: Id
-    created_at: dt.datetime
-    updated_at: dt.datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class OrderDeletedData(_Payload):
     id: Id
     user_id: Id | None = None
-    created_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
 
 
-def _storable(value: str | None) -> str | None:
-    if value is not None and "\x00" in value:
-        raise ValueError("text must not contain the NUL character")
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold the NUL character.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
     return value
 
 
-Text = Annotated[str | None, AfterValidator(_storable)]
+# A goods name: at most MAX_NAME_LENGTH characters, no NUL (documented as a pattern too).
+Text = (
+    Annotated[
+        str,
+        Field(max_length=MAX_NAME_LENGTH),
+        AfterValidator(_storable),
+        WithJsonSchema({"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": "^[^\x00]*$"}),
+    ]
+    | None
+)
 
 
 class GoodsData(_Payload):
     id: Id
     order_id: Id
     name: Text
-    created_at: dt.datetime
-    updated_at: dt.datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class GoodsDeletedData(_Payload):
     id: Id
     order_id: Id
     name: Text = None
-    created_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
 
 
 Payload = OrderData | OrderDeletedData | GoodsData | GoodsDeletedData
@@ -118,7 +136,7 @@ class Envelope(BaseModel):
     schema_version: int = Field(ge=1, strict=True)
     aggregate_id: Id
     aggregate_version: int = Field(ge=1, le=2**31 - 1, strict=True)
-    occurred_at: dt.datetime
+    occurred_at: Timestamp
     data: dict[str, Any]
 
 
@@ -229,7 +247,7 @@ def _fast_schema(event_type: str, payload: type[_Payload]) -> cs.CoreSchema:
         cs.dataclass_field("schema_version", cs.int_schema(ge=1, strict=True)),
         cs.dataclass_field("aggregate_id", cs.int_schema(ge=1, le=MAX_ID, strict=True)),
         cs.dataclass_field("aggregate_version", cs.int_schema(ge=1, le=2**31 - 1, strict=True)),
-        cs.dataclass_field("occurred_at", cs.datetime_schema()),
+        cs.dataclass_field("occurred_at", TypeAdapter(Timestamp).core_schema),
         cs.dataclass_field("data", payload.__pydantic_core_schema__),
     ]
     assert [f["name"] for f in fields] == list(Event.__dataclass_fields__) == list(envelope)

@@ -37,10 +37,18 @@ class CommandServiceSettings(CommonSettings):
     """What a command service (order, goods) has beyond the common settings."""
 
     database_url: str
+    owner_database_url: str = Field(description="the database's owner role: migrations")
+    db_acquire_timeout: float = Field(
+        default=5.0, gt=0, description="seconds a request waits for a pooled connection before it answers 503"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     db_pool_size: int = Field(default=20, ge=1, description="database connections per API worker process")
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of the API")
+    accept_form_writes: bool = Field(
+        default=True,
+        description="accept form and query fields on writes, as the original Go clients send them (see CSRF)",
+    )
     relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval: float = Field(default=1.0, gt=0)
     relay_delivery_timeout: float = Field(

@@ -29,7 +29,7 @@ from goods.settings import Settings as GoodsSettings
 from order.api import create_app as create_order_app
 from order.settings import Settings as OrderSettings
 from order_history.api import create_app as create_history_app
-from order_history.consumer import ConsumerConfig, HistoryConsumer
+from order_history.runner import HistoryConsumer
 from order_history.settings import Settings as HistorySettings
 from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS, dlq_topic
 from shared.relay import OutboxRelay
@@ -65,6 +65,15 @@ class Env:
             "order_history": env["ORDER_HISTORY_DATABASE_URL"],
         }[service]
 
+    def owner_url(self, service: str) -> str:
+        """The database's owner role: schema changes and TRUNCATE (the service roles may do neither)."""
+        env = self.stack.service_env()
+        return {
+            "order": env["ORDER_OWNER_DATABASE_URL"],
+            "goods": env["GOODS_OWNER_DATABASE_URL"],
+            "order_history": env["ORDER_HISTORY_OWNER_DATABASE_URL"],
+        }[service]
+
     def topic(self, contract_topic: str) -> str:
         return self.prefix + contract_topic
 
@@ -83,30 +92,44 @@ class Env:
 
     # -- in-process services ---------------------------------------------------
     def order_settings(self) -> OrderSettings:
-        return OrderSettings(database_url=self.url("order"), kafka_bootstrap_servers=self.bootstrap)
+        return OrderSettings(
+            database_url=self.url("order"),
+            owner_database_url=self.owner_url("order"),
+            kafka_bootstrap_servers=self.bootstrap,
+        )
 
     def goods_settings(self) -> GoodsSettings:
-        return GoodsSettings(database_url=self.url("goods"), kafka_bootstrap_servers=self.bootstrap)
+        return GoodsSettings(
+            database_url=self.url("goods"),
+            owner_database_url=self.owner_url("goods"),
+            kafka_bootstrap_servers=self.bootstrap,
+        )
 
     def history_settings(self) -> HistorySettings:
-        return HistorySettings(database_url=self.url("order_history"), kafka_bootstrap_servers=self.bootstrap)
+        env = self.stack.service_env()
+        return HistorySettings(
+            database_url=self.url("order_history"),
+            query_database_url=env["ORDER_HISTORY_QUERY_DATABASE_URL"],
+            owner_database_url=self.owner_url("order_history"),
+            kafka_bootstrap_servers=self.bootstrap,
+        )
 
     @asynccontextmanager
-    async def client(self, service: str) -> AsyncIterator[httpx.AsyncClient]:
-        """An HTTP client talking to the service's real ASGI app (real database)."""
-        async with self.app_client(service) as (_, client):
+    async def client(self, service: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client talking to the service's real ASGI app (real database); `settings` override."""
+        async with self.app_client(service, **settings) as (_, client):
             yield client
 
     @asynccontextmanager
-    async def app_client(self, service: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async def app_client(self, service: str, **settings: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
         """The service's real ASGI app, started, and an HTTP client talking to it."""
         app: FastAPI
         if service == "order":
-            app = create_order_app(self.order_settings())
+            app = create_order_app(self.order_settings().model_copy(update=settings))
         elif service == "goods":
-            app = create_goods_app(self.goods_settings())
+            app = create_goods_app(self.goods_settings().model_copy(update=settings))
         else:
-            app = create_history_app(self.history_settings())
+            app = create_history_app(self.history_settings().model_copy(update=settings))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -122,15 +145,11 @@ class Env:
         return relay
 
     async def start_consumer(self, **overrides: Any) -> HistoryConsumer:
-        config = ConsumerConfig(
-            dsn=self.url("order_history"),
-            bootstrap_servers=self.bootstrap,
-            group=self.group,
-            topic_prefix=self.prefix,
+        """An in-process consumer; `overrides` are Settings fields (batch_max_records=60, ...)."""
+        settings = self.history_settings().model_copy(
+            update={"consumer_group": self.group, "kafka_topic_prefix": self.prefix, **overrides}
         )
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        consumer = HistoryConsumer(config)
+        consumer = HistoryConsumer(settings)
         await consumer.start()
         self._tasks.append(asyncio.create_task(consumer.run()))
         self._closers.append(consumer.stop)
@@ -167,6 +186,14 @@ class Env:
                 pass
         for pool in self.pools.values():
             await pool.close()
+
+    async def as_owner(self, service: str, sql: str) -> None:
+        """Run `sql` as the database's owner role (schema changes, TRUNCATE)."""
+        conn = await asyncpg.connect(self.owner_url(service))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
 
     async def close_pools(self) -> None:
         """Drop this test's pools at once (before the server goes away); `pool` makes new ones."""
@@ -297,8 +324,7 @@ async def truncate_all(env: Env) -> None:
         ("goods", "goods, outbox"),
         ("order_history", "orders, goods, consumer_positions, dead_letters"),
     ):
-        pool = await env.pool(service)
-        await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY")
+        await env.as_owner(service, f"TRUNCATE {tables} RESTART IDENTITY")
 
 
 def new_prefix() -> str:

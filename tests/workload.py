@@ -12,7 +12,7 @@ import httpx
 
 from goods import service as goods_service
 from order import service as order_service
-from shared.commands import NotFound
+from shared.refusals import NotFound
 
 
 @dataclass

@@ -29,7 +29,7 @@ async def _all_at_once(
     pool = await env.pool(service)
     async with pool.acquire() as lock, lock.transaction():
         await lock.execute(f"LOCK TABLE {table} IN SHARE MODE")
-        batcher: Batcher[object, object] = getattr(app.state, f"{service}_creator")
+        batcher: Batcher[object, object] = app.state.creator
         posting = asyncio.ensure_future(asyncio.gather(*(client.post(f"/v1/{service}", json=b) for b in bodies)))
 
         async def all_waiting() -> bool:

@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from order_history.consumer import Part
+from order_history.apply import Part
 from order_history.projections import apply_batch, prepare, reduce_events
 from shared.events import Event, GoodsData, OrderData, new_event
 from tests.harness import GOODS, ORDER, Env
@@ -61,7 +61,7 @@ async def test_every_event_twice_changes_nothing(env: Env) -> None:
     expected = ExpectedModel()
     for e in events:
         expected.apply(e)
-    await env.start_consumer(max_records=50)
+    await env.start_consumer(batch_max_records=50)
     once = encode(events)
     await env.produce(once)
     await env.wait_caught_up()
@@ -149,13 +149,13 @@ async def test_positions_advance_in_the_same_transaction_and_resume_after_restar
     expected = ExpectedModel()
     for e in events:
         expected.apply(e)
-    consumer = await env.start_consumer(max_records=37)
+    consumer = await env.start_consumer(batch_max_records=37)
     await env.produce(encode(events[:200]))
     await env.wait_caught_up()
     await consumer.stop()
     before = await env.positions()
     await env.produce(encode(events[200:]))
-    await env.start_consumer(max_records=37, apply_connections=1)  # one transaction per batch
+    await env.start_consumer(batch_max_records=37, apply_connections=1)  # one transaction per batch
     await env.wait_caught_up()
     assert sum((await env.positions()).values()) == len(events) > sum(before.values())
     assert await read_model_snapshot(await env.pool("order_history")) == expected.snapshot()
@@ -169,7 +169,7 @@ async def test_rebuild_from_scratch_equals_the_first_build(env: Env) -> None:
     history = await env.pool("order_history")
     first = await read_model_snapshot(history)
     await consumer.stop()
-    await history.execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
+    await env.as_owner("order_history", "TRUNCATE orders, goods, consumer_positions, dead_letters")
     await env.start_consumer()
     await env.wait_caught_up()
     assert await read_model_snapshot(history) == first
@@ -179,7 +179,9 @@ async def test_rebuild_from_scratch_equals_the_first_build(env: Env) -> None:
 async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_applied(env: Env) -> None:
     """A valid-looking event that the database cannot store does not stop the consumer."""
     history = await env.pool("order_history")
-    await history.execute("ALTER TABLE goods ADD CONSTRAINT test_refuse CHECK (name IS DISTINCT FROM 'refuse-me')")
+    await env.as_owner(
+        "order_history", "ALTER TABLE goods ADD CONSTRAINT test_refuse CHECK (name IS DISTINCT FROM 'refuse-me')"
+    )
     try:
         await env.start_consumer()
         stream = [
@@ -198,7 +200,7 @@ async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_appli
         assert b"database refused the event" in dict(dlq[0].headers)["dlq.reason"]
         assert await history.fetchval("SELECT count(*) FROM dead_letters") == 1
     finally:
-        await history.execute("ALTER TABLE goods DROP CONSTRAINT IF EXISTS test_refuse")
+        await env.as_owner("order_history", "ALTER TABLE goods DROP CONSTRAINT IF EXISTS test_refuse")
 
 
 async def test_a_database_outage_is_waited_out_and_nothing_is_skipped(env: Env) -> None:
@@ -207,7 +209,7 @@ async def test_a_database_outage_is_waited_out_and_nothing_is_skipped(env: Env) 
     expected = ExpectedModel()
     for e in events:
         expected.apply(e)
-    consumer = await env.start_consumer(max_records=60, max_backoff=0.5)
+    consumer = await env.start_consumer(batch_max_records=60, consumer_max_backoff=0.5)
     await env.produce(encode(events[:300]))
     await env.wait_caught_up()
 
@@ -249,8 +251,9 @@ async def test_a_part_applied_before_is_refused_by_the_one_statement_path_and_sk
     again = Part(records, decoded, prepare(reduce_events(valid)))
     assert len(again.prepared) > 0
 
-    assert await consumer._apply_tracked(again) is None
-    stats = await consumer._process_part(again)
+    assert consumer.applier is not None
+    assert await consumer.applier.fast(again) is None
+    stats = await consumer.applier.apply(again)
 
     assert (stats.events, stats.skipped_seen, stats.applied) == (len(goods), len(goods), 0)
     assert await read_model_snapshot(history) == model

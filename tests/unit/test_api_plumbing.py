@@ -6,7 +6,8 @@ import pytest
 from starlette.requests import Request
 
 from order_history.queries import BUCKETS, EXACT_BUCKETS, TAILS, bucket_of, merge_query
-from shared.api import ApiError, parse_if_match, reads_request_only
+from shared.http.errors import ApiError
+from shared.http.fields import parse_if_match
 
 
 def request_with(if_match: str | None) -> Request:
@@ -63,36 +64,19 @@ def test_a_weak_etag_never_matches() -> None:
     assert info.value.status == 412
 
 
-def test_only_the_creates_which_read_the_request_themselves_are_served_by_starlette_directly() -> None:
+def test_every_command_route_is_served_directly_ahead_of_fastapis_and_documented() -> None:
     from starlette.routing import Route
 
     import goods.api
     import order.api
 
     url = "postgresql://nobody@127.0.0.1:1/none"
-    for module, path in ((order.api, "/v1/order"), (goods.api, "/v1/goods")):
+    for module, entity in ((order.api, "order"), (goods.api, "goods")):
         app = module.create_app(module.Settings(database_url=url))
-        direct = [r for r in app.router.routes if type(r) is Route and r.path.startswith("/v1/")]
-        assert [(r.path, r.methods) for r in direct] == [(path, {"POST"})]
-        assert app.router.routes.index(direct[0]) == 0  # ahead of FastAPI's route for the same path
-        others = [(r.path, r.methods) for r in module.router.routes if not reads_request_only(r)]
-        assert {m for _, methods in others for m in methods} == {"GET", "PATCH", "DELETE"}
-        # The schema still documents the create, from FastAPI's route.
-        assert "requestBody" in app.openapi()["paths"][path]["post"]
-
-
-async def test_a_directly_served_create_keeps_the_apps_error_handling() -> None:
-    import httpx
-
-    from order.api import create_app
-    from order.settings import Settings
-
-    # No lifespan (so no pool): these requests are refused before they need the database.
-    app = create_app(Settings(database_url="postgresql://nobody@127.0.0.1:1/none"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-        bad = await client.post("/v1/order", content=b"{not json", headers={"content-type": "application/json"})
-        assert bad.status_code == 400 and bad.json()["error"] == "invalid_json"
-        wrong = await client.post("/v1/order", json={"user_id": "7"})
-        assert wrong.status_code == 422 and wrong.json()["fields"][0]["field"] == "user_id"
-        get = await client.get("/v1/order")
-        assert get.status_code == 405 and get.json()["error"] == "method_not_allowed"
+        direct = [(r.path, r.methods) for r in app.router.routes if type(r) is Route and r.path.startswith("/v1/")]
+        one = f"/v1/{entity}/{{{entity}_id}}"
+        assert direct == [(f"/v1/{entity}", {"POST"}), (one, {"GET", "HEAD", "PATCH", "DELETE"})]
+        assert all(type(r) is Route for r in app.router.routes[:2])  # ahead of FastAPI's
+        paths = app.openapi()["paths"]
+        assert set(paths[f"/v1/{entity}"]) == {"post"}
+        assert set(paths[one]) == {"get", "patch", "delete"}

@@ -48,7 +48,7 @@ def test_only_goods_created_in_the_batch_are_marked_for_a_plain_insert_and_only_
 def test_a_partition_stays_on_its_lane_while_its_messages_wait_and_new_ones_go_to_the_least_loaded() -> None:
     from aiokafka import TopicPartition
 
-    from order_history.consumer import Lanes
+    from order_history.lanes import Lanes
 
     g0, g1, g2, o0 = TopicPartition("g", 0), TopicPartition("g", 1), TopicPartition("g", 2), TopicPartition("o", 0)
     lanes = Lanes(2)

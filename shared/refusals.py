@@ -1,4 +1,4 @@
-"""Errors a command can refuse with; the HTTP layer maps them to 404 and 412."""
+"""Why a command refused to change an entity; the HTTP layer maps them to 404 and 412."""
 
 from __future__ import annotations
 

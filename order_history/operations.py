@@ -1,0 +1,108 @@
+"""Operator commands on the read model that need the consumers stopped: reset, reset-positions.
+
+Each checks first that no consumer of the group is running (Kafka's group
+membership): a running consumer would go on from the positions it holds and
+skip, or re-apply, what the command changed under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from order_history.positions import Positions
+from order_history.settings import Settings
+from shared.events import TOPICS
+from shared.kafka import client_options
+
+log = logging.getLogger(__name__)
+
+
+class OperationError(Exception):
+    """A command that cannot be done now; the message says why and what to do."""
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+async def group_members(settings: Settings) -> int:
+    """How many consumers are in the group now (0 if the group is empty or unknown)."""
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([settings.consumer_group])
+    finally:
+        await admin.close()
+    members = 0
+    for response in responses:
+        for group in response.groups:
+            members += len(group[5])  # (error_code, group_id, state, protocol_type, protocol, members, ...)
+    return members
+
+
+async def _require_stopped(settings: Settings) -> None:
+    members = await group_members(settings)
+    if members:
+        raise OperationError(f"{members} consumer(s) of group {settings.consumer_group!r} are running; stop them first")
+
+
+async def reset(settings: Settings) -> int:
+    """Empty the read model and its positions: the consumers then rebuild it from the topics."""
+    try:
+        await _require_stopped(settings)
+    except OperationError as exc:
+        return _fail(str(exc))
+    conn = await asyncpg.connect(settings.owner_database_url)
+    try:
+        await conn.execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
+    finally:
+        await conn.close()
+    print("read model emptied: the consumers rebuild it from the topics when started")
+    return 0
+
+
+async def log_bounds(settings: Settings, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """(log start, log end) of every partition of a topic (its Kafka name)."""
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            raise OperationError(f"topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def reset_positions(settings: Settings, topic: str, to: str, partitions: list[int] | None) -> int:
+    if topic not in TOPICS:
+        return _fail(f"unknown topic {topic!r}; one of {', '.join(TOPICS)}")
+    try:
+        await _require_stopped(settings)
+        starts, ends = await log_bounds(settings, settings.kafka_topic_prefix + topic)
+    except OperationError as exc:
+        return _fail(str(exc))
+    chosen = starts if to == "start" else ends
+    offsets = {tp: off for tp, off in chosen.items() if partitions is None or tp.partition in partitions}
+    if not offsets:
+        return _fail(f"{topic} has no partition {partitions}")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        async with conn.transaction():
+            await Positions(settings.consumer_group).set(conn, offsets)
+    finally:
+        await conn.close()
+    for tp, offset in sorted(offsets.items()):
+        print(f"{tp.topic}[{tp.partition}] -> {offset}")
+    print(f"{len(offsets)} position(s) of group {settings.consumer_group!r} set to the log's {to}")
+    return 0

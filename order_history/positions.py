@@ -1,0 +1,169 @@
+"""Tracking records: the next offset to apply per topic-partition, kept in the read database.
+
+`consumer_positions` holds, per consumer group and topic-partition, the offset
+of the next message to apply. It advances in the same transaction as the
+changes its messages made, so the read model is always exactly "the log up to
+these positions". On every assignment the consumer seeks to them (Kafka's own
+committed offsets are written afterwards, for lag tools only).
+
+Positions must fit the log: a stored position past the log's end (the topic
+was recreated or truncated) or before its start (retention deleted messages
+that were never applied) would make the consumer skip or silently miss
+events. `misfits` finds them; the consumer then stops applying and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from shared.database import Connection
+
+# The CTEs that make the batch statement a tracked one (see apply.py): lock the
+# part's position rows in a fixed order; `ok` when every row exists and none is
+# past the part's first offset (nothing of the part applied yet); then advance
+# them. Parameters: {group}, {topics}, {partitions}, {first_offsets}, {end_offsets}.
+TRACKED_CTES = """pos AS (
+    SELECT c.topic, c.partition, c.next_offset, x.first_offset, x.end_offset
+    FROM consumer_positions AS c
+    JOIN unnest({topics}::text[], {partitions}::integer[], {first_offsets}::bigint[], {end_offsets}::bigint[])
+        AS x(t, p, first_offset, end_offset) ON c.topic = x.t AND c.partition = x.p
+    WHERE c.consumer_group = {group}
+    ORDER BY c.topic, c.partition
+    FOR UPDATE OF c
+), ok AS (
+    SELECT count(*) = cardinality({topics}::text[]) AND COALESCE(bool_and(next_offset <= first_offset), false)
+        AS ok
+    FROM pos
+), advanced AS (
+    UPDATE consumer_positions AS c SET next_offset = pos.end_offset, updated_at = now()
+    FROM pos
+    WHERE (SELECT ok FROM ok) AND c.consumer_group = {group} AND c.topic = pos.topic
+      AND c.partition = pos.partition
+    RETURNING 1
+)"""
+TRACKED_PARAMS = ("group", "topics", "partitions", "first_offsets", "end_offsets")
+
+_LOAD = """SELECT topic, partition, next_offset FROM consumer_positions
+           WHERE consumer_group = $1 AND topic = ANY($2::text[])"""
+_CREATE_MISSING = """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
+                     SELECT $1, t, p, 0 FROM unnest($2::text[], $3::integer[]) AS x(t, p)
+                     ON CONFLICT DO NOTHING"""
+_SELECT_FOR_UPDATE = """SELECT c.topic, c.partition, c.next_offset FROM consumer_positions c
+                        JOIN unnest($2::text[], $3::integer[]) AS x(t, p) ON c.topic = x.t AND c.partition = x.p
+                        WHERE c.consumer_group = $1
+                        ORDER BY c.topic, c.partition FOR UPDATE OF c"""
+_ADVANCE = """UPDATE consumer_positions c SET next_offset = x.o, updated_at = now()
+              FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS x(t, p, o)
+              WHERE c.consumer_group = $1 AND c.topic = x.t AND c.partition = x.p AND c.next_offset < x.o"""
+_SET = """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
+          SELECT $1, t, p, o FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS x(t, p, o)
+          ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
+              updated_at = now()"""
+
+
+class Positions:
+    """consumer_positions: the tracking records of one consumer group."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    async def load(self, conn: Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        rows = await conn.fetch(_LOAD, self.group, sorted({tp.topic for tp in tps}))
+        wanted = set(tps)
+        found = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+        return {tp: off for tp, off in found.items() if tp in wanted}
+
+    async def load_all(self, conn: Connection) -> dict[TopicPartition, int]:
+        rows = await conn.fetch(
+            "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer_group = $1", self.group
+        )
+        return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+    async def lock(self, conn: Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Lock the position rows of `tps` (in a fixed order) and return them; creates missing rows at 0."""
+        ordered = sorted(tps)
+        topics = [tp.topic for tp in ordered]
+        parts = [tp.partition for tp in ordered]
+        rows = await conn.fetch(_SELECT_FOR_UPDATE, self.group, topics, parts)
+        if len(rows) < len(ordered):  # a partition's first batch: one more round trip, once
+            await conn.execute(_CREATE_MISSING, self.group, topics, parts)
+            rows = await conn.fetch(_SELECT_FOR_UPDATE, self.group, topics, parts)
+        return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+    async def advance(self, conn: Connection, next_offsets: Mapping[TopicPartition, int]) -> None:
+        ordered = sorted(next_offsets)
+        await conn.execute(
+            _ADVANCE,
+            self.group,
+            [tp.topic for tp in ordered],
+            [tp.partition for tp in ordered],
+            [next_offsets[tp] for tp in ordered],
+        )
+
+    async def set(self, conn: Connection, offsets: Mapping[TopicPartition, int]) -> None:
+        """Set positions outright (an operator's reset, with the consumers stopped)."""
+        ordered = sorted(offsets)
+        await conn.execute(
+            _SET,
+            self.group,
+            [tp.topic for tp in ordered],
+            [tp.partition for tp in ordered],
+            [offsets[tp] for tp in ordered],
+        )
+
+    def tracked_args(self, first: Mapping[TopicPartition, int], end: Mapping[TopicPartition, int]) -> list[object]:
+        """TRACKED_PARAMS' values for a part whose messages run from `first` to before `end`."""
+        ordered = sorted(first)
+        return [
+            self.group,
+            [tp.topic for tp in ordered],
+            [tp.partition for tp in ordered],
+            [first[tp] for tp in ordered],
+            [end[tp] for tp in ordered],
+        ]
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """A stored position that does not fit its partition's log."""
+
+    tp: TopicPartition
+    stored: int | None  # None: never applied anything of it
+    log_start: int
+    log_end: int
+
+    @property
+    def kind(self) -> str:
+        return "past_log_end" if self.stored is not None and self.stored > self.log_end else "before_log_start"
+
+    @property
+    def reason(self) -> str:
+        where = f"{self.tp.topic}[{self.tp.partition}]"
+        if self.kind == "past_log_end":
+            return (
+                f"{where}: the stored position {self.stored} is past the log's end {self.log_end}: the topic was "
+                "recreated or truncated, and its new messages would be skipped"
+            )
+        stored = "nothing applied yet" if self.stored is None else f"the stored position {self.stored}"
+        return (
+            f"{where}: {stored}, but the log starts at {self.log_start}: retention deleted messages "
+            "that were never applied, and the read model would miss them"
+        )
+
+
+def misfits(
+    stored: Mapping[TopicPartition, int],
+    log_start: Mapping[TopicPartition, int],
+    log_end: Mapping[TopicPartition, int],
+) -> list[Misfit]:
+    """The partitions whose stored position (0 when none is stored) is outside [log start, log end]."""
+    out = []
+    for tp in sorted(log_end):
+        position = stored.get(tp)
+        start, end = log_start.get(tp, 0), log_end[tp]
+        if (position if position is not None else 0) < start or (position is not None and position > end):
+            out.append(Misfit(tp, position, start, end))
+    return out

@@ -1,0 +1,448 @@
+"""The order-history consumer's runner: Kafka clients, fetching ahead, and the lanes.
+
+Delivery semantics: Kafka delivers at least once; the effect is exactly once.
+The read model's positions (positions.py) advance in the same transaction as
+the changes their events made, and on every assignment the consumer seeks to
+them; after a crash, a kill -9 or a rebalance it resumes from what its own
+database says it applied. Kafka's committed offsets are written too, after
+the database commit, only so that lag tools can read them.
+
+A prefetch task fetches, decodes and prepares the lanes' next parts while the
+lanes wait on the database, so Python's work and PostgreSQL's overlap. Each
+lane applies its parts one at a time (apply.py); a partition stays on one lane
+while any of its messages wait there (lanes.py).
+
+Positions that do not fit the log (positions.misfits), found on assignment or
+as an OffsetOutOfRange from the broker, stop the consumer: it applies nothing
+more, logs why every minute, and stays up (for its metrics and `status`) until
+an operator rebuilds the read model or resets the positions and restarts it.
+A database or Kafka outage is waited out; nothing is ever skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Sequence
+from typing import Final
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+
+from order_history.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
+from order_history.dead_letters import DeadLetters
+from order_history.lanes import Lanes
+from order_history.positions import Misfit, Positions, misfits
+from order_history.settings import Settings
+from shared.backoff import Backoff
+from shared.database import WAIT_OUT_ERRORS, create_pool
+from shared.events import TOPICS, Event, PoisonMessage, decode_event
+from shared.kafka import client_options, close_producer, start_producer
+
+log = logging.getLogger(__name__)
+
+# The consumer's database sessions (bench.apply_sql uses them too).
+SESSION_SETTINGS: Final = {
+    "timezone": "UTC",
+    "application_name": "order-history-consumer",
+    # A part's transaction holds both its read-model changes and its positions,
+    # so a commit lost in a database crash is lost whole and simply re-applied
+    # from the older positions: waiting for the WAL flush buys nothing here (it
+    # only slows every part down).
+    "synchronous_commit": "off",
+    # The batch statement reaches every row by primary key, whatever the sizes:
+    # one generic plan serves every batch. A custom plan would also parse each
+    # batch's array literals a second time, at planning (docs/benchmarks.md).
+    "plan_cache_mode": "force_generic_plan",
+}
+_HALTED_REMINDER = 60.0
+
+
+class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: HistoryConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if revoked:
+            log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in revoked]})
+        self.owner.rebalances += 1
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in assigned]})
+        await self.owner.seek_to_stored_positions(list(assigned))
+
+
+class HistoryConsumer:
+    def __init__(self, settings: Settings, instance: str = "0") -> None:
+        self.settings = settings
+        self.instance = instance
+        self.positions = Positions(settings.consumer_group)
+        self.pool: asyncpg.Pool | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.applier: Applier | None = None
+        self.halted: list[Misfit] = []
+        self.rebalances = 0
+        self.total = BatchStats()
+        self._stop = asyncio.Event()
+        self._last_kafka_commit = 0.0
+        self._applied_ends: dict[TopicPartition, int] = {}  # applied, not yet committed to Kafka
+
+    def kafka_topic(self, topic: str) -> str:
+        return self.settings.kafka_topic_prefix + topic
+
+    def contract_topic(self, kafka_topic: str) -> str:
+        return kafka_topic.removeprefix(self.settings.kafka_topic_prefix)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = await create_pool(
+            s.database_url,
+            s.apply_connections,
+            min_size=1,
+            command_timeout=60,
+            acquire_timeout=60,
+            session_settings=SESSION_SETTINGS,
+            reset=True,
+        )
+        client_id = f"order-history-consumer-{self.instance}"
+        self.producer = await start_producer(s, client_id=f"{client_id}-dlq")
+        self.applier = Applier(self.pool, self.positions, DeadLetters(self.producer, s.dlq_delivery_timeout))
+        self.consumer = AIOKafkaConsumer(
+            **client_options(s),
+            group_id=s.consumer_group,
+            client_id=client_id,
+            enable_auto_commit=False,
+            # Positions come from the read database; a fetch outside the log is an
+            # error to stop on, never a reason to jump elsewhere (see `misfits`).
+            auto_offset_reset="none",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(1000, s.session_timeout_ms // 3),
+            max_poll_interval_ms=300000,
+            request_timeout_ms=s.kafka_request_timeout_ms + s.session_timeout_ms,
+        )
+        self.consumer.subscribe([self.kafka_topic(t) for t in TOPICS], listener=_SeekFromDatabase(self))
+        async with asyncio.timeout(s.kafka_request_timeout_ms / 1000 + 10):
+            await self.consumer.start()
+
+    async def close(self) -> None:
+        """Close the clients (bounded, whatever the broker and the database do); `start` may run again."""
+        consumer, producer, pool = self.consumer, self.producer, self.pool
+        self.consumer = self.producer = self.pool = self.applier = None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), timeout=10)
+        if producer is not None:
+            await close_producer(producer)
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except Exception:
+                pool.terminate()
+
+    async def stop(self) -> None:
+        self.request_stop()
+        await self.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def stop_event(self) -> asyncio.Event:
+        return self._stop
+
+    # -- positions -------------------------------------------------------------
+    async def seek_to_stored_positions(self, tps: list[TopicPartition]) -> None:
+        """Seek to the positions of the read database, after checking that they fit the logs."""
+        assert self.pool is not None and self.consumer is not None
+        if not tps:
+            return
+        if self.halted:
+            self.consumer.pause(*tps)
+            return
+        backoff = Backoff(0.1, self.settings.consumer_max_backoff, stop=self._stop)
+        while True:
+            try:
+                async with self.pool.acquire(timeout=10) as conn:
+                    stored = await self.positions.load(conn, tps)
+                log_start = await self.consumer.beginning_offsets(tps)
+                log_end = await self.consumer.end_offsets(tps)
+                break
+            except (*WAIT_OUT_ERRORS, KafkaError) as exc:
+                log.warning("cannot read positions, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+                if self.stopping:
+                    return
+                await backoff.wait()
+        found = misfits(stored, log_start, log_end)
+        if found:
+            self.halt(found)
+            return
+        for tp in tps:
+            if tp in stored:
+                self.consumer.seek(tp, stored[tp])
+        never_applied = [tp for tp in tps if tp not in stored]
+        if never_applied:  # one request for all: each call waits for the fetcher's offset reset
+            await self.consumer.seek_to_beginning(*never_applied)
+        log.info(
+            "seeked to stored positions",
+            extra={"positions": {f"{tp.topic}[{tp.partition}]": stored.get(tp, 0) for tp in tps}},
+        )
+
+    def halt(self, found: list[Misfit]) -> None:
+        """Apply nothing more: the stored positions do not fit the log (see the module docstring)."""
+        assert self.consumer is not None
+        known = {m.tp for m in self.halted}
+        self.halted.extend(m for m in found if m.tp not in known)
+        self.consumer.pause(*self.consumer.assignment())
+        for misfit in found:
+            log.error(
+                "consumer stopped: stored position does not fit the log; rebuild the read model "
+                "or reset the positions (see the README), then restart",
+                extra={
+                    "topic": misfit.tp.topic,
+                    "partition": misfit.tp.partition,
+                    "offset": misfit.stored,
+                    "log_start": misfit.log_start,
+                    "log_end": misfit.log_end,
+                    "reason": misfit.reason,
+                },
+            )
+
+    async def _out_of_range(self, error: OffsetOutOfRangeError) -> None:
+        """The broker refused a fetch offset: a misfit found while running."""
+        assert self.consumer is not None
+        offsets: dict[TopicPartition, int] = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        tps = list(offsets) or list(self.consumer.assignment())
+        log_start = await self.consumer.beginning_offsets(tps)
+        log_end = await self.consumer.end_offsets(tps)
+        found = misfits(offsets, log_start, log_end) or [
+            Misfit(tp, offsets.get(tp), log_start[tp], log_end[tp]) for tp in tps
+        ]
+        self.halt(found)
+
+    # -- fetching ----------------------------------------------------------------
+    def decode(self, records: Records) -> Decoded:
+        """Decode every message of a batch: an Event, or the reason it is poison."""
+        return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
+
+    def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
+        topic = self.contract_topic(tp.topic)
+        outcomes: list[Event | str] = []
+        for message in messages:
+            try:
+                outcomes.append(decode_event(message.value, topic))
+            except PoisonMessage as exc:
+                outcomes.append(exc.reason)
+        return outcomes
+
+    async def fetch(
+        self, partitions: Collection[TopicPartition] = (), timeout_ms: int | None = None
+    ) -> tuple[Records, Decoded] | None:
+        """Fetch and decode up to batch_max_records messages of `partitions` (default: all
+        assigned ones; None: nothing arrived in time). The other partitions' records
+        stay in aiokafka's buffer.
+
+        In slices of fetch_slice, giving the event loop a turn after each. The
+        first getmany waits up to `timeout_ms` (default fetch_timeout_ms); the
+        next ones take only what aiokafka has already fetched.
+        """
+        assert self.consumer is not None
+        s = self.settings
+        records: Records = {}
+        decoded: Decoded = {}
+        total = 0
+        timeout = s.fetch_timeout_ms if timeout_ms is None else timeout_ms
+        while total < s.batch_max_records:
+            try:
+                got = await self.consumer.getmany(
+                    *partitions, timeout_ms=timeout, max_records=min(s.fetch_slice, s.batch_max_records - total)
+                )
+            except (NoOffsetForPartitionError, OffsetOutOfRangeError):
+                if records:  # keep what was taken; aiokafka raises the error again on the next call
+                    break
+                raise
+            count = 0
+            for tp, messages in got.items():
+                if messages:
+                    records.setdefault(tp, []).extend(messages)
+                    decoded.setdefault(tp, []).extend(self._decode_slice(tp, messages))
+                    count += len(messages)
+            if not count:
+                break
+            total += count
+            timeout = 0
+            await asyncio.sleep(0)
+        return (records, decoded) if records else None
+
+    # -- the loop --------------------------------------------------------------
+    async def run(self) -> None:
+        """Apply what arrives, in lanes, until stopped (or halted: then wait until stopped).
+
+        If a lane has to give a part up (a long database outage), every lane
+        stops, the queued parts are dropped and the consumer re-seeks to its
+        stored positions, so nothing is skipped.
+        """
+        assert self.consumer is not None
+        while not self.stopping:
+            if self.halted:
+                await self._wait_halted()
+                continue
+            await self._run_lanes()
+            if not self.stopping and not self.halted:
+                await self.seek_to_stored_positions(list(self.consumer.assignment()))
+
+    async def _wait_halted(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=_HALTED_REMINDER)
+        if not self.stopping:
+            log.error(
+                "consumer still stopped: stored positions do not fit the log",
+                extra={"partitions": [m.reason for m in self.halted]},
+            )
+
+    async def _run_lanes(self) -> None:
+        """Run the prefetcher and the lanes until the consumer stops or halts, or a lane gives a part up.
+
+        When stopping, each lane finishes the part it is applying; queued parts are dropped.
+        """
+        ways = self.settings.apply_connections
+        lanes = Lanes(ways)
+        queues: list[asyncio.Queue[Part | None]] = [asyncio.Queue(1) for _ in range(ways)]
+        room = asyncio.Event()  # set when a lane takes its queued part
+        prefetch = asyncio.create_task(self._prefetch(lanes, queues, room))
+        workers = [asyncio.create_task(self._lane(lanes, queue, room)) for queue in queues]
+        try:
+            done, _ = await asyncio.wait([prefetch, *workers], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a task crashed: raise its error
+            if prefetch in done:  # stopping or halted: let each lane finish its current part
+                for queue in queues:
+                    while not queue.empty():
+                        queue.get_nowait()
+                    queue.put_nowait(None)
+                await asyncio.gather(*workers)
+        finally:
+            for task in (prefetch, *workers):
+                task.cancel()
+            await asyncio.gather(prefetch, *workers, return_exceptions=True)
+
+    async def _prefetch(self, lanes: Lanes, queues: list[asyncio.Queue[Part | None]], room: asyncio.Event) -> None:
+        """Fetch, decode and prepare the next part of every lane with room for one.
+
+        The partitions waiting on a full lane are left out of the fetch (their
+        records stay in aiokafka's buffer), so a full lane never holds up the
+        others' next parts. Only this task fills the queues, so a lane open when
+        the fetch starts is still open when its part is ready.
+        """
+        assert self.consumer is not None
+        while not self.stopping and not self.halted:
+            room.clear()
+            open_lanes = [i for i, queue in enumerate(queues) if queue.empty()]
+            full = set(range(len(queues))) - set(open_lanes)
+            partitions = self.consumer.assignment() - lanes.bound_to(full) if full else ()
+            if not open_lanes or (full and not partitions):
+                await room.wait()
+                continue
+            # While a lane is full, wait only briefly for the others' partitions:
+            # the full lane may take its part meanwhile, and its partitions' next
+            # messages are not fetched until this returns.
+            try:
+                fetched = await self.fetch(partitions, self.settings.fetch_while_full_ms if full else None)
+            except OffsetOutOfRangeError as exc:
+                await self._out_of_range(exc)
+                return
+            except NoOffsetForPartitionError:
+                # Assigned, and not yet seeked by the rebalance listener (which reads the
+                # database first): the listener gives it its position in a moment.
+                await asyncio.sleep(self.settings.fetch_timeout_ms / 1000)
+                continue
+            if fetched is None:
+                continue
+            records, decoded = fetched
+            for lane, tps in lanes.route({tp: len(m) for tp, m in records.items()}, open_lanes).items():
+                queues[lane].put_nowait(Part.of({tp: records[tp] for tp in tps}, {tp: decoded[tp] for tp in tps}))
+
+    async def _lane(self, lanes: Lanes, queue: asyncio.Queue[Part | None], room: asyncio.Event) -> None:
+        """Apply one lane's parts in order; return when told to stop, or when a part is given up."""
+        while True:
+            part = await queue.get()
+            room.set()
+            if part is None:
+                return
+            try:
+                applied = await self._apply_with_retry(part)
+            finally:
+                lanes.done(part.sizes())
+            if not applied:
+                return
+
+    async def _apply_with_retry(self, part: Part) -> bool:
+        """Apply a part, retrying through short outages; False if it was given up."""
+        assert self.applier is not None
+        backoff = Backoff(0.1, self.settings.consumer_max_backoff, stop=self._stop)
+        attempt = 0
+        while not self.stopping:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                try:
+                    stats = await self.applier.apply(part)
+                except Exception as exc:
+                    if decide(exc, attempt) is not Decision.ISOLATE:
+                        raise
+                    stats = await self.applier.isolating(part.records, part.decoded, exc)
+            except (*WAIT_OUT_ERRORS, KafkaError) as exc:
+                # The database's or Kafka's state (down, no login, no permission...): wait, never skip.
+                decision = decide(exc, attempt)
+                log.warning(
+                    "batch not applied, will retry" if decision is Decision.RETRY else "batch given up, will re-read",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt, **offset_ranges(part.records)},
+                )
+                if decision is Decision.GIVE_UP:
+                    return False  # a long outage: the caller resumes from the stored positions
+                await backoff.wait()
+                continue
+            self._account(stats, part.records, time.monotonic() - started)
+            await self._commit_to_kafka(part.records)
+            return True
+        return False
+
+    def _account(self, stats: BatchStats, records: Records, took: float) -> None:
+        self.total.add(stats)
+        log.debug(
+            "batch applied",
+            extra={
+                "events": stats.events,
+                "applied": stats.applied,
+                "skipped": stats.skipped_seen,
+                "poison": stats.poison,
+                "ms": round(took * 1000, 1),
+                **offset_ranges(records),
+            },
+        )
+
+    async def _commit_to_kafka(self, records: Records) -> None:
+        """Best effort, at most once a second, for every lane's partitions: only for lag monitoring."""
+        assert self.consumer is not None
+        for tp, messages in records.items():
+            self._applied_ends[tp] = messages[-1].offset + 1
+        now = time.monotonic()
+        if now - self._last_kafka_commit < 1.0:
+            return
+        self._last_kafka_commit = now
+        assigned = self.consumer.assignment()
+        offsets = {tp: end for tp, end in self._applied_ends.items() if tp in assigned}
+        self._applied_ends.clear()
+        with contextlib.suppress(KafkaError):
+            await self.consumer.commit(offsets)

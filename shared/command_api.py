@@ -1,0 +1,250 @@
+"""The HTTP side of a command service: one router for its resource, its app, its `__main__`.
+
+A `Resource` tells what is service-specific: the entity, the request models,
+the original Go clients' form/query field names, and how a validated body
+becomes a create item or update arguments. Every endpoint reads the Request
+itself (fields, path id, If-Match), so FastAPI has nothing to validate: the
+routes are also served directly as Starlette routes ahead of FastAPI's
+(`direct`), which skips FastAPI's request handler, a third of a create's CPU
+(docs/benchmarks.md, fourth round). FastAPI's routes stay, for the OpenAPI
+document; `body_doc` and `_PATH_ID` describe there exactly what the endpoints
+accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from starlette.routing import Route
+
+from shared import command_service
+from shared.batching import RunBatch
+from shared.entrypoints import run_api, run_migrations, run_relay
+from shared.events import MAX_ID
+from shared.http.app import create_service_app, json_response, pool_of
+from shared.http.errors import ERROR_RESPONSES
+from shared.http.fields import MAX_VERSION, etag, parse_if_match, path_id, read_fields, validate_fields
+from shared.outbox import OutboxNotifier
+from shared.settings import CommandServiceSettings
+
+C = TypeVar("C", bound=BaseModel)
+U = TypeVar("U", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Resource(Generic[C, U]):
+    entity: command_service.Entity[Any]
+    create_model: type[C]
+    update_model: type[U]
+    form_fields: Mapping[str, str]  # form/query name -> field (`userId` -> `user_id`), every form field
+    insert_many: RunBatch[Any, Any]
+    create_item: Callable[[C], Any]
+    update_sql: str
+    update_args: Callable[[U], Sequence[Any]]
+    create_summary: str
+    update_summary: str = "Change fields (version + 1); If-Match for compare-and-set"
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return {alias: name for alias, name in self.form_fields.items() if alias != name}
+
+    @property
+    def id_param(self) -> str:
+        return f"{self.entity.name}_id"
+
+
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def body_doc(resource: Resource[Any, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """The requestBody of a write: the JSON model, and the same fields as a form (names of the original)."""
+    schema = _schema_of(model)
+    form_properties = {
+        alias: {k: v for k, v in schema["properties"][name].items() if k not in ("anyOf", "default", "title")}
+        | _form_type(schema["properties"][name])
+        for alias, name in resource.form_fields.items()
+    }
+    form: dict[str, Any] = {"type": "object", "properties": form_properties, "additionalProperties": False}
+    required = [alias for alias, name in resource.form_fields.items() if name in schema.get("required", [])]
+    if required:
+        form["required"] = required
+    if "minProperties" in schema:
+        form["minProperties"] = schema["minProperties"]
+    content = {"application/json": {"schema": schema}, "application/x-www-form-urlencoded": {"schema": form}}
+    return {"requestBody": {"content": content, "required": True}}
+
+
+def _form_type(prop: dict[str, Any]) -> dict[str, Any]:
+    """A form field is never null: the non-null alternative of a nullable JSON field."""
+    for alternative in prop.get("anyOf", ()):
+        if alternative.get("type") != "null":
+            return dict(alternative)
+    return {}
+
+
+def _parameters(resource: Resource[Any, Any], if_match: bool) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {
+            "name": resource.id_param,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        }
+    ]
+    if if_match:
+        params.append(
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "description": 'the version the change expects, as an ETag ("3"); * or absent: any',
+                "schema": {"type": "string", "pattern": f'^"([1-9][0-9]{{0,{len(str(MAX_VERSION)) - 2}}})"$'},
+            }
+        )
+    return {"parameters": params}
+
+
+def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
+    """FastAPI's router of the resource (for the OpenAPI document) and the same endpoints as direct routes."""
+    entity = resource.entity
+    aliases = resource.aliases
+
+    async def create(request: Request) -> Response:
+        fields, source = await read_fields(request, aliases, request.app.state.accept_form_writes)
+        body = validate_fields(resource.create_model, fields, source, aliases)
+        created = await command_service.create(entity, request.app.state.creator, resource.create_item(body))
+        _wake_relay(request)
+        headers = {"Location": f"/v1/{entity.name}/{created.id}", "ETag": etag(created.version)}
+        return json_response(created, 201, headers)
+
+    async def read(request: Request) -> Response:
+        found = await command_service.get(pool_of(request), entity, path_id(request, resource.id_param))
+        return json_response(found, 200, {"ETag": etag(found.version)})
+
+    async def change(request: Request) -> Response:
+        entity_id = path_id(request, resource.id_param)
+        expected = parse_if_match(request)
+        fields, source = await read_fields(request, aliases, request.app.state.accept_form_writes)
+        body = validate_fields(resource.update_model, fields, source, aliases)
+        changed = await command_service.update(
+            pool_of(request), entity, resource.update_sql, entity_id, resource.update_args(body), expected
+        )
+        _wake_relay(request)
+        return json_response(changed, 200, {"ETag": etag(changed.version)})
+
+    async def remove(request: Request) -> Response:
+        entity_id = path_id(request, resource.id_param)
+        await command_service.delete(pool_of(request), entity, entity_id, parse_if_match(request))
+        _wake_relay(request)
+        return Response(status_code=204)
+
+    base = f"/v1/{entity.name}"
+    one = f"{base}/{{{resource.id_param}}}"
+    router = APIRouter(tags=[entity.name])
+    public = entity.public
+    router.add_api_route(
+        base,
+        create,
+        methods=["POST"],
+        status_code=201,
+        response_model=public,
+        responses=_without(404, 412),
+        openapi_extra=body_doc(resource, resource.create_model),
+        summary=resource.create_summary,
+    )
+    router.add_api_route(
+        one,
+        read,
+        methods=["GET"],
+        response_model=public,
+        responses=_without(412, 413),
+        openapi_extra=_parameters(resource, if_match=False),
+        summary=f"The {entity.name} and its version (ETag)",
+    )
+    router.add_api_route(
+        one,
+        change,
+        methods=["PATCH"],
+        response_model=public,
+        responses=ERROR_RESPONSES,
+        openapi_extra=body_doc(resource, resource.update_model) | _parameters(resource, if_match=True),
+        summary=resource.update_summary,
+    )
+    router.add_api_route(
+        one,
+        remove,
+        methods=["DELETE"],
+        status_code=204,
+        responses=_without(413),
+        openapi_extra=_parameters(resource, if_match=True),
+        summary=f"Delete the {entity.name} (its event carries its last state)",
+    )
+    # One route per path, so that a method not served gets a 405 whose Allow lists all that are.
+    by_method = {"GET": read, "HEAD": read, "PATCH": change, "DELETE": remove}
+
+    async def one_entity(request: Request) -> Response:
+        return await by_method[request.method](request)
+
+    direct = [
+        Route(base, create, methods=["POST"], include_in_schema=False),
+        Route(one, one_entity, methods=["GET", "PATCH", "DELETE"], include_in_schema=False),
+    ]
+    return router, direct
+
+
+def _without(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: doc for status, doc in ERROR_RESPONSES.items() if status not in statuses}
+
+
+def _wake_relay(request: Request) -> None:
+    """After a command committed: let the outbox relay know (coalesced, asynchronous)."""
+    notifier: OutboxNotifier | None = request.app.state.outbox_notifier
+    if notifier is not None:
+        notifier.poke()
+
+
+def create_command_app(resource: Resource[Any, Any], settings: CommandServiceSettings, serving: bool) -> FastAPI:
+    """The app of a command service; `serving`: a server process's (not a test's)."""
+    router, direct = command_routes(resource)
+    return create_service_app(
+        freeze_heap=serving,
+        title=f"{resource.entity.name} service",
+        database_url=settings.database_url,
+        acquire_timeout=settings.db_acquire_timeout,
+        routers=[router],
+        direct_routes=direct,
+        pool_size=settings.db_pool_size,
+        outbox=True,
+        state=lambda pool: {
+            "creator": command_service.creator(pool, resource.insert_many),
+            "accept_form_writes": settings.accept_form_writes,
+        },
+    )
+
+
+def command_main(service: str, settings_type: type[CommandServiceSettings], argv: list[str] | None = None) -> None:
+    """`<service> api|relay|migrate`: the command-line entrypoint of a command service."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--instance", default="0", help="instance name (shown in process lists and logs)")
+    parser = argparse.ArgumentParser(prog=service, description=f"the {service} command service")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("api", parents=[common], help="serve the HTTP API")
+    commands.add_parser("relay", parents=[common], help="publish the outbox to Kafka")
+    commands.add_parser("migrate", parents=[common], help="apply the database migrations")
+    args = parser.parse_args(argv)
+    settings = settings_type()
+    if args.command == "api":
+        run_api(f"{service}.api:create_app", settings.host, settings.port, settings.api_workers, settings)
+    elif args.command == "relay":
+        sys.exit(asyncio.run(run_relay(service, settings)))
+    else:
+        asyncio.run(run_migrations(service, settings.owner_database_url, settings))

@@ -1,0 +1,113 @@
+"""The app factory of the three APIs: a database pool, the error handlers, the body limit,
+health endpoints, and routes served directly by Starlette where asked for."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.routing import BaseRoute
+
+from shared.database import create_pool, ping
+from shared.http.errors import install_error_handlers
+from shared.http.limits import BodyLimit
+from shared.outbox import OutboxNotifier
+
+log = logging.getLogger(__name__)
+
+
+def health_router(get_pool: Callable[[], asyncpg.Pool]) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @router.get("/readyz", responses={503: {"description": "a dependency is not reachable"}})
+    async def readyz() -> JSONResponse:
+        reason = await ping(get_pool())
+        if reason is not None:
+            # The driver's words (hosts, roles) go to the log, not to whoever asks.
+            log.warning("not ready", extra={"dependency": "database", "error": reason})
+            body = {"status": "unavailable", "unavailable": ["database"], "reason": "the database does not answer"}
+            return JSONResponse(status_code=503, content=body)
+        return JSONResponse(status_code=200, content={"status": "ready"})
+
+    return router
+
+
+def create_service_app(
+    *,
+    title: str,
+    database_url: str,
+    routers: Sequence[APIRouter],
+    direct_routes: Sequence[BaseRoute] = (),
+    pool_size: int = 10,
+    acquire_timeout: float = 5.0,
+    session_settings: Mapping[str, str] | None = None,
+    outbox: bool = False,
+    state: Callable[[asyncpg.Pool], Mapping[str, object]] | None = None,
+    freeze_heap: bool = False,
+) -> FastAPI:
+    """A FastAPI app with a database pool in `app.state.pool`, errors and health endpoints.
+
+    `direct_routes` are plain Starlette routes put ahead of FastAPI's (see
+    `shared.command_api`): the same endpoints, inside the same middleware and
+    error handlers, without FastAPI's request handler; FastAPI's routes of the
+    same paths stay for the OpenAPI document.
+    `state(pool)` names more objects built on the pool (a service's batchers), set on `app.state`.
+    `freeze_heap`: for the app of a server process (not of a test), keep everything
+    built at startup out of the cyclic collector's passes (see the lifespan).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(
+            database_url, max_size=pool_size, acquire_timeout=acquire_timeout, session_settings=session_settings
+        )
+        for name, value in (state(app.state.pool) if state else {}).items():
+            setattr(app.state, name, value)
+        app.state.outbox_notifier = OutboxNotifier(app.state.pool) if outbox else None
+        if app.state.outbox_notifier is not None:
+            app.state.outbox_notifier.start()
+        if freeze_heap:
+            # Everything built so far (modules, the app, pydantic's validators) lives as
+            # long as the process: keep it out of the cyclic collector's full passes,
+            # which would otherwise rescan it every few hundred requests.
+            gc.collect()
+            gc.freeze()
+        try:
+            yield
+        finally:
+            if app.state.outbox_notifier is not None:
+                await app.state.outbox_notifier.stop()
+            await app.state.pool.close()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit)
+    app.include_router(health_router(lambda: app.state.pool))
+    for router in routers:
+        app.include_router(router)
+    app.router.routes[0:0] = list(direct_routes)
+    return app
+
+
+def pool_of(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def json_response(body: BaseModel, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        content=body.model_dump_json(),
+        status_code=status,
+        media_type="application/json",
+        headers=dict(headers or {}),
+    )
