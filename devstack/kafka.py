@@ -17,13 +17,14 @@ from pathlib import Path
 from devstack.errors import StackError
 from devstack.processes import ManagedProcess, port_accepts, port_is_free, run
 from devstack.progress import say, step
+from shared import events
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "kafka" / "pom.xml"
 LOG4J2 = HERE / "kafka" / "log4j2.properties"
 
-# Topics of SPEC.md and their dead-letter topics.
-TOPICS: tuple[str, ...] = ("order.events", "goods.events", "order.events.dlq", "goods.events.dlq")
+# The event topics (from the event catalogue) and their dead-letter topics.
+TOPICS: tuple[str, ...] = (*events.TOPICS, *(events.dlq_topic(t) for t in events.TOPICS))
 
 
 def install_jars(libs_dir: Path) -> Path:

@@ -41,7 +41,7 @@ import orjson
 import pydantic_core
 
 from shared.database import Connection
-from shared.events import Event, GoodsData, GoodsDeletedData, OrderData, OrderDeletedData
+from shared.events import CATALOGUE, Event, GoodsData, GoodsDeletedData, OrderData, OrderDeletedData
 
 
 @dataclass
@@ -60,11 +60,12 @@ def reduce_events(events: Iterable[Event]) -> ReducedBatch:
     """Keep, per entity, the event with the highest aggregate_version."""
     batch = ReducedBatch()
     for event in events:
-        if event.event_type.startswith("order."):
+        kind = CATALOGUE[event.event_type]
+        if kind.entity == "order":
             target = batch.orders
         else:
             target = batch.goods
-            if event.event_type == "goods.created":
+            if kind.change == "created":
                 batch.created_goods.add(event.aggregate_id)
         seen = target.get(event.aggregate_id)
         if seen is None or event.aggregate_version > seen.aggregate_version:
@@ -325,7 +326,7 @@ def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
                 g.created_at,
                 g.updated_at,
                 e.aggregate_version,
-                e.event_type == "goods.deleted",
+                CATALOGUE[e.event_type].change == "deleted",
                 insert_created and e.aggregate_id in batch.created_goods,
             )
         )
@@ -333,7 +334,7 @@ def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
     for e in batch.orders.values():
         o = e.data
         assert isinstance(o, _ORDER_DATA)
-        deleted = e.event_type == "order.deleted"
+        deleted = CATALOGUE[e.event_type].change == "deleted"
         orders.append((e.aggregate_id, o.user_id, o.created_at, o.updated_at, e.aggregate_version, deleted))
     g_id, g_order, g_name, g_created, g_updated, g_version, g_deleted, g_insert = _columns(goods, 8)
     o_id, o_user, o_created, o_updated, o_version, o_deleted = _columns(orders, 6)

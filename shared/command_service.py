@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from shared import outbox
 from shared.batching import Batcher, RunBatch
 from shared.database import Connection
-from shared.events import EventType
 from shared.refusals import NotFound, VersionMismatch
 
 P = TypeVar("P", bound=BaseModel)
@@ -39,7 +38,7 @@ class Entity(Generic[P]):
     version_sql: str = field(init=False)
 
     def __post_init__(self) -> None:
-        deleted: EventType = f"{self.name}.deleted"  # type: ignore[assignment]
+        deleted = f"{self.name}.deleted"
         object.__setattr__(self, "get_sql", f"SELECT {self.columns} FROM {self.table} WHERE id = $1")
         object.__setattr__(
             self, "delete_sql", outbox.delete_with_event(self.table, deleted, dict(self.data), self.columns)

@@ -1,18 +1,25 @@
-"""The event contract of SPEC.md: envelope, payloads, and a registry of schemas.
+"""The event contract: the envelope, the payloads, and `CATALOGUE`, the one table of event types.
 
-The registry is keyed by (event_type, schema_version). A consumer decodes raw
-Kafka values with `decode_event`; anything that is not a valid event of a known
-(type, version) raises `PoisonMessage` with a reason fit for a DLQ header.
-Older schema versions are lifted to the current one by upcasters.
+`CATALOGUE` maps each event type to its topic, its entity, the change it makes
+and its payload model per schema version; the topic list, the topic of each
+type, the decoders and the SQL that builds envelopes in the outbox are derived
+from it and from the `Event` dataclass (the envelope's one statement). A
+consumer decodes raw Kafka values with `decode_event`; anything that is not a
+valid event of a known (type, version) raises `PoisonMessage` with a reason fit
+for a DLQ header. Older schema versions are lifted to the current one by the
+upcasters of their catalogue row. `docs/architecture.md` lists the steps to add
+a field or an event type.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import typing
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
@@ -32,13 +39,9 @@ Timestamp = Annotated[dt.datetime, Field(ge=EARLIEST, le=LATEST)]
 
 ORDER_TOPIC: Final = "order.events"
 GOODS_TOPIC: Final = "goods.events"
-TOPICS: Final = (ORDER_TOPIC, GOODS_TOPIC)
 
-OrderEventType = Literal["order.created", "order.updated", "order.deleted"]
-GoodsEventType = Literal["goods.created", "goods.updated", "goods.deleted"]
-EventType = Literal[
-    "order.created", "order.updated", "order.deleted", "goods.created", "goods.updated", "goods.deleted"
-]
+# An event type: a key of CATALOGUE (checked where events are decoded or built).
+EventType: TypeAlias = str
 
 
 def dlq_topic(topic: str) -> str:
@@ -102,57 +105,64 @@ Payload = OrderData | OrderDeletedData | GoodsData | GoodsDeletedData
 
 CURRENT_SCHEMA_VERSION: Final = 1
 
-# (event_type, schema_version) -> payload model of that version.
-REGISTRY: Final[dict[tuple[str, int], type[_Payload]]] = {
-    ("order.created", 1): OrderData,
-    ("order.updated", 1): OrderData,
-    ("order.deleted", 1): OrderDeletedData,
-    ("goods.created", 1): GoodsData,
-    ("goods.updated", 1): GoodsData,
-    ("goods.deleted", 1): GoodsDeletedData,
-}
-
-# (event_type, old_version) -> function lifting `data` of that version to old_version + 1.
+# Lifts the `data` of one schema version to the next.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: Final[dict[tuple[str, int], Upcaster]] = {}
+Change = Literal["created", "updated", "deleted"]
 
-TOPIC_OF_TYPE: Final[dict[str, str]] = {
-    "order.created": ORDER_TOPIC,
-    "order.updated": ORDER_TOPIC,
-    "order.deleted": ORDER_TOPIC,
-    "goods.created": GOODS_TOPIC,
-    "goods.updated": GOODS_TOPIC,
-    "goods.deleted": GOODS_TOPIC,
+
+@dataclass(frozen=True)
+class EventKind:
+    """One row of the catalogue: where an event type goes and what it carries."""
+
+    topic: str
+    entity: str  # the aggregate and the view the event updates: "order" or "goods"
+    change: Change
+    models: Mapping[int, type[_Payload]]  # schema_version -> payload model of that version
+    upcasters: Mapping[int, Upcaster] = field(default_factory=dict)  # old version -> its lift to version + 1
+
+
+CATALOGUE: Final[Mapping[EventType, EventKind]] = {
+    "order.created": EventKind(ORDER_TOPIC, "order", "created", {1: OrderData}),
+    "order.updated": EventKind(ORDER_TOPIC, "order", "updated", {1: OrderData}),
+    "order.deleted": EventKind(ORDER_TOPIC, "order", "deleted", {1: OrderDeletedData}),
+    "goods.created": EventKind(GOODS_TOPIC, "goods", "created", {1: GoodsData}),
+    "goods.updated": EventKind(GOODS_TOPIC, "goods", "updated", {1: GoodsData}),
+    "goods.deleted": EventKind(GOODS_TOPIC, "goods", "deleted", {1: GoodsDeletedData}),
 }
 
+# Derived from CATALOGUE, flat for the decoder's lookups.
+TOPICS: Final = tuple(dict.fromkeys(kind.topic for kind in CATALOGUE.values()))
+TOPIC_OF_TYPE: Final = {event_type: kind.topic for event_type, kind in CATALOGUE.items()}
+REGISTRY: Final = {(t, version): model for t, kind in CATALOGUE.items() for version, model in kind.models.items()}
+UPCASTERS: Final = {(t, version): up for t, kind in CATALOGUE.items() for version, up in kind.upcasters.items()}
 
-class Envelope(BaseModel):
-    """The wire form of every event."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+def _known_type(value: str) -> str:
+    if value not in CATALOGUE:
+        raise ValueError(f"unknown event_type {value[:100]!r}")
+    return value
 
-    event_id: uuid.UUID
-    event_type: EventType
-    schema_version: int = Field(ge=1, strict=True)
-    aggregate_id: Id
-    aggregate_version: int = Field(ge=1, le=2**31 - 1, strict=True)
-    occurred_at: Timestamp
-    data: dict[str, Any]
+
+KnownType = Annotated[str, Field(strict=True), AfterValidator(_known_type), WithJsonSchema({"enum": list(CATALOGUE)})]
+SchemaVersion = Annotated[int, Field(ge=1, strict=True)]
+AggregateVersion = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A decoded event: envelope fields plus the payload at the current schema version.
+    """A decoded event: the envelope (the one statement of its fields) with the payload at the current version.
 
-    A plain dataclass, not a pydantic model: it is built only from validated parts.
+    A plain dataclass, not a pydantic model: it is built only from validated
+    parts. The wire form has exactly these fields; the decoders' schemas and
+    `envelope_sql` are derived from them.
     """
 
     event_id: uuid.UUID
-    event_type: EventType
-    schema_version: int
-    aggregate_id: int
-    aggregate_version: int
-    occurred_at: dt.datetime
+    event_type: KnownType
+    schema_version: SchemaVersion
+    aggregate_id: Id
+    aggregate_version: AggregateVersion
+    occurred_at: Timestamp
     data: Payload
 
     @property
@@ -164,17 +174,14 @@ class Event:
         return str(self.aggregate_id).encode()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "event_id": str(self.event_id),
-                "event_type": self.event_type,
-                "schema_version": self.schema_version,
-                "aggregate_id": self.aggregate_id,
-                "aggregate_version": self.aggregate_version,
-                "occurred_at": self.occurred_at.isoformat(),
-                "data": self.data.model_dump(mode="json"),
-            }
-        )
+        envelope: dict[str, Any] = {name: getattr(self, name) for name in ENVELOPE_FIELDS}
+        envelope["data"] = self.data.model_dump(mode="json")
+        return orjson.dumps(envelope)  # UUIDs and datetimes as RFC 4122 / RFC 3339 text
+
+
+ENVELOPE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Event))
+# Each envelope field's type with its constraints, as pydantic validates it.
+_FIELD_TYPES: Final = typing.get_type_hints(Event, include_extras=True)
 
 
 def envelope_sql(
@@ -187,13 +194,19 @@ def envelope_sql(
     `w.version + 1`, ...), never client input. `occurred_at` is the
     transaction's `now()`; timestamps are rendered by PostgreSQL as ISO 8601.
     """
-    fields = ", ".join(f"'{name}', {expression}" for name, expression in data.items())
-    return (
-        f"jsonb_build_object('event_id', {event_id}, 'event_type', '{event_type}', "
-        f"'schema_version', {CURRENT_SCHEMA_VERSION}, 'aggregate_id', {aggregate_id}, "
-        f"'aggregate_version', {aggregate_version}, 'occurred_at', now(), "
-        f"'data', jsonb_build_object({fields}))"
-    )
+    _known_type(event_type)
+    payload = ", ".join(f"'{name}', {expression}" for name, expression in data.items())
+    expressions = {
+        "event_id": event_id,
+        "event_type": f"'{event_type}'",
+        "schema_version": str(CURRENT_SCHEMA_VERSION),
+        "aggregate_id": aggregate_id,
+        "aggregate_version": aggregate_version,
+        "occurred_at": "now()",
+        "data": f"jsonb_build_object({payload})",
+    }
+    pairs = ", ".join(f"'{name}', {expressions[name]}" for name in ENVELOPE_FIELDS)
+    return f"jsonb_build_object({pairs})"
 
 
 def new_event(
@@ -203,6 +216,7 @@ def new_event(
     data: Payload,
     occurred_at: dt.datetime | None = None,
 ) -> Event:
+    _known_type(event_type)
     return Event(
         event_id=uuid.uuid4(),
         event_type=event_type,
@@ -233,38 +247,44 @@ def _describe(exc: ValidationError) -> str:
 _PAYLOAD_TYPES = (OrderData, OrderDeletedData, GoodsData, GoodsDeletedData)
 
 
+def _field_schema(name: str) -> cs.CoreSchema:
+    return TypeAdapter(_FIELD_TYPES[name]).core_schema
+
+
 def _fast_schema(event_type: str, payload: type[_Payload]) -> cs.CoreSchema:
     """The wire form of one event type at the current schema version, validated straight into `Event`.
 
-    The same constraints as `Envelope` plus the payload model (`extra` ignored),
-    but `data` is validated by its model in the same pass and no intermediate
-    object is built: pydantic-core fills the `Event` dataclass's slots itself.
+    The envelope's constraints with `event_type` fixed and `data` validated by
+    its model in the same pass, and no intermediate object built: pydantic-core
+    fills the `Event` dataclass's slots itself (`extra` ignored).
     """
-    envelope = Envelope.model_fields
-    fields = [
-        cs.dataclass_field("event_id", cs.uuid_schema()),
-        cs.dataclass_field("event_type", cs.literal_schema([event_type])),
-        cs.dataclass_field("schema_version", cs.int_schema(ge=1, strict=True)),
-        cs.dataclass_field("aggregate_id", cs.int_schema(ge=1, le=MAX_ID, strict=True)),
-        cs.dataclass_field("aggregate_version", cs.int_schema(ge=1, le=2**31 - 1, strict=True)),
-        cs.dataclass_field("occurred_at", TypeAdapter(Timestamp).core_schema),
-        cs.dataclass_field("data", payload.__pydantic_core_schema__),
-    ]
-    assert [f["name"] for f in fields] == list(Event.__dataclass_fields__) == list(envelope)
+    special = {"event_type": cs.literal_schema([event_type]), "data": payload.__pydantic_core_schema__}
+    fields = [cs.dataclass_field(name, special.get(name) or _field_schema(name)) for name in ENVELOPE_FIELDS]
     args = cs.dataclass_args_schema("Event", fields, extra_behavior="ignore")
-    return cs.dataclass_schema(Event, args, list(Event.__dataclass_fields__), slots=True, frozen=True)
+    return cs.dataclass_schema(Event, args, list(ENVELOPE_FIELDS), slots=True, frozen=True)
 
 
 # Payload models of the current schema version, as the fast validator was built for them.
-_FAST_MODELS: Final[dict[str, type[_Payload]]] = {
-    event_type: model for (event_type, version), model in REGISTRY.items() if version == CURRENT_SCHEMA_VERSION
-}
+_FAST_MODELS: Final = {event_type: kind.models[CURRENT_SCHEMA_VERSION] for event_type, kind in CATALOGUE.items()}
 # One pass over the raw bytes for every valid event of the current schema version:
 # a union tagged by event_type of `_fast_schema`s.
 _FAST: Final = SchemaValidator(
     cs.tagged_union_schema(
         {event_type: _fast_schema(event_type, model) for event_type, model in _FAST_MODELS.items()},
         discriminator="event_type",
+    )
+)
+# The envelope with `data` as any JSON object, for values the fast pass refuses
+# (an older version to upcast, or a value to name the reason of).
+_ENVELOPE: Final = SchemaValidator(
+    cs.typed_dict_schema(
+        {
+            name: cs.typed_dict_field(
+                cs.dict_schema(cs.str_schema(), cs.any_schema()) if name == "data" else _field_schema(name)
+            )
+            for name in ENVELOPE_FIELDS
+        },
+        extra_behavior="ignore",
     )
 )
 
@@ -299,40 +319,32 @@ def _decode_slow(raw: bytes | None, topic: str | None = None) -> Event:
     if raw is None:
         raise PoisonMessage("empty value (tombstone)")
     try:
-        env = Envelope.model_validate_json(raw)
+        env: dict[str, Any] = _ENVELOPE.validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
             raise PoisonMessage(f"value is not valid JSON: {first['msg']}") from None
-        if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
+        if first["type"] == "dict_type" and not first["loc"]:
             raise PoisonMessage("value is not a JSON object") from None
         raise PoisonMessage(f"invalid envelope: {_describe(exc)}") from None
-    if topic is not None and TOPIC_OF_TYPE[env.event_type] != topic:
-        raise PoisonMessage(f"event_type {env.event_type} does not belong on topic {topic}")
-    version = env.schema_version
-    data = env.data
-    if (env.event_type, version) not in REGISTRY:
-        raise PoisonMessage(f"unknown schema_version {version} for event_type {env.event_type}")
+    event_type: str = env["event_type"]
+    if topic is not None and TOPIC_OF_TYPE[event_type] != topic:
+        raise PoisonMessage(f"event_type {event_type} does not belong on topic {topic}")
+    version: int = env["schema_version"]
+    data: dict[str, Any] = env["data"]
+    if (event_type, version) not in REGISTRY:
+        raise PoisonMessage(f"unknown schema_version {version} for event_type {event_type}")
     while version < CURRENT_SCHEMA_VERSION:
-        upcaster = UPCASTERS.get((env.event_type, version))
+        upcaster = UPCASTERS.get((event_type, version))
         if upcaster is None:
-            raise PoisonMessage(f"no upcaster from schema_version {version} of {env.event_type}")
+            raise PoisonMessage(f"no upcaster from schema_version {version} of {event_type}")
         data = upcaster(data)
         version += 1
-    model = REGISTRY[(env.event_type, version)]
     try:
-        payload = model.model_validate(data)
+        payload = REGISTRY[(event_type, version)].model_validate(data)
     except ValidationError as exc:
-        raise PoisonMessage(f"invalid data for {env.event_type} v{version}: {_describe(exc)}") from None
+        raise PoisonMessage(f"invalid data for {event_type} v{version}: {_describe(exc)}") from None
     assert isinstance(payload, _PAYLOAD_TYPES)
-    if payload.id != env.aggregate_id:
-        raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env.aggregate_id}")
-    return Event(
-        event_id=env.event_id,
-        event_type=env.event_type,
-        schema_version=version,
-        aggregate_id=env.aggregate_id,
-        aggregate_version=env.aggregate_version,
-        occurred_at=env.occurred_at,
-        data=payload,
-    )
+    if payload.id != env["aggregate_id"]:
+        raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env['aggregate_id']}")
+    return Event(**{**env, "schema_version": version, "data": payload})
