@@ -53,10 +53,6 @@ class Resource(Generic[C, U]):
     update_summary: str = "Change fields (version + 1); If-Match for compare-and-set"
 
     @property
-    def aliases(self) -> dict[str, str]:
-        return {alias: name for alias, name in self.form_fields.items() if alias != name}
-
-    @property
     def id_param(self) -> str:
         return f"{self.entity.name}_id"
 
@@ -73,7 +69,8 @@ def body_doc(resource: Resource[Any, Any], model: type[BaseModel]) -> dict[str, 
         | _form_type(schema["properties"][name])
         for alias, name in resource.form_fields.items()
     }
-    form: dict[str, Any] = {"type": "object", "properties": form_properties, "additionalProperties": False}
+    # Other form fields are ignored (the original service's clients may send more).
+    form: dict[str, Any] = {"type": "object", "properties": form_properties, "additionalProperties": True}
     required = [alias for alias, name in resource.form_fields.items() if name in schema.get("required", [])]
     if required:
         form["required"] = required
@@ -116,11 +113,11 @@ def _parameters(resource: Resource[Any, Any], if_match: bool) -> dict[str, Any]:
 def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
     """FastAPI's router of the resource (for the OpenAPI document) and the same endpoints as direct routes."""
     entity = resource.entity
-    aliases = resource.aliases
+    form_fields = resource.form_fields
 
     async def create(request: Request) -> Response:
-        fields, source = await read_fields(request, aliases, request.app.state.accept_form_writes)
-        body = validate_fields(resource.create_model, fields, source, aliases)
+        fields, source = await read_fields(request, form_fields, request.app.state.accept_form_writes)
+        body = validate_fields(resource.create_model, fields, source, form_fields)
         created = await command_service.create(entity, request.app.state.creator, resource.create_item(body))
         _wake_relay(request)
         headers = {"Location": f"/v1/{entity.name}/{created.id}", "ETag": etag(created.version)}
@@ -133,8 +130,8 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
     async def change(request: Request) -> Response:
         entity_id = path_id(request, resource.id_param)
         expected = parse_if_match(request)
-        fields, source = await read_fields(request, aliases, request.app.state.accept_form_writes)
-        body = validate_fields(resource.update_model, fields, source, aliases)
+        fields, source = await read_fields(request, form_fields, request.app.state.accept_form_writes)
+        body = validate_fields(resource.update_model, fields, source, form_fields)
         changed = await command_service.update(
             pool_of(request), entity, resource.update_sql, entity_id, resource.update_args(body), expected
         )

@@ -28,12 +28,13 @@ MAX_VERSION: Final = 2**31 - 1
 
 
 async def read_fields(
-    request: Request, aliases: Mapping[str, str], accept_form: bool = True
+    request: Request, form_fields: Mapping[str, str], accept_form: bool = True
 ) -> tuple[dict[str, Any], str]:
     """The fields of a write request, from a JSON body, a form body or the query string.
 
     Returns (fields, source) with source "json", "form" or "query". Form and query
-    field names are mapped through `aliases` (`userId` -> `user_id`).
+    fields are read by their form names (`form_fields`: `userId` -> `user_id`);
+    others are ignored, as the original service ignored them.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await request.body()
@@ -58,7 +59,7 @@ async def read_fields(
             form = await request.form()
         except Exception as exc:  # malformed multipart
             raise ApiError(400, "invalid_form", f"the form body cannot be read: {exc}", "body") from None
-        return {aliases.get(k, k): v for k, v in form.items() if isinstance(v, str)}, "form"
+        return {form_fields[k]: v for k, v in form.items() if k in form_fields and isinstance(v, str)}, "form"
     if body.strip():
         raise ApiError(
             400,
@@ -66,14 +67,18 @@ async def read_fields(
             f"send the body as application/json or a form; got content-type {content_type[:100] or '(none)'}",
             "content-type",
         )
-    return {aliases.get(k, k): v for k, v in request.query_params.items()}, "query"
+    return {form_fields[k]: v for k, v in request.query_params.items() if k in form_fields}, "query"
 
 
 def validate_fields(model: type[M], fields: dict[str, Any], source: str, aliases: Mapping[str, str] | None = None) -> M:
-    """Validate request fields strictly: JSON types as sent; form/query integers must be plain digits."""
+    """Validate request fields strictly: JSON types as sent; form/query integers must be plain digits.
+
+    A JSON number with no fractional part (`7.0`) is an integer, as JSON Schema
+    says, so the documents' `"type": "integer"` is what the service accepts.
+    """
     if source == "json":
         try:
-            return model.model_validate(fields, strict=True)
+            return model.model_validate({k: _integral(v) for k, v in fields.items()}, strict=True)
         except ValidationError as exc:
             raise FieldErrors(*validation_fields(list(exc.errors()))) from None
     known: dict[str, Any] = {}
@@ -93,6 +98,12 @@ def validate_fields(model: type[M], fields: dict[str, Any], source: str, aliases
         for error in errors:
             error["field"] = sent_as.get(error["field"], error["field"])
         raise FieldErrors(errors, omitted) from None
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def path_id(request: Request, name: str) -> int:

@@ -80,7 +80,7 @@ BAD_EITHER = [
     Bad("order_id string", NAMES_ORDER_ID, {"json": {"order_id": "3", "name": "lamp"}}),
     Bad("order_id true", NAMES_ORDER_ID, {"json": {"order_id": True}}),
     Bad("order_id float", NAMES_ORDER_ID, {"json": {"order_id": 1.5}}),
-    Bad("order_id 3.0", NAMES_ORDER_ID, {"content": b'{"order_id": 3.0}', "headers": JSON}),
+    Bad("order_id 3.5", NAMES_ORDER_ID, {"content": b'{"order_id": 3.5}', "headers": JSON}),
     Bad("order_id list", NAMES_ORDER_ID, {"json": {"order_id": [3]}}),
     Bad("order_id zero", NAMES_ORDER_ID, {"json": {"order_id": 0}}),
     Bad("order_id negative", NAMES_ORDER_ID, {"json": {"order_id": -1}}),
