@@ -213,7 +213,13 @@ class KafkaBroker:
                 self.process.stop(timeout=30)
 
     def kill9(self) -> None:
+        """A crash: the broker killed at once; returns when its ports can be bound again (for the next start)."""
         self.process.kill9()
+        deadline = time.monotonic() + 90
+        while not (port_is_free(self.port) and port_is_free(self.controller_port)):
+            if time.monotonic() > deadline:
+                raise StackError(f"Kafka's ports {self.port}/{self.controller_port} still taken after SIGKILL")
+            time.sleep(0.2)
 
     def pause(self) -> None:
         """SIGSTOP: the broker keeps its connections open but answers nothing (a hung broker)."""

@@ -27,8 +27,14 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # asyncpg lost track of a session the server ended mid-operation (terminated,
+    # or crashed): the connection is dropped and a new one opened.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # the role may not log in (now)
     asyncpg.exceptions.InvalidCatalogNameError,  # the database is not there (yet)
+    # The database takes no sessions now (ALLOW_CONNECTIONS false while an
+    # operator works on it), or an object is in a passing state (a lock not available).
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
     asyncpg.exceptions.QueryCanceledError,  # statement_timeout, or cancelled by an operator
     asyncpg.exceptions.IdleSessionTimeoutError,
     asyncpg.exceptions.IdleInTransactionSessionTimeoutError,

@@ -87,7 +87,7 @@ class OutboxRelay:
             except WAIT_OUT_ERRORS as exc:  # down, restarting, no login, no permission...: wait, never drop
                 self._set_db(False, exc)
                 self._drop_connections()
-                if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError):
                     await self._drop_producer()  # a socket error: maybe Kafka's, start both afresh
                 await backoff.wait()
 
