@@ -41,7 +41,9 @@ async def read_fields(
     if (
         content_type == "application/json"
         or content_type.endswith("+json")
-        or (not content_type and body.strip()[:1] == b"{")
+        # A body without a content type is taken for JSON only where forms are
+        # accepted: a browser may send one cross-site without a CORS preflight.
+        or (not content_type and accept_form and body.strip()[:1] == b"{")
     ):
         if not body.strip():
             raise ApiError(400, "invalid_body", "the request body is empty; send a JSON object", "body")

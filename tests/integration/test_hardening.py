@@ -117,7 +117,13 @@ async def test_readyz_says_what_is_unavailable_and_nothing_about_hosts_or_roles(
 
 async def test_form_writes_can_be_refused(env: Env) -> None:
     async with env.client("order", accept_form_writes=False) as client:
-        for kwargs in ({"data": {"userId": "7"}}, {"params": {"userId": "7"}}):
+        # A form, query fields, and a JSON-looking body without a content type (which a
+        # browser can send cross-site without a preflight): all refused.
+        for kwargs in (
+            {"data": {"userId": "7"}},
+            {"params": {"userId": "7"}},
+            {"content": b'{"user_id": 7}', "headers": {"content-type": ""}},
+        ):
             response = await client.post("/v1/order", **kwargs)  # type: ignore[arg-type]
             assert response.status_code == 400
             assert response.json()["error"] == "json_only"

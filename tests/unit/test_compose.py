@@ -175,3 +175,13 @@ def test_postgres_init_creates_the_local_roles_databases_and_privileges() -> Non
         Path(spec.split(":")[0]).name == POSTGRES_INIT.name and ":/docker-entrypoint-initdb.d/" in spec
         for spec in specs
     ), mounts
+
+
+def test_compose_creates_the_topics_of_the_event_catalogue() -> None:
+    """The topic-creating container names exactly the dev stack's topics (the catalogue's and their DLQs)."""
+    from devstack.kafka import TOPICS
+
+    text = COMPOSE_FILE.read_text()
+    match = re.search(r"for topic in ([^;]+);", text)
+    assert match is not None, "docker-compose.yml has no `for topic in ...;` loop"
+    assert match.group(1).split() == list(TOPICS)
