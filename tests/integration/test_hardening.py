@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import httpx
 import orjson
@@ -119,12 +120,13 @@ async def test_form_writes_can_be_refused(env: Env) -> None:
     async with env.client("order", accept_form_writes=False) as client:
         # A form, query fields, and a JSON-looking body without a content type (which a
         # browser can send cross-site without a preflight): all refused.
-        for kwargs in (
+        ways: list[dict[str, Any]] = [
             {"data": {"userId": "7"}},
             {"params": {"userId": "7"}},
             {"content": b'{"user_id": 7}', "headers": {"content-type": ""}},
-        ):
-            response = await client.post("/v1/order", **kwargs)  # type: ignore[arg-type]
+        ]
+        for kwargs in ways:
+            response = await client.post("/v1/order", **kwargs)
             assert response.status_code == 400
             assert response.json()["error"] == "json_only"
         assert (await client.post("/v1/order", json={"user_id": 7})).status_code == 201
