@@ -44,7 +44,7 @@ from shared.events import (
 from .config import Scale
 from .env import BenchStack, log, step
 from .profile import Profiler
-from .report import Report, fmt
+from .report import Report, Section, fmt
 from .stats import CpuMeter, median, ratio
 
 BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -356,10 +356,30 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-async def run(
-    bs: BenchStack, scale: Scale, report: Report, profile: bool = False, results_dir: Path | None = None
-) -> None:
-    section = report.section("projection", "2. Projection throughput")
+@dataclass
+class _Stream:
+    """The produced event stream: its topic prefix, the generator that knows the right state, and its figures."""
+
+    prefix: str
+    gen: Generator
+    produced: dict[str, Any]
+    total: int
+    bootstrap: str
+
+
+@dataclass
+class _Trials:
+    """Results of every reader's trials, and the read-model checks after the consumer trials."""
+
+    consumer: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    json: list[dict[str, Any]] = field(default_factory=list)
+    naive: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def _produce_stream(bs: BenchStack, scale: Scale, section: Section) -> _Stream:
+    """Topics of a new prefix, an empty read model, and the event stream produced into the topics."""
     prefix = f"bench-proj-{int(time.time())}-"
     await bs.create_topics(prefix)
     await reset_read_model(bs)
@@ -369,71 +389,72 @@ async def run(
     produced["end_offsets_sum"] = total
     section.data["produced"] = produced
     log(f"produced: {json.dumps(produced)}")
-    bootstrap = bs.stack.kafka.bootstrap
+    return _Stream(prefix, gen, produced, total, bs.stack.kafka.bootstrap)
 
-    consumer_trials: list[dict[str, Any]] = []
-    raw_trials: list[dict[str, Any]] = []
-    json_trials: list[dict[str, Any]] = []
-    naive_trials: list[dict[str, Any]] = []
-    checks: list[dict[str, Any]] = []
-    stamp = f"{report.started:%Y%m%dT%H%M%S}-{scale.name}"
-    for trial in range(scale.projection_trials):
-        # Side by side: each trial runs the real consumer, then the raw reader.
-        await reset_read_model(bs)
-        group = f"{prefix}order-history-{trial}"
-        profile_to = results_dir / f"{stamp}-consumer-pyspy.txt" if profile and results_dir and trial == 0 else None
-        if trial == 0:
-            await bs.reset_statement_stats()
-        result = await run_consumer_trial(bs, prefix, group, total, scale.projection_timeout_s, profile_to, trial)
-        check = await verify(bs, gen)
-        result["check"] = check
-        if trial == 0:
-            result["statements"] = await bs.statement_stats("order_history")
-        consumer_trials.append(result)
-        checks.append(check)
-        log(
-            f"consumer trial {trial + 1}: {total / result['seconds_from_start']:,.0f} events/s end to end; "
-            f"check {check}"
-        )
-        with step(f"raw read + decode_event trial {trial + 1}"):
-            raw_trials.append(
-                run_worker(
-                    ["raw", "--bootstrap", bootstrap, "--prefix", prefix, "--expect", str(total), "--parse", "decode"],
-                    scale.projection_timeout_s,
-                )
-            )
-        if trial == 0:
-            with step("raw read + orjson.loads"):
-                json_trials.append(
-                    run_worker(
-                        [
-                            "raw",
-                            "--bootstrap",
-                            bootstrap,
-                            "--prefix",
-                            prefix,
-                            "--expect",
-                            str(total),
-                            "--parse",
-                            "json",
-                        ],
-                        scale.projection_timeout_s,
-                    )
-                )
+
+def _raw_args(stream: _Stream, parse: str) -> list[str]:
+    """Arguments of `bench.workers raw` reading the whole stream, parsing with `parse`."""
+    return [
+        "raw",
+        "--bootstrap",
+        stream.bootstrap,
+        "--prefix",
+        stream.prefix,
+        "--expect",
+        str(stream.total),
+        "--parse",
+        parse,
+    ]
+
+
+async def _consumer_trial(
+    bs: BenchStack, scale: Scale, stream: _Stream, trial: int, profile_to: Path | None, trials: _Trials
+) -> None:
+    """One trial of the real consumer from an empty read model, then the check of the read model it built."""
+    await reset_read_model(bs)
+    group = f"{stream.prefix}order-history-{trial}"
+    if trial == 0:
+        await bs.reset_statement_stats()
+    result = await run_consumer_trial(
+        bs, stream.prefix, group, stream.total, scale.projection_timeout_s, profile_to, trial
+    )
+    check = await verify(bs, stream.gen)
+    result["check"] = check
+    if trial == 0:
+        result["statements"] = await bs.statement_stats("order_history")
+    trials.consumer.append(result)
+    trials.checks.append(check)
+    log(
+        f"consumer trial {trial + 1}: {stream.total / result['seconds_from_start']:,.0f} events/s end to end; "
+        f"check {check}"
+    )
+
+
+def _raw_trials(scale: Scale, stream: _Stream, trial: int, trials: _Trials) -> None:
+    """The raw reader with decode_event; in the first trial also with orjson.loads."""
+    with step(f"raw read + decode_event trial {trial + 1}"):
+        trials.raw.append(run_worker(_raw_args(stream, "decode"), scale.projection_timeout_s))
+    if trial == 0:
+        with step("raw read + orjson.loads"):
+            trials.json.append(run_worker(_raw_args(stream, "json"), scale.projection_timeout_s))
+
+
+async def _naive_trial(bs: BenchStack, scale: Scale, stream: _Stream, trials: _Trials) -> None:
+    """The naive consumer (one event per transaction) for a bounded time, between read-model resets."""
     await reset_read_model(bs)
     with step(f"naive consumer (one event per transaction) for {scale.naive_seconds:.0f}s"):
-        naive_trials.append(
+        trials.naive.append(
             run_worker(
                 [
                     "naive",
                     "--bootstrap",
-                    bootstrap,
+                    stream.bootstrap,
                     "--prefix",
-                    prefix,
+                    stream.prefix,
                     "--dsn",
                     bs.dsn("order_history"),
                     "--group",
-                    f"{prefix}naive",
+                    f"{stream.prefix}naive",
                     "--seconds",
                     str(scale.naive_seconds),
                 ],
@@ -442,34 +463,54 @@ async def run(
         )
     await reset_read_model(bs)
 
-    def rates(trials: list[dict[str, Any]], key: str) -> list[float]:
-        return [t["events"] / t[key] for t in trials if t[key] > 0]
 
-    consumer_e2e = rates(consumer_trials, "seconds_from_start")
-    consumer_steady = rates(consumer_trials, "seconds_from_first_batch")
-    raw_e2e = rates(raw_trials, "seconds_process_wall")
-    raw_steady = rates(raw_trials, "seconds_from_first")
-    json_e2e = rates(json_trials, "seconds_process_wall")
-    json_steady = rates(json_trials, "seconds_from_first")
-    naive_steady = rates(naive_trials, "seconds_from_first")
+async def _measure_trials(
+    bs: BenchStack, scale: Scale, report: Report, stream: _Stream, profile: bool, results_dir: Path | None
+) -> _Trials:
+    """Side by side: each trial runs the real consumer, then the raw reader; the naive consumer last."""
+    trials = _Trials()
+    stamp = f"{report.started:%Y%m%dT%H%M%S}-{scale.name}"
+    for trial in range(scale.projection_trials):
+        profile_to = results_dir / f"{stamp}-consumer-pyspy.txt" if profile and results_dir and trial == 0 else None
+        await _consumer_trial(bs, scale, stream, trial, profile_to, trials)
+        _raw_trials(scale, stream, trial, trials)
+    await _naive_trial(bs, scale, stream, trials)
+    return trials
+
+
+def _rates(trials: list[dict[str, Any]], key: str) -> list[float]:
+    """Events per second of each trial, timed by `key`."""
+    return [t["events"] / t[key] for t in trials if t[key] > 0]
+
+
+def _cell(values: list[float]) -> str:
+    """Median (min-max) of the values; a dash when there are none."""
+    if not values:
+        return "–"
+    return f"{fmt(median(values))} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def _report_rates(section: Section, scale: Scale, stream: _Stream, trials: _Trials) -> tuple[float, float, float]:
+    """The trials' data and the table of rates: (consumer e2e, raw e2e, naive steady), medians in events/s."""
+    consumer_e2e = _rates(trials.consumer, "seconds_from_start")
+    consumer_steady = _rates(trials.consumer, "seconds_from_first_batch")
+    raw_e2e = _rates(trials.raw, "seconds_process_wall")
+    raw_steady = _rates(trials.raw, "seconds_from_first")
+    json_e2e = _rates(trials.json, "seconds_process_wall")
+    json_steady = _rates(trials.json, "seconds_from_first")
+    naive_steady = _rates(trials.naive, "seconds_from_first")
 
     c_e2e = median(consumer_e2e)
     r_e2e = median(raw_e2e)
     n_steady = median(naive_steady)
     section.data.update(
-        consumer=consumer_trials,
-        raw_decode=raw_trials,
-        raw_json=json_trials,
-        naive=naive_trials,
+        consumer=trials.consumer,
+        raw_decode=trials.raw,
+        raw_json=trials.json,
+        naive=trials.naive,
     )
-
-    def cell(values: list[float]) -> str:
-        if not values:
-            return "–"
-        return f"{fmt(median(values))} ({fmt(min(values))}–{fmt(max(values))})"
-
     section.table(
-        f"events/s over {total:,} events, median (min–max) of trials",
+        f"events/s over {stream.total:,} events, median (min–max) of trials",
         [
             "reader",
             "trials",
@@ -478,30 +519,36 @@ async def run(
             "consumer e2e as share / multiple",
         ],
         [
-            ["order-history consumer (batched)", len(consumer_e2e), cell(consumer_e2e), cell(consumer_steady), "–"],
+            ["order-history consumer (batched)", len(consumer_e2e), _cell(consumer_e2e), _cell(consumer_steady), "–"],
             [
                 "raw: aiokafka read + decode_event",
                 len(raw_e2e),
-                cell(raw_e2e),
-                cell(raw_steady),
+                _cell(raw_e2e),
+                _cell(raw_steady),
                 f"{fmt(100 * ratio(c_e2e, r_e2e))}% of it",
             ],
             [
                 "raw: aiokafka read + orjson.loads",
                 len(json_e2e),
-                cell(json_e2e),
-                cell(json_steady),
+                _cell(json_e2e),
+                _cell(json_steady),
                 f"{fmt(100 * ratio(c_e2e, median(json_e2e)))}% of it",
             ],
             [
-                f"naive: one event per transaction ({scale.naive_seconds:.0f} s, {naive_trials[0]['events']:,} events)",
+                f"naive: one event per transaction ({scale.naive_seconds:.0f} s, {trials.naive[0]['events']:,} events)",
                 len(naive_steady),
                 "–",
-                cell(naive_steady),
+                _cell(naive_steady),
                 f"{fmt(ratio(c_e2e, n_steady))}x it",
             ],
         ],
     )
+    return c_e2e, r_e2e, n_steady
+
+
+def _report_notes(section: Section, bs: BenchStack, stream: _Stream, trials: _Trials) -> None:
+    """Notes on the stream, the method, the checks and CPU; the profile and statement tables."""
+    produced = stream.produced
     section.note(
         f"Stream: {produced['events']:,} events ({produced['kinds']}), {produced['orders_created']:,} orders and "
         f"{produced['goods_created']:,} goods; produced in {produced['seconds']} s by an idempotent aiokafka producer "
@@ -514,24 +561,28 @@ async def run(
     )
     section.note(
         "Read model after each consumer trial equals the generator's state: "
-        f"{[c['correct'] for c in checks]} ({checks[-1]})."
+        f"{[c['correct'] for c in trials.checks]} ({trials.checks[-1]})."
     )
     section.note(
-        f"CPU during the consumer trials (% of one core): {[t['cpu_percent_of_one_core'] for t in consumer_trials]}"
+        f"CPU during the consumer trials (% of one core): {[t['cpu_percent_of_one_core'] for t in trials.consumer]}"
     )
-    if consumer_trials and consumer_trials[0].get("profile_top"):
+    if trials.consumer and trials.consumer[0].get("profile_top"):
         section.table(
             "py-spy of the consumer process (first trial): hottest frames",
             ["frame", "self %", "inclusive %"],
-            [[f, s, i] for f, s, i in consumer_trials[0]["profile_top"]],
+            [[f, s, i] for f, s, i in trials.consumer[0]["profile_top"]],
         )
 
-    if consumer_trials and consumer_trials[0].get("statements"):
+    if trials.consumer and trials.consumer[0].get("statements"):
         section.table(
             "pg_stat_statements in order_history during the first consumer trial (and the checks after it)",
             ["statement", "calls", "total ms", "mean ms", "rows"],
-            consumer_trials[0]["statements"],
+            trials.consumer[0]["statements"],
         )
+
+
+def _report_goals(report: Report, c_e2e: float, r_e2e: float, n_steady: float, checks: list[dict[str, Any]]) -> None:
+    """The measurement's goals: consumer rate, ratios to naive and raw, and correctness."""
     report.goal(
         "2 projection", "consumer events/s, cold start, end to end", c_e2e, "ev/s", ">= 30,000 ev/s", c_e2e >= 30_000
     )
@@ -559,3 +610,15 @@ async def run(
         "all",
         all(c["correct"] for c in checks),
     )
+
+
+async def run(
+    bs: BenchStack, scale: Scale, report: Report, profile: bool = False, results_dir: Path | None = None
+) -> None:
+    """Measurement 2: produce the stream, time the readers' trials, and report."""
+    section = report.section("projection", "2. Projection throughput")
+    stream = await _produce_stream(bs, scale, section)
+    trials = await _measure_trials(bs, scale, report, stream, profile, results_dir)
+    c_e2e, r_e2e, n_steady = _report_rates(section, scale, stream, trials)
+    _report_notes(section, bs, stream, trials)
+    _report_goals(report, c_e2e, r_e2e, n_steady, trials.checks)

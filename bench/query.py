@@ -24,11 +24,12 @@ from typing import Any, cast
 import asyncpg
 from tqdm import tqdm
 
+from devstack.processes import ManagedProcess
 from order_history import queries
 
 from .config import LIMIT, OFFSETS, THRESHOLDS, Scale
 from .env import BenchStack, log, step
-from .report import Report, fmt
+from .report import Report, Section, fmt
 from .stats import CpuMeter, LatencySummary, median, ratio
 
 BASELINE_SQL = """
@@ -246,143 +247,206 @@ def _path(threshold: int, offset: int) -> str:
     return f"/v1/order-history?threshold={threshold}&limit={LIMIT}&offset={offset}"
 
 
-async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -> None:
-    section = report.section("query", "1. Query at scale: GET /v1/order-history vs the original query")
+@dataclass
+class _Connections:
+    """The HTTP client of the API and the database connections the timings use."""
+
+    client: HttpClient
+    conn: asyncpg.Connection  # the API's session settings
+    generic_conn: asyncpg.Connection  # PostgreSQL's default settings: a diagnostic
+    baseline_conn: asyncpg.Connection  # the API's settings, with a statement timeout
+
+    async def close(self) -> None:
+        """Close the client and the connections, in the order they were opened."""
+        self.client.close()
+        await self.conn.close()
+        await self.generic_conn.close()
+        await self.baseline_conn.close()
+
+
+@dataclass
+class _Explained:
+    """EXPLAIN ANALYZE texts by statement, the combination they were taken at, and the file they went to."""
+
+    worst: Combo
+    plans: dict[str, str]
+    explain_file: Path
+
+
+async def _load(bs: BenchStack, scale: Scale, section: Section) -> dict[str, Any]:
+    """Bulk-load the read model and the baseline schema; their figures go into the section's data."""
     with step(f"bulk-loading {scale.orders:,} orders and {scale.goods:,} goods"):
         info = await load_read_model(bs, scale.orders, scale.goods)
     section.data["load"] = info
     log(f"loaded: {json.dumps(info)}")
+    return info
 
+
+async def _start_api(bs: BenchStack) -> ManagedProcess:
+    """Start the order_history API process and wait until it is ready."""
     prefix = "bench-query-"
     await bs.create_topics(prefix)
     api = bs.service("order_history-api", prefix)
     api.start()
     bs.wait_ready(["order_history-api"])
+    return api
+
+
+async def _connect(bs: BenchStack, scale: Scale) -> _Connections:
+    """The API's HTTP client, and connections with the API's settings, PostgreSQL's defaults and for the baseline."""
     client = HttpClient(bs.port_of("order_history-api"))
     conn = await bs.connect("order_history", **API_SETTINGS)
-    generic_conn = await bs.connect("order_history")  # PostgreSQL's default settings: a diagnostic
+    generic_conn = await bs.connect("order_history")
     baseline_conn = await bs.connect("order_history", **API_SETTINGS)
     await baseline_conn.execute(f"SET statement_timeout = '{int(scale.baseline_timeout_s * 1000)}ms'")
-    combos = [Combo(t, o) for t in THRESHOLDS for o in OFFSETS]
+    return _Connections(client, conn, generic_conn, baseline_conn)
+
+
+async def _check_correctness(c: _Connections, combos: list[Combo]) -> None:
+    """Correctness and selectivity, once per combination: the page over HTTP and direct vs the reference query."""
+    for combo in combos:
+        combo.matching = await c.conn.fetchval(
+            "SELECT count(*) FROM orders WHERE known AND NOT deleted AND goods_count > $1", combo.threshold
+        )
+        _, status, body = c.client.get(_path(combo.threshold, combo.offset))
+        got = [item["id"] for item in json.loads(body)["data"]] if status == 200 else []
+        want = [r["id"] for r in await c.conn.fetch(REFERENCE_SQL, combo.threshold, LIMIT, combo.offset)]
+        direct = [row["id"] for row in await queries.list_rows(c.conn, combo.threshold, LIMIT, combo.offset)]
+        combo.rows = len(got)
+        combo.correct = status == 200 and got == want and direct == want
+
+
+async def _warm_up(c: _Connections, combos: list[Combo]) -> None:
+    """Warm-up: every path, and one full run of the original query (its caches)."""
+    with tqdm(total=len(combos), desc="warm-up", unit="combo") as bar:
+        for combo in combos:
+            for _ in range(5):
+                c.client.get(_path(combo.threshold, combo.offset))
+                await queries.list_rows(c.conn, combo.threshold, LIMIT, combo.offset)
+                await queries.list_rows(c.generic_conn, combo.threshold, LIMIT, combo.offset)
+            bar.update()
+    await c.baseline_conn.fetch(BASELINE_SQL, max(THRESHOLDS), LIMIT, 0)
+
+
+async def _time_ours(scale: Scale, c: _Connections, combo: Combo) -> None:
+    """One trial of ours at one combination: a batch over HTTP, direct, and direct with PG defaults."""
+    client, conn, generic_conn = c.client, c.conn, c.generic_conn
+    path = _path(combo.threshold, combo.offset)
+    t, o, budget, n = combo.threshold, combo.offset, scale.query_batch_seconds, scale.query_requests
+
+    async def over_http(path: str = path) -> object:
+        return client.get(path)
+
+    async def direct_call(t: int = t, o: int = o) -> object:
+        return await queries.list_rows(conn, t, LIMIT, o)
+
+    async def generic(t: int = t, o: int = o) -> object:
+        return await queries.list_rows(generic_conn, t, LIMIT, o)
+
+    combo.http.append(await timed_batch(over_http, n, budget))
+    combo.direct.append(await timed_batch(direct_call, n, budget))
+    combo.generic.append(await timed_batch(generic, n, budget))
+
+
+async def _time_baseline(scale: Scale, c: _Connections, combo: Combo) -> None:
+    """One run of the original query at one combination (the timeout's length when it is cancelled)."""
+    t0 = time.perf_counter()
     try:
-        # Correctness and selectivity, once per combination.
-        for c in combos:
-            c.matching = await conn.fetchval(
-                "SELECT count(*) FROM orders WHERE known AND NOT deleted AND goods_count > $1", c.threshold
-            )
-            _, status, body = client.get(_path(c.threshold, c.offset))
-            got = [item["id"] for item in json.loads(body)["data"]] if status == 200 else []
-            want = [r["id"] for r in await conn.fetch(REFERENCE_SQL, c.threshold, LIMIT, c.offset)]
-            direct = [row["id"] for row in await queries.list_rows(conn, c.threshold, LIMIT, c.offset)]
-            c.rows = len(got)
-            c.correct = status == 200 and got == want and direct == want
-        # Warm-up: every path, and one full run of the original query (its caches).
-        with tqdm(total=len(combos), desc="warm-up", unit="combo") as bar:
-            for c in combos:
-                for _ in range(5):
-                    client.get(_path(c.threshold, c.offset))
-                    await queries.list_rows(conn, c.threshold, LIMIT, c.offset)
-                    await queries.list_rows(generic_conn, c.threshold, LIMIT, c.offset)
+        found = await c.baseline_conn.fetch(BASELINE_SQL, combo.threshold, LIMIT, combo.offset)
+        combo.baseline.append((time.perf_counter() - t0) * 1000.0)
+        combo.baseline_rows = len(found)
+    except asyncpg.QueryCanceledError:
+        combo.baseline.append(scale.baseline_timeout_s * 1000.0)
+        combo.baseline_rows = -2
+
+
+async def _measure_trials(
+    bs: BenchStack, api: ManagedProcess, scale: Scale, c: _Connections, combos: list[Combo], section: Section
+) -> None:
+    """The trials: every combination in turn, ours in each trial, the original in the first few; CPU meanwhile."""
+    meter = CpuMeter({"order_history-api": lambda: bs.tree_pids(api), "postgres": bs.postgres_pids})
+    meter.start()
+    total = scale.query_trials * len(combos)
+    with tqdm(total=total, desc="query trials", unit="combo") as bar:
+        for trial in range(scale.query_trials):
+            for combo in combos:
+                await _time_ours(scale, c, combo)
+                if trial < scale.baseline_runs:
+                    await _time_baseline(scale, c, combo)
                 bar.update()
-        await baseline_conn.fetch(BASELINE_SQL, max(THRESHOLDS), LIMIT, 0)
+    section.data["cpu_percent_of_one_core"] = meter.stop()
 
-        meter = CpuMeter({"order_history-api": lambda: bs.tree_pids(api), "postgres": bs.postgres_pids})
-        meter.start()
-        total = scale.query_trials * len(combos)
-        with tqdm(total=total, desc="query trials", unit="combo") as bar:
-            for trial in range(scale.query_trials):
-                for c in combos:
-                    path = _path(c.threshold, c.offset)
-                    t, o, budget, n = c.threshold, c.offset, scale.query_batch_seconds, scale.query_requests
 
-                    async def over_http(path: str = path) -> object:
-                        return client.get(path)
+async def _explain(
+    c: _Connections, combos: list[Combo], report: Report, scale: Scale, results_dir: Path, section: Section
+) -> _Explained:
+    """EXPLAIN ANALYZE of both at the original query's worst combination, and of ours at threshold 0; to a file."""
+    worst = max(combos, key=lambda combo: median(combo.baseline))
+    plans = {
+        f"original, threshold {worst.threshold}, offset {worst.offset}": await explain(
+            c.baseline_conn, BASELINE_SQL, (worst.threshold, LIMIT, worst.offset)
+        )
+    }
+    for threshold, offset in ((worst.threshold, worst.offset), (0, 0)):
+        recorder = _Recorder(c.conn)
+        await queries.list_orders(cast(asyncpg.Connection, recorder), threshold, LIMIT, offset)
+        for i, (sql, args) in enumerate(recorder.calls):
+            key = f"ours (API settings), threshold {threshold}, offset {offset}, statement {i + 1}"
+            plans[key] = await explain(c.conn, sql, args)
+    explain_file = results_dir / f"{report.started:%Y%m%dT%H%M%S}-{scale.name}-query-explain.txt"
+    explain_file.parent.mkdir(parents=True, exist_ok=True)
+    explain_file.write_text("\n\n".join(f"== {name} (limit {LIMIT}) ==\n{text}" for name, text in plans.items()))
+    section.data["explain"] = plans
+    return _Explained(worst, plans, explain_file)
 
-                    async def direct_call(t: int = t, o: int = o) -> object:
-                        return await queries.list_rows(conn, t, LIMIT, o)
 
-                    async def generic(t: int = t, o: int = o) -> object:
-                        return await queries.list_rows(generic_conn, t, LIMIT, o)
+def _combo_row(c: Combo, h: LatencySummary, d: LatencySummary, g: LatencySummary) -> list[object]:
+    """The table row of one combination."""
+    b50 = median(c.baseline)
+    bmax = max(c.baseline) if c.baseline else float("nan")
+    return [
+        c.threshold,
+        c.offset,
+        c.matching,
+        c.rows,
+        h.p50,
+        h.p99,
+        d.p50,
+        d.p99,
+        g.p50,
+        g.p99,
+        b50,
+        bmax,
+        f"{fmt(ratio(b50, d.p50))}x",
+        f"{fmt(ratio(b50, h.p50))}x",
+        c.correct,
+    ]
 
-                    c.http.append(await timed_batch(over_http, n, budget))
-                    c.direct.append(await timed_batch(direct_call, n, budget))
-                    c.generic.append(await timed_batch(generic, n, budget))
-                    if trial < scale.baseline_runs:
-                        t0 = time.perf_counter()
-                        try:
-                            found = await baseline_conn.fetch(BASELINE_SQL, c.threshold, LIMIT, c.offset)
-                            c.baseline.append((time.perf_counter() - t0) * 1000.0)
-                            c.baseline_rows = len(found)
-                        except asyncpg.QueryCanceledError:
-                            c.baseline.append(scale.baseline_timeout_s * 1000.0)
-                            c.baseline_rows = -2
-                    bar.update()
-        section.data["cpu_percent_of_one_core"] = meter.stop()
 
-        # EXPLAIN ANALYZE of both at the original query's worst combination, and of ours at threshold 0.
-        worst = max(combos, key=lambda c: median(c.baseline))
-        plans = {
-            f"original, threshold {worst.threshold}, offset {worst.offset}": await explain(
-                baseline_conn, BASELINE_SQL, (worst.threshold, LIMIT, worst.offset)
-            )
-        }
-        for threshold, offset in ((worst.threshold, worst.offset), (0, 0)):
-            recorder = _Recorder(conn)
-            await queries.list_orders(cast(asyncpg.Connection, recorder), threshold, LIMIT, offset)
-            for i, (sql, args) in enumerate(recorder.calls):
-                key = f"ours (API settings), threshold {threshold}, offset {offset}, statement {i + 1}"
-                plans[key] = await explain(conn, sql, args)
-        explain_file = results_dir / f"{report.started:%Y%m%dT%H%M%S}-{scale.name}-query-explain.txt"
-        explain_file.parent.mkdir(parents=True, exist_ok=True)
-        explain_file.write_text("\n\n".join(f"== {name} (limit {LIMIT}) ==\n{text}" for name, text in plans.items()))
-        section.data["explain"] = plans
-    finally:
-        client.close()
-        await conn.close()
-        await generic_conn.close()
-        await baseline_conn.close()
-        api.stop()
+def _combo_data(c: Combo, h: LatencySummary, d: LatencySummary, g: LatencySummary) -> dict[str, Any]:
+    """The JSON data of one combination."""
+    return {
+        "threshold": c.threshold,
+        "offset": c.offset,
+        "matching_orders": c.matching,
+        "rows": c.rows,
+        "http": h.as_dict(),
+        "direct": d.as_dict(),
+        "direct_pg_default_settings": g.as_dict(),
+        "original_ms": c.baseline,
+        "original_rows": c.baseline_rows,
+        "correct": c.correct,
+    }
 
-    # -- report ----------------------------------------------------------------------
+
+def _report_combos(section: Section, scale: Scale, combos: list[Combo]) -> None:
+    """Every combination's latencies and correctness: the data and the table."""
     rows: list[list[object]] = []
     data: list[dict[str, Any]] = []
     for c in combos:
         h, d, g = LatencySummary.of(c.http), LatencySummary.of(c.direct), LatencySummary.of(c.generic)
-        b50 = median(c.baseline)
-        bmax = max(c.baseline) if c.baseline else float("nan")
-        rows.append(
-            [
-                c.threshold,
-                c.offset,
-                c.matching,
-                c.rows,
-                h.p50,
-                h.p99,
-                d.p50,
-                d.p99,
-                g.p50,
-                g.p99,
-                b50,
-                bmax,
-                f"{fmt(ratio(b50, d.p50))}x",
-                f"{fmt(ratio(b50, h.p50))}x",
-                c.correct,
-            ]
-        )
-        data.append(
-            {
-                "threshold": c.threshold,
-                "offset": c.offset,
-                "matching_orders": c.matching,
-                "rows": c.rows,
-                "http": h.as_dict(),
-                "direct": d.as_dict(),
-                "direct_pg_default_settings": g.as_dict(),
-                "original_ms": c.baseline,
-                "original_rows": c.baseline_rows,
-                "correct": c.correct,
-            }
-        )
+        rows.append(_combo_row(c, h, d, g))
+        data.append(_combo_data(c, h, d, g))
     section.data["combos"] = data
     section.table(
         f"limit {LIMIT}; latency in ms; ours: median over {scale.query_trials} trials of each trial's p50/p99 "
@@ -408,7 +472,11 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
         ],
         rows,
     )
-    load = info
+
+
+def _report_notes(section: Section, load: dict[str, Any], explained: _Explained) -> None:
+    """Notes on the read model, the method and the plans; the plan timings; CPU."""
+    worst = explained.worst
     section.note(
         f"Read model: {load['orders']:,} orders, {load['goods']:,} goods "
         f"({load['distinct_counts']} distinct goods_count "
@@ -428,15 +496,18 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
         "Goods ids are assigned in order-id order (goods of one order are adjacent on disk): "
         "the original query's best case. "
         f"EXPLAIN ANALYZE of both at the original's worst (threshold {worst.threshold}, offset {worst.offset}) "
-        f"and of ours at threshold 0: {explain_file.name} in the results folder."
+        f"and of ours at threshold 0: {explained.explain_file.name} in the results folder."
     )
     section.table(
         "EXPLAIN (ANALYZE, BUFFERS): planning and execution time per statement, ms",
         ["statement", "planning", "execution"],
-        [[name, *plan_times(text)] for name, text in plans.items()],
+        [[name, *plan_times(text)] for name, text in explained.plans.items()],
     )
     section.note(f"CPU during the trials (% of one core): {section.data['cpu_percent_of_one_core']}")
 
+
+def _report_goals(report: Report, combos: list[Combo], worst: Combo) -> None:
+    """The measurement's goals: HTTP p99, the original / ours ratios at its worst, and correct pages."""
     worst_http_p99 = max(LatencySummary.of(c.http).p99 for c in combos)
     report.goal("1 query", "HTTP p99, worst threshold/offset", worst_http_p99, "ms", "<= 10 ms", worst_http_p99 <= 10.0)
     worst_b = median(worst.baseline)
@@ -466,3 +537,24 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
         "all",
         all(c.correct for c in combos),
     )
+
+
+async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -> None:
+    """Measurement 1: load, start the API, check, warm up, time the trials, explain, and report."""
+    section = report.section("query", "1. Query at scale: GET /v1/order-history vs the original query")
+    info = await _load(bs, scale, section)
+    api = await _start_api(bs)
+    conns = await _connect(bs, scale)
+    combos = [Combo(t, o) for t in THRESHOLDS for o in OFFSETS]
+    try:
+        await _check_correctness(conns, combos)
+        await _warm_up(conns, combos)
+        await _measure_trials(bs, api, scale, conns, combos, section)
+        explained = await _explain(conns, combos, report, scale, results_dir, section)
+    finally:
+        await conns.close()
+        api.stop()
+
+    _report_combos(section, scale, combos)
+    _report_notes(section, info, explained)
+    _report_goals(report, combos, explained.worst)

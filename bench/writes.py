@@ -20,17 +20,19 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from devstack.processes import ManagedProcess
 from shared.events import OrderData, new_event
 
 from .config import Scale
 from .env import BenchStack, log
 from .profile import Profiler
-from .report import Report, fmt
+from .report import Report, Section, fmt
 from .stats import CpuMeter, median, percentile, ratio
 
 LUA_DONE = r"""
@@ -294,19 +296,49 @@ async def run_pgbench(
 
 
 # -- the measurement -----------------------------------------------------------------
-async def run(
-    bs: BenchStack,
-    scale: Scale,
-    report: Report,
-    context: dict[str, float],
-    profile: bool = False,
-    results_dir: Path | None = None,
-) -> None:
-    section = report.section("write", "3. Write path: POST under 64 connections, relays running")
+SERVICES = ("order-api", "goods-api", "order-relay", "goods-relay")
+
+
+@dataclass
+class _Setup:
+    """What the trials run against: the working folder, the pgbench scripts and the service processes."""
+
+    workdir: Path
+    scripts: dict[str, Path]
+    procs: dict[str, ManagedProcess]
+
+
+@dataclass(frozen=True)
+class _Profiling:
+    """Whether and where to py-spy the APIs (first trial only)."""
+
+    profile: bool
+    results_dir: Path | None
+    stamp: str
+
+    def path(self, service: str, trial: int) -> Path | None:
+        """The py-spy output of this service's API in this trial, or None when it is not profiled."""
+        if self.profile and trial == 0 and self.results_dir is not None:
+            return self.results_dir / f"{self.stamp}-{service}-api-pyspy.txt"
+        return None
+
+
+def _database_of(service: str) -> str:
+    """The command database behind a service's API."""
+    return "orders" if service == "order" else "goods"
+
+
+async def _prepare(bs: BenchStack) -> tuple[str, Path]:
+    """Topics of a new prefix and the working folder: (prefix, workdir)."""
     prefix = f"bench-write-{int(time.time())}-"
     await bs.create_topics(prefix)
     workdir = bs.config.state_dir / "bench-write"
     workdir.mkdir(parents=True, exist_ok=True)
+    return prefix, workdir
+
+
+async def _reset_databases(bs: BenchStack) -> None:
+    """Empty the command databases' tables; create pgbench's tables and trigger in orders."""
     for db, tables in (("orders", "orders, outbox"), ("goods", "goods, outbox")):
         conn = await bs.connect(db)
         try:
@@ -315,140 +347,194 @@ async def run(
                 await conn.execute(PG_SETUP)
         finally:
             await conn.close()
-    scripts = pgbench_scripts(workdir)
 
-    procs = {name: bs.service(name, prefix) for name in ("order-api", "goods-api", "order-relay", "goods-relay")}
+
+def _start_services(bs: BenchStack, prefix: str) -> dict[str, ManagedProcess]:
+    """Start both APIs and both relays; wait for the APIs, and a moment for the relays."""
+    procs = {name: bs.service(name, prefix) for name in SERVICES}
     for p in procs.values():
         p.start()
     bs.wait_ready(["order-api", "goods-api"])
     time.sleep(1.0)  # relays connected
+    return procs
 
-    def pids(*names: str) -> list[int]:
-        return [p for n in names for p in bs.tree_pids(procs[n])]
 
-    # A short warm-up of each API (connections, imports, caches).
+def _api_url(bs: BenchStack, service: str) -> str:
+    """The base URL of a service's API."""
+    return f"http://127.0.0.1:{bs.port_of(service + '-api')}"
+
+
+async def _warm_up(bs: BenchStack, scale: Scale, workdir: Path) -> None:
+    """A short warm-up of each API (connections, imports, caches)."""
     for service in ("order", "goods"):
         script = workdir / f"warm-{service}.lua"
         script.write_text(lua_script(service, 1000))
         await run_wrk_with_backlog(
-            bs,
-            f"http://127.0.0.1:{bs.port_of(service + '-api')}",
-            script,
-            scale.connections,
-            3,
-            "orders" if service == "order" else "goods",
-            f"warm-up {service}",
+            bs, _api_url(bs, service), script, scale.connections, 3, _database_of(service), f"warm-up {service}"
         )
 
-    results: dict[str, list[dict[str, Any]]] = {"order": [], "goods": [], **{name: [] for name in scripts}}
-    stamp = f"{report.started:%Y%m%dT%H%M%S}-{scale.name}"
-    try:
-        for trial in range(scale.wrk_trials):
-            for name, script_path in scripts.items():
-                await bs.checkpoint()
-                results[name].append(
-                    await run_pgbench(
-                        bs, script_path, scale.connections, scale.pgbench_seconds, workdir, f"{name[:28]} #{trial + 1}"
-                    )
-                )
-            for service in ("order", "goods"):
-                database = "orders" if service == "order" else "goods"
-                max_order = 1000
-                if service == "goods":
-                    conn = await bs.connect("orders")
-                    max_order = int(await conn.fetchval("SELECT coalesce(max(id), 1000) FROM orders"))
-                    await conn.close()
-                script = workdir / f"{service}.lua"
-                script.write_text(lua_script(service, max_order))
-                meter = CpuMeter(
-                    {
-                        f"{service}-api": lambda s=service: pids(f"{s}-api"),  # type: ignore[misc]
-                        f"{service}-relay": lambda s=service: pids(f"{s}-relay"),  # type: ignore[misc]
-                        "postgres": bs.postgres_pids,
-                        "kafka": bs.kafka_pids,
-                    }
-                )
-                profiler = None
-                api_pid = procs[f"{service}-api"].pid()
-                if profile and trial == 0 and results_dir is not None and api_pid is not None:
-                    profiler = Profiler(
-                        api_pid, max(2.0, scale.wrk_seconds - 2), results_dir / f"{stamp}-{service}-api-pyspy.txt"
-                    )
-                    profiler.start()
-                if trial == 0:
-                    await bs.reset_statement_stats()
-                await bs.checkpoint()
-                meter.start()
-                result = await run_wrk_with_backlog(
-                    bs,
-                    f"http://127.0.0.1:{bs.port_of(service + '-api')}",
-                    script,
-                    scale.connections,
-                    scale.wrk_seconds,
-                    database,
-                    f"wrk POST /v1/{service} #{trial + 1}",
-                )
-                result["cpu_percent_of_one_core"] = meter.stop()
-                if profiler is not None:
-                    result["profile_top"] = profiler.finish()
-                if trial == 0:
-                    result["statements"] = await bs.statement_stats(database)
-                results[service].append(result)
-                log(
-                    f"{service}: {result['rps']:,.0f} req/s, p50 {result['p50_us'] / 1000:.1f} ms, "
-                    f"p99 {result['p99_us'] / 1000:.1f} ms, errors {result['errors']}, "
-                    f"backlog max {result['backlog_max']}, drained in {result['drain_seconds']} s, "
-                    f"cpu {result['cpu_percent_of_one_core']}"
-                )
-    finally:
-        conn = await bs.connect("orders")
-        try:
-            await conn.execute(PG_TEARDOWN)
-        finally:
-            await conn.close()
-        for p in procs.values():
-            p.stop()
 
+async def _pgbench_trial(
+    bs: BenchStack, scale: Scale, setup: _Setup, results: dict[str, list[dict[str, Any]]], trial: int
+) -> None:
+    """One trial of every pgbench script, each after a checkpoint."""
+    for name, script_path in setup.scripts.items():
+        await bs.checkpoint()
+        results[name].append(
+            await run_pgbench(
+                bs, script_path, scale.connections, scale.pgbench_seconds, setup.workdir, f"{name[:28]} #{trial + 1}"
+            )
+        )
+
+
+async def _max_order_id(bs: BenchStack, service: str) -> int:
+    """The order ids the script draws from: the highest order id so far for goods, 1000 for orders."""
+    max_order = 1000
+    if service == "goods":
+        conn = await bs.connect("orders")
+        max_order = int(await conn.fetchval("SELECT coalesce(max(id), 1000) FROM orders"))
+        await conn.close()
+    return max_order
+
+
+def _pids(bs: BenchStack, procs: dict[str, ManagedProcess], *names: str) -> list[int]:
+    """PIDs of the named service processes and their children."""
+    return [p for n in names for p in bs.tree_pids(procs[n])]
+
+
+def _cpu_meter(bs: BenchStack, procs: dict[str, ManagedProcess], service: str) -> CpuMeter:
+    """CPU of the service's API and relay, PostgreSQL and Kafka."""
+    return CpuMeter(
+        {
+            f"{service}-api": lambda: _pids(bs, procs, f"{service}-api"),
+            f"{service}-relay": lambda: _pids(bs, procs, f"{service}-relay"),
+            "postgres": bs.postgres_pids,
+            "kafka": bs.kafka_pids,
+        }
+    )
+
+
+def _start_profiler(scale: Scale, api_pid: int | None, output: Path | None) -> Profiler | None:
+    """py-spy of the API process for most of the wrk run, when it is profiled."""
+    if output is None or api_pid is None:
+        return None
+    profiler = Profiler(api_pid, max(2.0, scale.wrk_seconds - 2), output)
+    profiler.start()
+    return profiler
+
+
+async def _wrk_trial(
+    bs: BenchStack, scale: Scale, setup: _Setup, profiling: _Profiling, service: str, trial: int
+) -> dict[str, Any]:
+    """One wrk trial of POST /v1/{service} after a checkpoint: rate, latency, backlog, CPU (and profile, statements)."""
+    database = _database_of(service)
+    max_order = await _max_order_id(bs, service)
+    script = setup.workdir / f"{service}.lua"
+    script.write_text(lua_script(service, max_order))
+    meter = _cpu_meter(bs, setup.procs, service)
+    api_pid = setup.procs[f"{service}-api"].pid()
+    profiler = _start_profiler(scale, api_pid, profiling.path(service, trial))
+    if trial == 0:
+        await bs.reset_statement_stats()
+    await bs.checkpoint()
+    meter.start()
+    result = await run_wrk_with_backlog(
+        bs,
+        _api_url(bs, service),
+        script,
+        scale.connections,
+        scale.wrk_seconds,
+        database,
+        f"wrk POST /v1/{service} #{trial + 1}",
+    )
+    result["cpu_percent_of_one_core"] = meter.stop()
+    if profiler is not None:
+        result["profile_top"] = profiler.finish()
+    if trial == 0:
+        result["statements"] = await bs.statement_stats(database)
+    return result
+
+
+def _log_wrk_result(service: str, result: dict[str, Any]) -> None:
+    """One log line on a wrk trial."""
+    log(
+        f"{service}: {result['rps']:,.0f} req/s, p50 {result['p50_us'] / 1000:.1f} ms, "
+        f"p99 {result['p99_us'] / 1000:.1f} ms, errors {result['errors']}, "
+        f"backlog max {result['backlog_max']}, drained in {result['drain_seconds']} s, "
+        f"cpu {result['cpu_percent_of_one_core']}"
+    )
+
+
+async def _measure_trials(
+    bs: BenchStack, scale: Scale, setup: _Setup, profiling: _Profiling
+) -> dict[str, list[dict[str, Any]]]:
+    """The trials: in each, every pgbench script, then wrk against each API."""
+    results: dict[str, list[dict[str, Any]]] = {"order": [], "goods": [], **{name: [] for name in setup.scripts}}
+    for trial in range(scale.wrk_trials):
+        await _pgbench_trial(bs, scale, setup, results, trial)
+        for service in ("order", "goods"):
+            result = await _wrk_trial(bs, scale, setup, profiling, service, trial)
+            results[service].append(result)
+            _log_wrk_result(service, result)
+    return results
+
+
+async def _clean_up(bs: BenchStack, procs: dict[str, ManagedProcess]) -> None:
+    """Drop pgbench's tables and trigger, then stop the services."""
+    conn = await bs.connect("orders")
+    try:
+        await conn.execute(PG_TEARDOWN)
+    finally:
+        await conn.close()
+    for p in procs.values():
+        p.stop()
+
+
+def _rate_cell(rps: list[float]) -> str:
+    """Median (min to max) of the rates."""
+    return f"{fmt(median(rps))} ({fmt(min(rps))}–{fmt(max(rps))})"
+
+
+def _pgbench_row(name: str, trials: list[dict[str, Any]]) -> list[object]:
+    """The table row of one pgbench script."""
+    rps = [t["tps"] for t in trials]
+    p50 = [t["p50_ms"] for t in trials]
+    p99 = [t["p99_ms"] for t in trials]
+    return [name, len(trials), _rate_cell(rps), median(p50), median(p99), "–", "–", "–", "–"]
+
+
+def _wrk_row(name: str, trials: list[dict[str, Any]], bare_trials: list[dict[str, Any]]) -> list[object]:
+    """The table row of one API under wrk, its rate also as a share of the bare INSERT rate."""
+    rps = [t["rps"] for t in trials]
+    p50 = [t["p50_us"] / 1000 for t in trials]
+    p99 = [t["p99_us"] / 1000 for t in trials]
+    drains = [t["drain_seconds"] if t["drain_seconds"] is not None else float("inf") for t in trials]
+    bare = median([t["tps"] for t in bare_trials])
+    return [
+        f"POST /v1/{name} (wrk, HTTP, relay running)",
+        len(trials),
+        _rate_cell(rps),
+        median(p50),
+        median(p99),
+        sum(t["errors"] for t in trials),
+        max(t["backlog_max"] for t in trials),
+        max(drains),
+        f"{fmt(100 * ratio(median(rps), bare))}%",
+    ]
+
+
+def _report_table(
+    section: Section, scale: Scale, scripts: dict[str, Path], results: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The results' data, and the table of every load."""
     section.data.update(results)
     rows: list[list[object]] = []
     for name in (*scripts, "order", "goods"):
         trials = results[name]
         if name in scripts:
-            rps = [t["tps"] for t in trials]
-            p50 = [t["p50_ms"] for t in trials]
-            p99 = [t["p99_ms"] for t in trials]
-            rows.append(
-                [
-                    name,
-                    len(trials),
-                    f"{fmt(median(rps))} ({fmt(min(rps))}–{fmt(max(rps))})",
-                    median(p50),
-                    median(p99),
-                    "–",
-                    "–",
-                    "–",
-                    "–",
-                ]
-            )
+            rows.append(_pgbench_row(name, trials))
         else:
-            rps = [t["rps"] for t in trials]
-            p50 = [t["p50_us"] / 1000 for t in trials]
-            p99 = [t["p99_us"] / 1000 for t in trials]
-            drains = [t["drain_seconds"] if t["drain_seconds"] is not None else float("inf") for t in trials]
-            bare = median([t["tps"] for t in results[next(iter(scripts))]])
-            rows.append(
-                [
-                    f"POST /v1/{name} (wrk, HTTP, relay running)",
-                    len(trials),
-                    f"{fmt(median(rps))} ({fmt(min(rps))}–{fmt(max(rps))})",
-                    median(p50),
-                    median(p99),
-                    sum(t["errors"] for t in trials),
-                    max(t["backlog_max"] for t in trials),
-                    max(drains),
-                    f"{fmt(100 * ratio(median(rps), bare))}%",
-                ]
-            )
+            rows.append(_wrk_row(name, trials, results[next(iter(scripts))]))
     section.table(
         f"{scale.connections} connections/clients, {scale.wrk_seconds:.0f} s per wrk trial, "
         f"{scale.pgbench_seconds:.0f} s per pgbench trial; "
@@ -466,6 +552,10 @@ async def run(
         ],
         rows,
     )
+
+
+def _report_services(section: Section, results: dict[str, list[dict[str, Any]]]) -> None:
+    """Per API: CPU, and the statements and profile of its first trial; then a note on the method."""
     for service in ("order", "goods"):
         section.note(
             f"CPU during POST /v1/{service} (% of one core): "
@@ -475,8 +565,7 @@ async def run(
         statements = results[service][0].get("statements") if results[service] else None
         if statements:
             section.table(
-                f"pg_stat_statements in database {'orders' if service == 'order' else 'goods'} "
-                f"during POST /v1/{service} (trial 1)",
+                f"pg_stat_statements in database {_database_of(service)} during POST /v1/{service} (trial 1)",
                 ["statement", "calls", "total ms", "mean ms", "rows"],
                 statements,
             )
@@ -493,6 +582,9 @@ async def run(
         "drain: time from wrk's exit until the backlog is 0 (polled every 20 ms)."
     )
 
+
+def _report_goals(report: Report, context: dict[str, float], results: dict[str, list[dict[str, Any]]]) -> None:
+    """Per API: the goals on rate, p99 and backlog drain; the rate also goes to `context` (for freshness)."""
     for service in ("order", "goods"):
         runs = results[service]
         rate = median([t["rps"] for t in runs])
@@ -509,3 +601,31 @@ async def run(
             "<= 5 s",
             worst_drain <= 5,
         )
+
+
+async def run(
+    bs: BenchStack,
+    scale: Scale,
+    report: Report,
+    context: dict[str, float],
+    profile: bool = False,
+    results_dir: Path | None = None,
+) -> None:
+    """Measurement 3: prepare, start the services, warm up, run the pgbench and wrk trials, clean up, and report."""
+    section = report.section("write", "3. Write path: POST under 64 connections, relays running")
+    prefix, workdir = await _prepare(bs)
+    await _reset_databases(bs)
+    scripts = pgbench_scripts(workdir)
+    procs = _start_services(bs, prefix)
+    await _warm_up(bs, scale, workdir)
+
+    setup = _Setup(workdir, scripts, procs)
+    profiling = _Profiling(profile, results_dir, f"{report.started:%Y%m%dT%H%M%S}-{scale.name}")
+    try:
+        results = await _measure_trials(bs, scale, setup, profiling)
+    finally:
+        await _clean_up(bs, procs)
+
+    _report_table(section, scale, scripts, results)
+    _report_services(section, results)
+    _report_goals(report, context, results)
