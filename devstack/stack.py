@@ -33,6 +33,10 @@ class StackConfig:
     order_port: int = 8080
     goods_port: int = 8081
     history_port: int = 8082
+    # /metrics of the relays and the consumer (0: none); consumer i of several serves consumer_metrics_port + i.
+    order_relay_metrics_port: int = 8090
+    goods_relay_metrics_port: int = 8091
+    consumer_metrics_port: int = 8092
     consumers: int = 1
     fast_pg: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -57,6 +61,9 @@ class StackConfig:
             order_port=num("ORDER_PORT", 8080),
             goods_port=num("GOODS_PORT", 8081),
             history_port=num("ORDER_HISTORY_PORT", 8082),
+            order_relay_metrics_port=num("ORDER_RELAY_METRICS_PORT", 8090),
+            goods_relay_metrics_port=num("GOODS_RELAY_METRICS_PORT", 8091),
+            consumer_metrics_port=num("ORDER_HISTORY_METRICS_PORT", 8092),
             consumers=num("ORDER_HISTORY_CONSUMERS", 1),
         )
 
@@ -99,6 +106,9 @@ class Stack:
             "GOODS_PORT": str(c.goods_port),
             "ORDER_HISTORY_HOST": "127.0.0.1",
             "ORDER_HISTORY_PORT": str(c.history_port),
+            "ORDER_RELAY_METRICS_PORT": str(c.order_relay_metrics_port),
+            "GOODS_RELAY_METRICS_PORT": str(c.goods_relay_metrics_port),
+            "ORDER_HISTORY_METRICS_PORT": str(c.consumer_metrics_port),
             "LOG_FORMAT": "json",
         }
         env.update(c.extra_env)
@@ -125,6 +135,8 @@ class Stack:
         for i in range(self.config.consumers):
             p = proc(f"order_history-consumer-{i}", "order_history", "consumer")
             p.argv = [*p.argv, f"--instance={i}"]
+            if self.config.consumer_metrics_port:
+                p.env = {**(p.env or {}), "ORDER_HISTORY_METRICS_PORT": str(self.config.consumer_metrics_port + i)}
             procs.append(p)
         return procs
 

@@ -14,3 +14,4 @@ class Settings(CommandServiceSettings):
     database_url: str = "postgresql://goods_svc:goods_svc@127.0.0.1:5432/goods"
     owner_database_url: str = "postgresql://goods_owner:goods_owner@127.0.0.1:5432/goods"
     port: int = Field(default=8081, ge=1, le=65535)
+    relay_metrics_port: int = Field(default=8091, ge=0, le=65535, description="the relay's /metrics port (0: none)")

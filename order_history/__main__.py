@@ -1,4 +1,4 @@
-"""`order-history api|consumer|migrate|reset|reset-positions` (also `python -m order_history ...`)."""
+"""`order-history api|consumer|migrate|reset|reset-positions|status` (also `python -m order_history ...`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import logging
 import sys
 
 from order_history import operations
+from order_history import status as read_side_status
 from order_history.runner import HistoryConsumer
 from order_history.settings import Settings
 from shared.backoff import Backoff
 from shared.entrypoints import run_api, run_migrations, supervise
 from shared.logs import configure_logging
+from shared.metrics import serve as serve_metrics
 
 log = logging.getLogger("order_history")
 
@@ -28,6 +30,7 @@ async def run_consumer(settings: Settings, instance: str) -> int:
     # so collecting less often costs no memory.
     gc.set_threshold(100_000, 20, 100)
     consumer = HistoryConsumer(settings, instance)
+    serve_metrics(settings.host, settings.metrics_port, "order-history consumer")
 
     async def start_then_run() -> None:
         backoff = Backoff(0.5, 5.0, stop=consumer.stop_event)
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         "For a topic that was deleted and created again: --to start applies its new messages. The consumers "
         "must be stopped.",
     )
+    status = commands.add_parser(
+        "status", parents=[common], help="positions, log ends and lag per partition, freshness, dead letters"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     reset_positions.add_argument("topic", help="the topic as the contract names it: order.events or goods.events")
     reset_positions.add_argument("--to", choices=["start", "end"], required=True, help="the log's start or end")
     reset_positions.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_migrations("order_history", settings.owner_database_url, settings))
     elif args.command == "reset":
         sys.exit(asyncio.run(operations.reset(settings)))
+    elif args.command == "status":
+        sys.exit(asyncio.run(read_side_status.status(settings, args.json)))
     else:
         sys.exit(asyncio.run(operations.reset_positions(settings, args.topic, args.to, args.partition)))
 

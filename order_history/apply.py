@@ -18,9 +18,11 @@ up (the consumer then re-reads from the stored positions); never skip.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
@@ -53,11 +55,12 @@ class Part:
     records: Records
     decoded: Decoded
     prepared: PreparedBatch
+    applies: Applied  # what applying every valid event of the part applies
 
     @classmethod
     def of(cls, records: Records, decoded: Decoded) -> Part:
         events = [o for tp in records for o in decoded[tp] if not isinstance(o, str)]
-        return cls(records, decoded, prepare(reduce_events(events), insert_created=True))
+        return cls(records, decoded, prepare(reduce_events(events), insert_created=True), Applied.of(events))
 
     def __len__(self) -> int:
         return sum(map(len, self.records.values()))
@@ -67,17 +70,38 @@ class Part:
 
 
 @dataclass
+class Applied:
+    """The events a part applied: how many of each type, and the newest `occurred_at` (for metrics)."""
+
+    by_type: Counter[str] = field(default_factory=Counter)
+    newest: dt.datetime | None = None
+
+    @classmethod
+    def of(cls, events: list[Event]) -> Applied:
+        if not events:
+            return cls()
+        return cls(Counter(e.event_type for e in events), max(e.occurred_at for e in events))
+
+    def add(self, other: Applied) -> None:
+        self.by_type.update(other.by_type)
+        if other.newest is not None and (self.newest is None or other.newest > self.newest):
+            self.newest = other.newest
+
+
+@dataclass
 class BatchStats:
     events: int = 0
     applied: int = 0
     skipped_seen: int = 0
     poison: int = 0
+    what: Applied = field(default_factory=Applied)
 
     def add(self, other: BatchStats) -> None:
         self.events += other.events
         self.applied += other.applied
         self.skipped_seen += other.skipped_seen
         self.poison += other.poison
+        self.what.add(other.what)
 
 
 class Decision(enum.Enum):
@@ -128,7 +152,7 @@ class Applier:
         assert row is not None
         if not row["ok"]:
             return None
-        return BatchStats(events=len(part), applied=len(part))
+        return BatchStats(events=len(part), applied=len(part), what=part.applies)
 
     async def checked(
         self, records: Records, decoded: Decoded, prepared: PreparedBatch | None = None, refused: str | None = None
@@ -167,6 +191,7 @@ class Applier:
                 # Upserts only: a goods.created may be here again (see projections: `inserted`).
                 await apply_prepared(conn, prepared.upserts_only())
             stats.applied = len(events)
+            stats.what = Applied.of(events)
             await self.positions.advance(conn, next_offsets)
         return stats
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from order_history.positions import Positions
 from order_history.settings import Settings
+from shared.backoff import Backoff
 from shared.events import TOPICS
 from shared.kafka import client_options
 
@@ -34,9 +37,20 @@ def _fail(message: str) -> int:
 async def group_members(settings: Settings) -> int:
     """How many consumers are in the group now (0 if the group is empty or unknown)."""
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms)
-    await admin.start()
     try:
-        responses = await admin.describe_consumer_groups([settings.consumer_group])
+        await admin.start()
+        # A group the broker has not seen yet may have no coordinator for a moment
+        # (a new broker creates its offsets topic first): a retriable error.
+        backoff = Backoff(0.2, 2.0)
+        deadline = time.monotonic() + settings.kafka_request_timeout_ms / 1000
+        while True:
+            try:
+                responses = await admin.describe_consumer_groups([settings.consumer_group])
+                break
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                await backoff.wait()
     finally:
         await admin.close()
     members = 0
@@ -70,8 +84,8 @@ async def reset(settings: Settings) -> int:
 async def log_bounds(settings: Settings, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     """(log start, log end) of every partition of a topic (its Kafka name)."""
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
             await consumer._client.force_metadata_update()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -33,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from order_history import metrics
 from order_history.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
 from order_history.dead_letters import DeadLetters
 from order_history.lanes import Lanes
@@ -70,6 +72,9 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
         if revoked:
             log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in revoked]})
         self.owner.rebalances += 1
+        metrics.REBALANCES.inc()
+        for tp in revoked:
+            self.owner.applied_to.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in assigned]})
@@ -91,6 +96,10 @@ class HistoryConsumer:
         self._stop = asyncio.Event()
         self._last_kafka_commit = 0.0
         self._applied_ends: dict[TopicPartition, int] = {}  # applied, not yet committed to Kafka
+        # For the metrics: the next offset to apply per assigned partition, the newest event applied.
+        self.applied_to: dict[TopicPartition, int] = {}
+        self.newest_applied: dt.datetime | None = None
+        metrics.LIVE.consumers.add(self)
 
     def kafka_topic(self, topic: str) -> str:
         return self.settings.kafka_topic_prefix + topic
@@ -162,6 +171,17 @@ class HistoryConsumer:
     def stop_event(self) -> asyncio.Event:
         return self._stop
 
+    def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: messages in the log (as the last fetch saw its end) not yet applied."""
+        if self.consumer is None:
+            return {}
+        out = {}
+        for tp, next_offset in list(self.applied_to.items()):
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                out[tp] = max(0, end - next_offset)
+        return out
+
     # -- positions -------------------------------------------------------------
     async def seek_to_stored_positions(self, tps: list[TopicPartition]) -> None:
         """Seek to the positions of the read database, after checking that they fit the logs."""
@@ -191,6 +211,7 @@ class HistoryConsumer:
         for tp in tps:
             if tp in stored:
                 self.consumer.seek(tp, stored[tp])
+            self.applied_to[tp] = stored.get(tp, log_start[tp])
         never_applied = [tp for tp in tps if tp not in stored]
         if never_applied:  # one request for all: each call waits for the fetcher's offset reset
             await self.consumer.seek_to_beginning(*never_applied)
@@ -420,6 +441,12 @@ class HistoryConsumer:
 
     def _account(self, stats: BatchStats, records: Records, took: float) -> None:
         self.total.add(stats)
+        metrics.record_part(stats, took)
+        for tp, messages in records.items():
+            self.applied_to[tp] = max(self.applied_to.get(tp, 0), messages[-1].offset + 1)
+        newest = stats.what.newest
+        if newest is not None and (self.newest_applied is None or newest > self.newest_applied):
+            self.newest_applied = newest
         log.debug(
             "batch applied",
             extra={

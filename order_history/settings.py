@@ -30,6 +30,7 @@ class Settings(CommonSettings):
     port: int = Field(default=8082, ge=1, le=65535)
     db_pool_size: int = Field(default=20, ge=1, description="database connections per API worker process")
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of the API")
+    metrics_port: int = Field(default=8092, ge=0, le=65535, description="the consumer's /metrics port (0: none)")
     consumer_group: str = "order-history"
     batch_max_records: int = Field(default=15000, ge=1, description="events the consumer applies per batch")
     apply_connections: int = Field(

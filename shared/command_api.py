@@ -25,8 +25,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from shared import command_service
+from shared import command_service, command_status, outbox
 from shared.batching import RunBatch
+from shared.database import UNAVAILABLE_ERRORS
 from shared.entrypoints import run_api, run_migrations, run_relay
 from shared.events import MAX_ID
 from shared.http.app import create_service_app, json_response, pool_of
@@ -209,6 +210,24 @@ def _wake_relay(request: Request) -> None:
         notifier.poke()
 
 
+async def outbox_gauges(request: Request) -> list[tuple[str, str, float]]:
+    """The outbox backlog, read at scrape time; none while the database is unreachable."""
+    try:
+        async with pool_of(request).acquire() as conn:
+            row = await conn.fetchrow(outbox.BACKLOG_SQL)
+    except UNAVAILABLE_ERRORS:
+        return []
+    assert row is not None
+    return [
+        ("outbox_unpublished_events", "Outbox rows not yet published to Kafka", float(row["unpublished"])),
+        (
+            "outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none)",
+            float(row["oldest_age"] or 0.0),
+        ),
+    ]
+
+
 def create_command_app(resource: Resource[Any, Any], settings: CommandServiceSettings, serving: bool) -> FastAPI:
     """The app of a command service; `serving`: a server process's (not a test's)."""
     router, direct = command_routes(resource)
@@ -221,6 +240,7 @@ def create_command_app(resource: Resource[Any, Any], settings: CommandServiceSet
         direct_routes=direct,
         pool_size=settings.db_pool_size,
         outbox=True,
+        scrape_gauges=outbox_gauges,
         state=lambda pool: {
             "creator": command_service.creator(pool, resource.insert_many),
             "accept_form_writes": settings.accept_form_writes,
@@ -229,7 +249,7 @@ def create_command_app(resource: Resource[Any, Any], settings: CommandServiceSet
 
 
 def command_main(service: str, settings_type: type[CommandServiceSettings], argv: list[str] | None = None) -> None:
-    """`<service> api|relay|migrate`: the command-line entrypoint of a command service."""
+    """`<service> api|relay|migrate|status`: the command-line entrypoint of a command service."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--instance", default="0", help="instance name (shown in process lists and logs)")
     parser = argparse.ArgumentParser(prog=service, description=f"the {service} command service")
@@ -237,11 +257,15 @@ def command_main(service: str, settings_type: type[CommandServiceSettings], argv
     commands.add_parser("api", parents=[common], help="serve the HTTP API")
     commands.add_parser("relay", parents=[common], help="publish the outbox to Kafka")
     commands.add_parser("migrate", parents=[common], help="apply the database migrations")
+    status = commands.add_parser("status", parents=[common], help="the outbox backlog and which relay leads")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     settings = settings_type()
     if args.command == "api":
         run_api(f"{service}.api:create_app", settings.host, settings.port, settings.api_workers, settings)
     elif args.command == "relay":
         sys.exit(asyncio.run(run_relay(service, settings)))
+    elif args.command == "status":
+        sys.exit(asyncio.run(command_status.status(service, settings, args.json)))
     else:
         asyncio.run(run_migrations(service, settings.owner_database_url, settings))

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvicorn
 
+from shared.http.metrics import MULTIPROC_ENV
 from shared.logs import configure_logging, logging_config
+from shared.metrics import serve as serve_metrics
 from shared.migrations import migrate
 from shared.relay import OutboxRelay
 from shared.settings import CommandServiceSettings, CommonSettings
@@ -26,10 +31,26 @@ def run_api(factory: str, host: str, port: int, workers: int, settings: CommonSe
     """Serve `factory` with uvicorn: `workers` processes share the listening socket.
 
     With more than one worker, this process supervises them (and restarts one
-    that dies); uvicorn applies `log_config` in each worker.
+    that dies); uvicorn applies `log_config` in each worker. The workers then
+    count their metrics into one fresh directory, which `/metrics` adds up
+    (`shared.http.metrics`); it is removed when the server stops.
     """
     log_config = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
+    metrics_dir = None
+    if workers > 1:
+        metrics_dir = tempfile.mkdtemp(prefix="order-history-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    else:
+        os.environ.pop(MULTIPROC_ENV, None)
+    try:
+        _serve(factory, host, port, workers, log_config)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(factory: str, host: str, port: int, workers: int, log_config: dict[str, Any]) -> None:
     uvicorn.run(
         factory,
         factory=True,
@@ -82,6 +103,7 @@ async def run_relay(name: str, settings: CommandServiceSettings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     relay = OutboxRelay(settings, name=name)
     log.info("outbox relay starting", extra={"relay": name})
+    serve_metrics(settings.host, settings.relay_metrics_port, f"{name} relay")
     try:
         status = await supervise(relay.run(), relay.stop, "outbox relay")
     finally:

@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
 
+# The backlog, through the partial index of unpublished rows; the oldest by id
+# (ids follow commit order closely enough for an age). No scan of the table.
+BACKLOG_SQL = """SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished,
+       (SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox
+         WHERE published_at IS NULL ORDER BY id LIMIT 1) AS oldest_age"""
+
 
 def insert_sql(
     event_type: EventType, rows: str, aggregate_id: str, aggregate_version: str, data: dict[str, str]

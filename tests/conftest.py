@@ -41,6 +41,10 @@ def _new_stack() -> Stack:
             order_port=free_port(),
             goods_port=free_port(),
             history_port=free_port(),
+            # No metrics ports unless a test asks for one (several consumers run at once).
+            order_relay_metrics_port=0,
+            goods_relay_metrics_port=0,
+            consumer_metrics_port=0,
             fast_pg=True,
         )
     )

@@ -12,11 +12,12 @@ import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from shared.database import create_pool, ping
 from shared.http.errors import install_error_handlers
 from shared.http.limits import BodyLimit
+from shared.http.metrics import RequestMetrics, ScrapeGauges, metrics_endpoint
 from shared.outbox import OutboxNotifier
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def create_service_app(
     outbox: bool = False,
     state: Callable[[asyncpg.Pool], Mapping[str, object]] | None = None,
     freeze_heap: bool = False,
+    scrape_gauges: ScrapeGauges | None = None,
 ) -> FastAPI:
     """A FastAPI app with a database pool in `app.state.pool`, errors and health endpoints.
 
@@ -62,6 +64,7 @@ def create_service_app(
     error handlers, without FastAPI's request handler; FastAPI's routes of the
     same paths stay for the OpenAPI document.
     `state(pool)` names more objects built on the pool (a service's batchers), set on `app.state`.
+    `GET /metrics` serves the request metrics (`shared.http.metrics`) and `scrape_gauges`.
     `freeze_heap`: for the app of a server process (not of a test), keep everything
     built at startup out of the cyclic collector's passes (see the lifespan).
     """
@@ -92,10 +95,13 @@ def create_service_app(
     app = FastAPI(title=title, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
-    app.include_router(health_router(lambda: app.state.pool))
-    for router in routers:
-        app.include_router(router)
-    app.router.routes[0:0] = list(direct_routes)
+    app.add_middleware(RequestMetrics)  # outermost: it also counts what the others answer
+    # The routers' routes go straight into the app's router (their paths are whole),
+    # so the request metrics find each endpoint's template there.
+    for router in (health_router(lambda: app.state.pool), *routers):
+        app.router.routes.extend(router.routes)
+    metrics = Route("/metrics", metrics_endpoint(scrape_gauges), methods=["GET"], include_in_schema=False)
+    app.router.routes[0:0] = [*direct_routes, metrics]
     return app
 
 

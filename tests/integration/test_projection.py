@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from order_history.apply import Part
+from order_history.apply import Applied, Part
 from order_history.projections import apply_batch, prepare, reduce_events
 from shared.events import Event, GoodsData, OrderData, new_event
 from tests.harness import GOODS, ORDER, Env
@@ -248,7 +248,7 @@ async def test_a_part_applied_before_is_refused_by_the_one_statement_path_and_sk
         records.setdefault(TopicPartition(message.topic, message.partition), []).append(message)
     decoded = consumer.decode(records)
     valid = [e for outcomes in decoded.values() for e in outcomes if isinstance(e, Event)]
-    again = Part(records, decoded, prepare(reduce_events(valid)))
+    again = Part(records, decoded, prepare(reduce_events(valid)), Applied.of(valid))
     assert len(again.prepared) > 0
 
     assert consumer.applier is not None

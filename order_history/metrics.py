@@ -1,0 +1,97 @@
+"""The consumer's metrics (prometheus-client), served on its own port (`shared.metrics.serve`).
+
+Counted as parts commit (`record_part`): events applied per type, dead
+letters, messages per part, the time to apply a part; rebalances as they
+happen. Read from the live consumers' state at each scrape (`LiveState`):
+lag per partition (the log's end, as the last fetch saw it, minus the next
+offset to apply), freshness (now minus `occurred_at` of the newest event
+applied by this process), and whether the consumer has halted on positions
+that do not fit the log.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from order_history.apply import BatchStats
+
+if TYPE_CHECKING:
+    from order_history.runner import HistoryConsumer
+
+APPLIED: Final = Counter("consumer_events_applied_total", "Events applied to the read model", ["event_type"])
+DEAD_LETTERS: Final = Counter("consumer_dead_letters_total", "Messages sent to a dead-letter topic")
+PART_EVENTS: Final = Histogram(
+    "consumer_batch_events",
+    "Messages in one applied part (one lane's transaction)",
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
+)
+APPLY_SECONDS: Final = Histogram(
+    "consumer_apply_seconds",
+    "Time to apply one part, retries included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REBALANCES: Final = Counter("consumer_rebalances_total", "Partition revocations this consumer went through")
+
+
+def record_part(stats: BatchStats, took: float) -> None:
+    for event_type, count in stats.what.by_type.items():
+        APPLIED.labels(event_type).inc(count)
+    if stats.poison:
+        DEAD_LETTERS.inc(stats.poison)
+    PART_EVENTS.observe(stats.events)
+    APPLY_SECONDS.observe(took)
+
+
+class LiveState(Collector):
+    """Lag, freshness and halt of every consumer of this process, computed at scrape time."""
+
+    def __init__(self) -> None:
+        self.consumers: weakref.WeakSet[HistoryConsumer] = weakref.WeakSet()
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily(
+            "consumer_lag_events",
+            "Messages in the log not yet applied: log end offset minus the next offset to apply",
+            labels=["topic", "partition"],
+        )
+        freshness = GaugeMetricFamily(
+            "read_model_freshness_seconds", "Now minus occurred_at of the newest event applied by this process"
+        )
+        halted = GaugeMetricFamily(
+            "consumer_halted", "1 while the consumer applies nothing: stored positions do not fit the log"
+        )
+        # One process runs one consumer; should it run several (tests), each
+        # partition's largest lag, the freshest model and any halt are shown.
+        consumers = list(self.consumers)
+        behind: dict[tuple[str, str], int] = {}
+        for consumer in consumers:
+            for tp, n in consumer.lag().items():
+                key = (tp.topic, str(tp.partition))
+                behind[key] = max(n, behind.get(key, 0))
+        for labels, n in sorted(behind.items()):
+            lag.add_metric(list(labels), n)
+        newest = [c.newest_applied for c in consumers if c.newest_applied is not None]
+        if newest:
+            freshness.add_metric([], max(0.0, time.time() - max(newest).timestamp()))
+        if consumers:
+            halted.add_metric([], 1.0 if any(c.halted for c in consumers) else 0.0)
+        yield lag
+        yield freshness
+        yield halted
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, without touching the consumers (prometheus-client checks for duplicates).
+        yield GaugeMetricFamily("consumer_lag_events", "", labels=["topic", "partition"])
+        yield GaugeMetricFamily("read_model_freshness_seconds", "")
+        yield GaugeMetricFamily("consumer_halted", "")
+
+
+LIVE: Final = LiveState()
+REGISTRY.register(LIVE)
