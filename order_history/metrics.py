@@ -3,8 +3,8 @@
 Counted as parts commit (`record_part`): events applied per type, dead
 letters, messages per part, the time to apply a part; rebalances as they
 happen. Read from the live consumers' state at each scrape (`LiveState`):
-lag per partition (the log's end, as the last fetch saw it, minus the next
-offset to apply), freshness (now minus `occurred_at` of the newest event
+lag per partition (the log's end, as the last fetch saw it or as asked every
+few seconds, minus the next offset to apply), freshness (now minus `occurred_at` of the newest event
 applied by this process), and whether the consumer has halted on positions
 that do not fit the log.
 """
@@ -58,7 +58,7 @@ class LiveState(Collector):
     def collect(self) -> Iterable[Metric]:
         lag = GaugeMetricFamily(
             "consumer_lag_events",
-            "Messages in the log not yet applied: log end offset minus the next offset to apply",
+            "Messages in the log not yet applied: log end offset (at most seconds old) minus the next offset to apply",
             labels=["topic", "partition"],
         )
         freshness = GaugeMetricFamily(

@@ -62,6 +62,7 @@ SESSION_SETTINGS: Final = {
     "plan_cache_mode": "force_generic_plan",
 }
 _HALTED_REMINDER = 60.0
+_LOG_END_REFRESH = 2.0  # seconds between two asks for the log ends (lag metric)
 
 
 class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -75,6 +76,7 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
         metrics.REBALANCES.inc()
         for tp in revoked:
             self.owner.applied_to.pop(tp, None)
+            self.owner.log_ends.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in assigned]})
@@ -98,6 +100,7 @@ class HistoryConsumer:
         self._applied_ends: dict[TopicPartition, int] = {}  # applied, not yet committed to Kafka
         # For the metrics: the next offset to apply per assigned partition, the newest event applied.
         self.applied_to: dict[TopicPartition, int] = {}
+        self.log_ends: dict[TopicPartition, int] = {}
         self.newest_applied: dt.datetime | None = None
         metrics.LIVE.consumers.add(self)
 
@@ -177,9 +180,9 @@ class HistoryConsumer:
             return {}
         out = {}
         for tp, next_offset in list(self.applied_to.items()):
-            end = self.consumer.highwater(tp)
-            if end is not None:
-                out[tp] = max(0, end - next_offset)
+            ends = [e for e in (self.consumer.highwater(tp), self.log_ends.get(tp)) if e is not None]
+            if ends:
+                out[tp] = max(0, max(ends) - next_offset)
         return out
 
     # -- positions -------------------------------------------------------------
@@ -315,13 +318,35 @@ class HistoryConsumer:
         stored positions, so nothing is skipped.
         """
         assert self.consumer is not None
+        tracker = asyncio.create_task(self._track_log_ends())
+        try:
+            while not self.stopping:
+                if self.halted:
+                    await self._wait_halted()
+                    continue
+                await self._run_lanes()
+                if not self.stopping and not self.halted:
+                    await self.seek_to_stored_positions(list(self.consumer.assignment()))
+        finally:
+            tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tracker
+
+    async def _track_log_ends(self) -> None:
+        """For the lag metric: the log ends of the assigned partitions, asked every few seconds.
+
+        The fetches' high watermarks are fresher, but only for partitions being
+        fetched: while the lanes are full the prefetcher fetches nothing for
+        theirs, and lag must still grow.
+        """
+        assert self.consumer is not None
         while not self.stopping:
-            if self.halted:
-                await self._wait_halted()
-                continue
-            await self._run_lanes()
-            if not self.stopping and not self.halted:
-                await self.seek_to_stored_positions(list(self.consumer.assignment()))
+            assigned = list(self.consumer.assignment())
+            if assigned:
+                with contextlib.suppress(KafkaError, OSError):
+                    self.log_ends.update(await self.consumer.end_offsets(assigned))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=_LOG_END_REFRESH)
 
     async def _wait_halted(self) -> None:
         with contextlib.suppress(TimeoutError):
