@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from pydantic import BaseModel
@@ -77,21 +77,42 @@ async def update(
 ) -> P:
     """Run an update-with-event `statement` ($1 = id, then `args`, then the expected version or NULL)."""
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(statement, entity_id, *args, expected_version)
-        if row is None:
+        for _ in range(_ATTEMPTS):
+            row = await conn.fetchrow(statement, entity_id, *args, expected_version)
+            if row is not None:
+                return entity.public_of(row)
             await _refuse(conn, entity, entity_id, expected_version)
-    return entity.public_of(row)
+    raise _still_unseen(entity, entity_id)
 
 
 async def delete(pool: asyncpg.Pool, entity: Entity[P], entity_id: int, expected_version: int | None) -> None:
     async with pool.acquire() as conn:
-        if await conn.fetchrow(entity.delete_sql, entity_id, expected_version) is None:
+        for _ in range(_ATTEMPTS):
+            if await conn.fetchrow(entity.delete_sql, entity_id, expected_version) is not None:
+                return
             await _refuse(conn, entity, entity_id, expected_version)
+    raise _still_unseen(entity, entity_id)
 
 
-async def _refuse(conn: Connection, entity: Entity[Any], entity_id: int, expected_version: int | None) -> NoReturn:
-    """Why a compare-and-set matched no row: the entity is gone, or at another version."""
+# A write that matched no row although no version was asked for: the row was
+# committed after the write's snapshot was taken (concurrent creates share
+# statements, so a client can learn an id before another statement's rows
+# commit). The write is run again, a bounded number of times.
+_ATTEMPTS = 3
+
+
+async def _refuse(conn: Connection, entity: Entity[Any], entity_id: int, expected_version: int | None) -> None:
+    """Why a compare-and-set matched no row: the entity is gone, or at another version.
+
+    Returns (so that the caller runs the write again) when no version was asked
+    for and the row is there now.
+    """
     current: int | None = await conn.fetchval(entity.version_sql, entity_id)
     if current is None:
         raise NotFound(entity.name, entity_id)
-    raise VersionMismatch(entity.name, entity_id, expected_version, current)
+    if expected_version is not None:
+        raise VersionMismatch(entity.name, entity_id, expected_version, current)
+
+
+def _still_unseen(entity: Entity[Any], entity_id: int) -> NotFound:
+    return NotFound(entity.name, entity_id)
