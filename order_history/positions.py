@@ -94,25 +94,11 @@ class Positions:
         return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
     async def advance(self, conn: Connection, next_offsets: Mapping[TopicPartition, int]) -> None:
-        ordered = sorted(next_offsets)
-        await conn.execute(
-            _ADVANCE,
-            self.group,
-            [tp.topic for tp in ordered],
-            [tp.partition for tp in ordered],
-            [next_offsets[tp] for tp in ordered],
-        )
+        await conn.execute(_ADVANCE, self.group, *_columns(next_offsets))
 
     async def set(self, conn: Connection, offsets: Mapping[TopicPartition, int]) -> None:
         """Set positions outright (an operator's reset, with the consumers stopped)."""
-        ordered = sorted(offsets)
-        await conn.execute(
-            _SET,
-            self.group,
-            [tp.topic for tp in ordered],
-            [tp.partition for tp in ordered],
-            [offsets[tp] for tp in ordered],
-        )
+        await conn.execute(_SET, self.group, *_columns(offsets))
 
     def tracked_args(self, first: Mapping[TopicPartition, int], end: Mapping[TopicPartition, int]) -> list[object]:
         """TRACKED_PARAMS' values for a part whose messages run from `first` to before `end`."""
@@ -167,3 +153,9 @@ def misfits(
         if (position if position is not None else 0) < start or (position is not None and position > end):
             out.append(Misfit(tp, position, start, end))
     return out
+
+
+def _columns(offsets: Mapping[TopicPartition, int]) -> tuple[list[str], list[int], list[int]]:
+    """Topics, partitions and offsets as three arrays, in partition order (so rows are locked in one order)."""
+    ordered = sorted(offsets)
+    return [tp.topic for tp in ordered], [tp.partition for tp in ordered], [offsets[tp] for tp in ordered]

@@ -82,7 +82,7 @@ async def update(
             if row is not None:
                 return entity.public_of(row)
             await _refuse(conn, entity, entity_id, expected_version)
-    raise _still_unseen(entity, entity_id)
+    raise NotFound(entity.name, entity_id)
 
 
 async def delete(pool: asyncpg.Pool, entity: Entity[P], entity_id: int, expected_version: int | None) -> None:
@@ -91,7 +91,7 @@ async def delete(pool: asyncpg.Pool, entity: Entity[P], entity_id: int, expected
             if await conn.fetchrow(entity.delete_sql, entity_id, expected_version) is not None:
                 return
             await _refuse(conn, entity, entity_id, expected_version)
-    raise _still_unseen(entity, entity_id)
+    raise NotFound(entity.name, entity_id)
 
 
 # A write that matched no row although no version was asked for: the row was
@@ -112,7 +112,3 @@ async def _refuse(conn: Connection, entity: Entity[Any], entity_id: int, expecte
         raise NotFound(entity.name, entity_id)
     if expected_version is not None:
         raise VersionMismatch(entity.name, entity_id, expected_version, current)
-
-
-def _still_unseen(entity: Entity[Any], entity_id: int) -> NotFound:
-    return NotFound(entity.name, entity_id)
