@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the machine packages the stack needs, when they are missing:
 # PostgreSQL server binaries, Java 17+ and Maven (for the Kafka broker's jars),
-# and with --test also docker-compose (to validate docker-compose.yml) and wrk.
+# with --test also docker-compose (to validate docker-compose.yml) and
+# Prometheus (its promtool checks the alert rules; tests scrape with it), with
+# --bench wrk, and with PROMETHEUS=1 in the environment (make up PROMETHEUS=1)
+# Prometheus.
 # Uses Debian's apt-get as root; otherwise says what to install.
 set -euo pipefail
 
@@ -13,6 +16,9 @@ command -v mvn >/dev/null 2>&1 || want+=(maven)
 command -v runuser >/dev/null 2>&1 || want+=(util-linux)
 if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--bench" ]; then
     command -v docker-compose >/dev/null 2>&1 || want+=(docker-compose)
+fi
+if [ "${1:-}" = "--test" ] || { [ -n "${PROMETHEUS:-}" ] && [ "${PROMETHEUS}" != "0" ]; }; then
+    command -v promtool >/dev/null 2>&1 || want+=(prometheus)
 fi
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || want+=(wrk)

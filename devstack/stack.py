@@ -19,6 +19,7 @@ from devstack.kafka import KafkaBroker
 from devstack.postgres import PostgresServer
 from devstack.processes import ManagedProcess, port_is_free, run, stop_by_pid_file
 from devstack.progress import say, step
+from devstack.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,8 @@ class StackConfig:
     goods_relay_metrics_port: int = 8091
     consumer_metrics_port: int = 8092
     consumers: int = 1
+    # Prometheus scraping the stack with deploy/prometheus's rules (0: none; PROMETHEUS=1 starts it).
+    prometheus_port: int = 0
     fast_pg: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -65,6 +68,7 @@ class StackConfig:
             goods_relay_metrics_port=num("GOODS_RELAY_METRICS_PORT", 8091),
             consumer_metrics_port=num("ORDER_HISTORY_METRICS_PORT", 8092),
             consumers=num("ORDER_HISTORY_CONSUMERS", 1),
+            prometheus_port=num("PROMETHEUS_PORT", 9090) if env.get("PROMETHEUS", "0") not in ("", "0") else 0,
         )
 
 
@@ -89,6 +93,7 @@ class Stack:
             controller_port=config.kafka_controller_port,
             partitions=config.kafka_partitions,
         )
+        self.prometheus = PrometheusServer(home=root / "prometheus", port=config.prometheus_port or 9090)
 
     # -- environment shared by every service process -------------------------
     def service_env(self) -> dict[str, str]:
@@ -140,6 +145,24 @@ class Stack:
             procs.append(p)
         return procs
 
+    def metrics_targets(self) -> dict[str, list[str]]:
+        """Prometheus job name → the host:port of each process serving /metrics."""
+        c = self.config
+
+        def at(*ports: int) -> list[str]:
+            return [f"127.0.0.1:{port}" for port in ports if port]
+
+        return {
+            "order-api": at(c.order_port),
+            "goods-api": at(c.goods_port),
+            "order-history-api": at(c.history_port),
+            "order-relay": at(c.order_relay_metrics_port),
+            "goods-relay": at(c.goods_relay_metrics_port),
+            "order-history-consumer": at(*(c.consumer_metrics_port + i for i in range(c.consumers)))
+            if c.consumer_metrics_port
+            else [],
+        }
+
     def api_ports(self) -> dict[str, int]:
         c = self.config
         return {"order-api": c.order_port, "goods-api": c.goods_port, "order_history-api": c.history_port}
@@ -174,6 +197,8 @@ class Stack:
                 )
             p.start()
         self.wait_ready(timeout)
+        if self.config.prometheus_port:
+            self.prometheus.start(self.metrics_targets())
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -198,6 +223,9 @@ class Stack:
         # Anything else started in this stack (more consumers than configured now, test processes).
         for pid_file in sorted(self.run_dir.glob("*.pid")):
             stop_by_pid_file(pid_file)
+        if self.prometheus.running():
+            say("stopping prometheus")
+        self.prometheus.stop()
         self.kafka.stop()
         self.postgres.stop()
 
@@ -206,7 +234,14 @@ class Stack:
         PostgreSQL cluster kept outside the checkout (see PostgresServer)."""
         self.down()
         root = self.config.state_dir
-        for path in (root / "pgdata", root / "kafka", self.logs, self.run_dir, self.postgres.relocated_to):
+        for path in (
+            root / "pgdata",
+            root / "kafka",
+            root / "prometheus",
+            self.logs,
+            self.run_dir,
+            self.postgres.relocated_to,
+        ):
             if path is not None and path.exists():
                 say(f"deleting {path}")
                 shutil.rmtree(path)
@@ -224,6 +259,8 @@ class Stack:
                 "pid": self.kafka.process.pid(),
             },
         }
+        if self.prometheus.running():
+            out["prometheus"] = {"url": self.prometheus.url, "pid": self.prometheus.process.pid()}
         ports = self.api_ports()
         for p in self.processes():
             entry: dict[str, object] = {"pid": p.pid(), "log": str(p.log_file)}
@@ -241,6 +278,8 @@ class Stack:
         print(f"  order-history API  http://127.0.0.1:{c.history_port}/v1/order-history")
         print(f"  PostgreSQL         127.0.0.1:{c.pg_port} (databases orders, goods, order_history)")
         print(f"  Kafka              {self.kafka.bootstrap} (topics order.events, goods.events)")
+        if c.prometheus_port:
+            print(f"  Prometheus         {self.prometheus.url}/alerts (rules: deploy/prometheus/alerts.yml)")
         print(f"  logs               {self.logs}/")
         print(f"  data               {self.config.state_dir}/ (pgdata, kafka)")
         print("  stop with `make down`; wipe data with `make clean`")

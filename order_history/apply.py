@@ -30,6 +30,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from order_history.dead_letters import DeadLetters
 from order_history.positions import TRACKED_CTES, TRACKED_PARAMS, Positions
 from order_history.projections import PreparedBatch, apply_prepared, apply_sql, prepare, reduce_events
+from shared import logs
 from shared.database import REFUSED_DATA_ERRORS
 from shared.events import Event
 
@@ -217,5 +218,4 @@ class Applier:
 
 def offset_ranges(records: Records) -> dict[str, object]:
     """Log fields naming what a batch holds: its topics, partitions and offset ranges."""
-    ranges = {f"{tp.topic}[{tp.partition}]": f"{m[0].offset}-{m[-1].offset}" for tp, m in records.items() if m}
-    return {"offsets": ranges}
+    return logs.offset_ranges((tp.topic, tp.partition, m[0].offset, m[-1].offset) for tp, m in records.items() if m)

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
+from aiokafka.structs import RecordMetadata
 
 from shared.settings import CommonSettings
 
@@ -67,8 +68,9 @@ async def start_producer(settings: CommonSettings, client_id: str, **overrides: 
     return started
 
 
-async def deliver(futures: list[asyncio.Future[Any]], timeout: float) -> None:
-    """Wait for the acknowledgements of sent messages, at most `timeout` seconds.
+async def deliver(futures: list[asyncio.Future[RecordMetadata]], timeout: float) -> list[RecordMetadata]:
+    """Wait for the acknowledgements of sent messages, at most `timeout` seconds;
+    their topics, partitions and offsets, in the order sent.
 
     aiokafka's idempotent producer never expires a batch: it retries until the
     broker answers, so without a deadline a send to an unreachable broker waits
@@ -76,7 +78,7 @@ async def deliver(futures: list[asyncio.Future[Any]], timeout: float) -> None:
     """
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.gather(*futures)
+            return list(await asyncio.gather(*futures))
     except TimeoutError:
         raise DeliveryTimeout(f"Kafka did not acknowledge {len(futures)} messages within {timeout:.0f}s") from None
 

@@ -1,7 +1,10 @@
 """Structured logging: JSON lines off a TTY, readable text on one.
 
-Pass context as `extra={...}` (event_id, topic, partition, offset, ...); the JSON
-formatter writes every extra field.
+Pass context as `extra={...}`; the JSON formatter writes every extra field.
+The fields an operator follows an event by: a line about one event carries
+`event_id`, `event_type`, `topic`, `partition` and `offset`; a line about a
+batch carries `offsets` (`offset_ranges`). tests/integration/test_prometheus.py
+checks the relays' and the consumer's lines of a real run.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import datetime as dt
 import logging
 import logging.config
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -67,3 +71,9 @@ def logging_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     logging.config.dictConfig(logging_config(level, fmt))
+
+
+def offset_ranges(ranges: Iterable[tuple[str, int, int, int]]) -> dict[str, object]:
+    """Log fields naming what a batch holds, from (topic, partition, first offset, last offset):
+    `{"offsets": {"order.events[0]": "120-159", ...}}`."""
+    return {"offsets": {f"{topic}[{partition}]": f"{first}-{last}" for topic, partition, first, last in ranges}}

@@ -36,8 +36,10 @@ import time
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared import logs
 from shared.backoff import Backoff
 from shared.database import WAIT_OUT_ERRORS
 from shared.kafka import close_producer, deliver, start_producer
@@ -150,17 +152,23 @@ class OutboxRelay:
             await producer.send(prefix + r["topic"], value=r["payload"].encode(), key=r["message_key"].encode())
             for r in rows
         ]
-        await deliver(futures, self.settings.relay_delivery_timeout - (time.monotonic() - started))
+        sent = await deliver(futures, self.settings.relay_delivery_timeout - (time.monotonic() - started))
         self._set_kafka(True)
         async with work.transaction():
             await work.execute(_MARK, [r["id"] for r in rows], timeout=_COMMAND_TIMEOUT)
         self.published += len(rows)
         PUBLISHED.labels(self.name).inc(len(rows))
         BATCH_SECONDS.labels(self.name).observe(time.monotonic() - read)
-        log.debug(
-            "batch published",
-            extra={"relay": self.name, "events": len(rows), "outbox_ids": f"{rows[0]['id']}-{rows[-1]['id']}"},
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "batch published",
+                extra={
+                    "relay": self.name,
+                    "events": len(rows),
+                    "outbox_ids": f"{rows[0]['id']}-{rows[-1]['id']}",
+                    **logs.offset_ranges(_ranges(sent)),
+                },
+            )
         return len(rows)
 
     async def _purge(self, work: asyncpg.Connection) -> None:
@@ -259,6 +267,15 @@ class OutboxRelay:
                     "database unreachable, retrying with backoff", extra={"relay": self.name, "error": _describe(error)}
                 )
             self._db_ok = ok
+
+
+def _ranges(sent: list[RecordMetadata]) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, first offset, last offset) of what one batch wrote."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for m in sent:
+        first, last = spans.get((m.topic, m.partition), (m.offset, m.offset))
+        spans[(m.topic, m.partition)] = (min(first, m.offset), max(last, m.offset))
+    return [(topic, partition, first, last) for (topic, partition), (first, last) in spans.items()]
 
 
 def _ms(seconds: float) -> str:

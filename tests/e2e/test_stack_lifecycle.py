@@ -1,4 +1,5 @@
-"""`make up` / `make down` (python -m devstack up|down): all up, then nothing of ours left."""
+"""`make up PROMETHEUS=1` / `make down` (python -m devstack up|down): all up, Prometheus scraping
+every process, then nothing of ours left."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -25,8 +27,12 @@ def test_up_twice_then_down_leaves_nothing_running() -> None:
         "ORDER_PORT": free_port(),
         "GOODS_PORT": free_port(),
         "ORDER_HISTORY_PORT": free_port(),
+        "ORDER_RELAY_METRICS_PORT": free_port(),
+        "GOODS_RELAY_METRICS_PORT": free_port(),
+        "ORDER_HISTORY_METRICS_PORT": free_port(),
+        "PROMETHEUS_PORT": free_port(),
     }
-    env = {**os.environ, "STACK_DIR": str(state_dir), **{k: str(v) for k, v in ports.items()}}
+    env = {**os.environ, "STACK_DIR": str(state_dir), "PROMETHEUS": "1", **{k: str(v) for k, v in ports.items()}}
 
     def devstack(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -45,8 +51,26 @@ def test_up_twice_then_down_leaves_nothing_running() -> None:
         assert again.returncode == 0, again.stderr
         status = json.loads(devstack("status").stdout)
         pids = [v["pid"] for v in status.values() if isinstance(v, dict) and v.get("pid")]
-        assert len(pids) == 8  # postgres, kafka, 3 APIs, 2 relays, 1 consumer
+        assert len(pids) == 9  # postgres, kafka, 3 APIs, 2 relays, 1 consumer, prometheus
         assert all(pid_alive(p) for p in pids)
+        url = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}/api/v1/targets"
+
+        def scraped() -> set[tuple[str, str]]:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            return {(t["labels"]["job"], t["labels"]["instance"].rsplit(":", 1)[1]) for t in targets}
+
+        deadline = time.monotonic() + 60  # target discovery runs a moment after the server is ready
+        while not scraped() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert scraped() == {
+            ("order-api", str(ports["ORDER_PORT"])),
+            ("goods-api", str(ports["GOODS_PORT"])),
+            ("order-history-api", str(ports["ORDER_HISTORY_PORT"])),
+            ("order-relay", str(ports["ORDER_RELAY_METRICS_PORT"])),
+            ("goods-relay", str(ports["GOODS_RELAY_METRICS_PORT"])),
+            ("order-history-consumer", str(ports["ORDER_HISTORY_METRICS_PORT"])),
+        }
 
         down = devstack("down")
         assert down.returncode == 0, down.stderr
