@@ -1,7 +1,8 @@
 """deploy/prometheus against a real Prometheus 2.x: promtool accepts the configuration and the
 rules and passes the rules' unit tests; a real server scrapes a running stack, sees its
-requests, events, lag and a dead letter, and fires the dead-letter alert; the relays' and the
-consumer's JSON log lines of that run name the topics, partitions and offsets they are about."""
+requests, events, lag and a dead letter, fires the dead-letter alert, and sees the consumer
+killed and back; the relays' and the consumer's JSON log lines of that run name the topics,
+partitions and offsets they are about."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import json
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,7 @@ async def test_prometheus_scrapes_the_stack_and_fires_an_alert(env: Env) -> None
     await asyncio.to_thread(server.start, targets)
     try:
         poison_event_id = await _scrape_and_alert(env, server)
+        await _consumer_killed_and_restarted(env, server, procs["order-history-consumer"])
     finally:
         await asyncio.to_thread(server.stop)
     for proc in procs.values():  # their last lines written
@@ -133,15 +136,8 @@ async def _scrape_and_alert(env: Env, server: PrometheusServer) -> str:
     """The scrapes and the alert; the event_id of the dead-lettered event."""
     config = env.stack.config
 
-    async def value(promql: str) -> float | None:
-        result = await asyncio.to_thread(server.query, promql)
-        return float(result[0]["value"][1]) if result else None
-
     async def reaches(promql: str, expected: float, timeout: float = 60) -> None:
-        async def reached() -> bool:
-            return await value(promql) == expected
-
-        await wait_until(reached, timeout, f"Prometheus: {promql} == {expected}")
+        await _reaches(server, promql, expected, timeout)
 
     await reaches(f'count(up{{job=~"{"|".join(JOBS)}"}} == 1)', len(JOBS))
     async with httpx.AsyncClient(timeout=30) as client:
@@ -202,9 +198,50 @@ async def _scrape_and_alert(env: Env, server: PrometheusServer) -> str:
     return str(poison["event_id"])
 
 
+async def _consumer_killed_and_restarted(env: Env, server: PrometheusServer, consumer: ManagedProcess) -> None:
+    """kill -9 the consumer: Prometheus sees it down and `status` sees the lag grow by what is
+    written meanwhile; restarted, it applies exactly those writes and its lag returns to 0."""
+    consumer.kill9()
+    await _reaches(server, 'sum(up{job="order-history-consumer"})', 0)
+    async with httpx.AsyncClient(timeout=30) as client:
+        for user in range(1, 6):
+            url = f"http://127.0.0.1:{env.stack.config.order_port}/v1/order"
+            assert (await client.post(url, json={"user_id": user})).status_code == 201
+
+    async def lag_of_status() -> float:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "order_history", "status", "--json"],
+            capture_output=True,
+            text=True,
+            env=env.process_env(),
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return float(json.loads(done.stdout)["lag"])
+
+    async def behind_by_five() -> bool:
+        return await lag_of_status() == 5
+
+    await wait_until(behind_by_five, 60, "order-history status to show the 5 writes not applied")
+    consumer.start()
+    await _reaches(server, 'sum(up{job="order-history-consumer"})', 1)
+    await _reaches(server, "sum(consumer_events_applied_total)", 5)  # a new process counts from 0
+    await _reaches(server, "sum(consumer_lag_events)", 0)
+    assert await lag_of_status() == 0
+
+
+async def _reaches(server: PrometheusServer, promql: str, expected: float, timeout: float = 60) -> None:
+    async def reached() -> bool:
+        result = await asyncio.to_thread(server.query, promql)
+        return bool(result) and float(result[0]["value"][1]) == expected
+
+    await wait_until(reached, timeout, f"Prometheus: {promql} == {expected}")
+
+
 def _audit_logs(env: Env, procs: dict[str, ManagedProcess], poison_event_id: str) -> None:
     relays = []
-    for name, topic, events in (("order-relay", ORDER, 27), ("goods-relay", GOODS, 10)):
+    for name, topic, events in (("order-relay", ORDER, 32), ("goods-relay", GOODS, 10)):
         relay = log_lines(procs[name].log_file)
         published = [e for e in relay if e["msg"] == "batch published"]
         assert sum(span_sizes(e) for e in published) == sum(e["events"] for e in published) == events
@@ -213,7 +250,8 @@ def _audit_logs(env: Env, procs: dict[str, ManagedProcess], poison_event_id: str
 
     consumer = log_lines(procs["order-history-consumer"].log_file)
     applied = [e for e in consumer if e["msg"] == "batch applied"]
-    assert sum(span_sizes(e) for e in applied) == sum(e["events"] for e in applied) == 38  # 37 and the poison
+    # 37, the poison, and 5 applied by the restarted process
+    assert sum(span_sizes(e) for e in applied) == sum(e["events"] for e in applied) == 43
     poisoned = [e for e in consumer if e["msg"] == "poison message sent to DLQ"]
     assert len(poisoned) == 1
     line = poisoned[0]
