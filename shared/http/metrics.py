@@ -53,6 +53,9 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._templates: dict[Any, str] | None = None  # endpoint -> its route's path template
+        # The labelled children, looked up once per label set: `labels()` checks and locks on
+        # every call. Bounded like the label sets themselves (methods, routes, statuses).
+        self._counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _route_of(self, scope: Scope) -> str:
         """The template of the route that served the request (also for a 405), or UNMATCHED.
@@ -86,8 +89,15 @@ class RequestMetrics:
         finally:
             route = self._route_of(scope)
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            REQUESTS.labels(method, route, str(status)).inc()
-            DURATION.labels(method, route).observe(time.perf_counter() - started)
+            key = (method, route, status)
+            children = self._counted.get(key)
+            if children is None:
+                children = self._counted[key] = (
+                    REQUESTS.labels(method, route, str(status)),
+                    DURATION.labels(method, route),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 ScrapeGauges = Callable[[Request], Awaitable[Iterable[tuple[str, str, float]]]]
