@@ -104,6 +104,8 @@ class Stack:
             env[f"{db.service}_OWNER_DATABASE_URL"] = db.owner.url(db.name, c.pg_port)
         history = DATABASES[-1]
         env["ORDER_HISTORY_QUERY_DATABASE_URL"] = history.reader.url(history.name, c.pg_port)
+        for db in DATABASES[:2]:  # what reconcile reads the command databases as
+            env[f"ORDER_HISTORY_{db.service}_READER_DATABASE_URL"] = db.reader.url(db.name, c.pg_port)
         env |= {
             "ORDER_HOST": "127.0.0.1",
             "ORDER_PORT": str(c.order_port),

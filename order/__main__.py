@@ -1,13 +1,14 @@
-"""`order api|relay|migrate` (also `python -m order ...`)."""
+"""`order api|relay|migrate|status|resync` (also `python -m order ...`)."""
 
 from __future__ import annotations
 
+from order.repository import ORDER
 from order.settings import Settings
 from shared.command_api import command_main
 
 
 def main() -> None:
-    command_main("order", Settings)
+    command_main("order", Settings, ORDER)
 
 
 if __name__ == "__main__":

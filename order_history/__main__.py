@@ -1,4 +1,7 @@
-"""`order-history api|consumer|migrate|reset|reset-positions|status` (also `python -m order_history ...`)."""
+"""`order-history api|consumer|migrate|reset|reset-positions|status|reconcile|dlq`.
+
+Also `python -m order_history ...`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import asyncio
 import gc
 import logging
 import sys
+from typing import Any
 
-from order_history import operations
+from order_history import dlq, operations, reconcile
 from order_history import status as read_side_status
 from order_history.runner import HistoryConsumer
 from order_history.settings import Settings
@@ -55,7 +59,40 @@ async def run_consumer(settings: Settings, instance: str) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> None:
+def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """reconcile and dlq: finding and fixing what the read model got wrong."""
+    reconcile_parser = commands.add_parser(
+        "reconcile",
+        parents=[common],
+        help="compare the command databases with the read model; --repair resyncs what differs",
+        description="Compare every order (existence, user, goods count) and every goods item (existence, order, "
+        "name) of the command databases with the read model, by per-id-range checksums first, then the rows of "
+        "the ranges that differ. Exit 0: 0 differences; exit 1: a table of them.",
+    )
+    reconcile_parser.add_argument("--repair", action="store_true", help="resync what differs, wait, check again")
+    reconcile_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    reconcile_parser.add_argument("--range-size", type=int, default=10000, help="ids per checksum range (10000)")
+    reconcile_parser.add_argument(
+        "--repair-timeout", type=float, default=120.0, help="seconds to wait for the resynced entities (120)"
+    )
+    dlq_parser = commands.add_parser(
+        "dlq", parents=[common], help="dead letters: list, show, replay (apply again), purge"
+    )
+    dlq_actions = dlq_parser.add_subparsers(dest="action", required=True, metavar="action")
+    dlq_list = dlq_actions.add_parser("list", help="every dead letter: id, time, event type, reason")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dlq_show = dlq_actions.add_parser("show", help="one dead letter whole, its message included (JSON)")
+    dlq_show.add_argument("ids", nargs="+", metavar="ID", help="TOPIC:PARTITION:OFFSET, as `dlq list` shows it")
+    for action, what in (
+        ("replay", "decode and apply dead letters again (after a fix or an upcaster); remove those that apply"),
+        ("purge", "remove dead letters (the DLQ topic keeps its copies)"),
+    ):
+        sub = dlq_actions.add_parser(action, help=what, description=what[0].upper() + what[1:] + ".")
+        sub.add_argument("ids", nargs="*", metavar="ID", help="TOPIC:PARTITION:OFFSET, as `dlq list` shows it")
+        sub.add_argument("--all", action="store_true", help="every dead letter")
+
+
+def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--instance", default="0", help="instance name (for logs and the Kafka client id)")
     parser = argparse.ArgumentParser(prog="order-history", description="the order-history read side")
@@ -74,13 +111,19 @@ def main(argv: list[str] | None = None) -> None:
         "For a topic that was deleted and created again: --to start applies its new messages. The consumers "
         "must be stopped.",
     )
+    reset_positions.add_argument("topic", help="the topic as the contract names it: order.events or goods.events")
+    reset_positions.add_argument("--to", choices=["start", "end"], required=True, help="the log's start or end")
+    reset_positions.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
     status = commands.add_parser(
         "status", parents=[common], help="positions, log ends and lag per partition, freshness, dead letters"
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    reset_positions.add_argument("topic", help="the topic as the contract names it: order.events or goods.events")
-    reset_positions.add_argument("--to", choices=["start", "end"], required=True, help="the log's start or end")
-    reset_positions.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
+    _repair_commands(commands, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "api":
@@ -91,6 +134,16 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_migrations("order_history", settings.owner_database_url, settings))
     elif args.command == "reset":
         sys.exit(asyncio.run(operations.reset(settings)))
+    elif args.command == "reconcile":
+        if args.range_size < 1:
+            parser.error("--range-size must be at least 1")
+        sys.exit(asyncio.run(reconcile.run(settings, args.repair, args.json, args.range_size, args.repair_timeout)))
+    elif args.command == "dlq":
+        ids = getattr(args, "ids", [])
+        every = getattr(args, "all", False)
+        if ids and every:
+            parser.error("give dead letter ids or --all, not both")
+        sys.exit(asyncio.run(dlq.run(settings, args.action, ids, every, getattr(args, "json", False))))
     elif args.command == "status":
         sys.exit(asyncio.run(read_side_status.status(settings, args.json)))
     else:

@@ -29,7 +29,14 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from order_history.dead_letters import DeadLetters
 from order_history.positions import TRACKED_CTES, TRACKED_PARAMS, Positions
-from order_history.projections import PreparedBatch, apply_prepared, apply_sql, prepare, reduce_events
+from order_history.projections import (
+    PreparedBatch,
+    apply_prepared,
+    apply_resynced,
+    apply_sql,
+    prepare,
+    reduce_events,
+)
 from shared import logs
 from shared.database import REFUSED_DATA_ERRORS
 from shared.events import Event
@@ -57,11 +64,13 @@ class Part:
     decoded: Decoded
     prepared: PreparedBatch
     applies: Applied  # what applying every valid event of the part applies
+    resynced: bool  # snapshots among them: the checked path applies the part
 
     @classmethod
     def of(cls, records: Records, decoded: Decoded) -> Part:
         events = [o for tp in records for o in decoded[tp] if not isinstance(o, str)]
-        return cls(records, decoded, prepare(reduce_events(events), insert_created=True), Applied.of(events))
+        batch = reduce_events(events)
+        return cls(records, decoded, prepare(batch, insert_created=True), Applied.of(events), batch.has_resynced)
 
     def __len__(self) -> int:
         return sum(map(len, self.records.values()))
@@ -130,7 +139,7 @@ class Applier:
         """Fast if it can, checked otherwise; REFUSED_DATA_ERRORS propagate (see `isolating`)."""
         stats = await self.fast(part)
         if stats is None:
-            stats = await self.checked(part.records, part.decoded, part.prepared)
+            stats = await self.checked(part.records, part.decoded, None if part.resynced else part.prepared)
         return stats
 
     async def fast(self, part: Part) -> BatchStats | None:
@@ -139,7 +148,7 @@ class Applier:
         One statement instead of five (BEGIN, lock, apply, advance, COMMIT) also
         saves the event-loop turns the prefetcher takes between them.
         """
-        if any(isinstance(outcome, str) for outcomes in part.decoded.values() for outcome in outcomes):
+        if part.resynced or any(isinstance(o, str) for outcomes in part.decoded.values() for o in outcomes):
             return None
         first = {tp: messages[0].offset for tp, messages in part.records.items()}
         end = {tp: messages[-1].offset + 1 for tp, messages in part.records.items()}
@@ -160,8 +169,9 @@ class Applier:
     ) -> BatchStats:
         """Apply messages in one transaction, skipping those below the stored positions.
 
-        `prepared`: the parameters for when every valid event is new (else prepared
-        here). With `refused`, every new message is dead-lettered with that reason.
+        `prepared`: the parameters for when every valid event is new and none is a
+        snapshot (else prepared here). With `refused`, every new message is
+        dead-lettered with that reason.
         """
         stats = BatchStats()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -186,11 +196,15 @@ class Applier:
             if poison:
                 await self.dead_letters.record(conn, poison)
                 stats.poison = len(poison)
+            batch = None
             if prepared is None or stats.skipped_seen or refused is not None:
-                prepared = prepare(reduce_events(events))  # some were applied before: not the prefetched set
+                batch = reduce_events(events)  # some were applied before: not the prefetched set
+                prepared = prepare(batch)
             if len(prepared):
                 # Upserts only: a goods.created may be here again (see projections: `inserted`).
                 await apply_prepared(conn, prepared.upserts_only())
+            if batch is not None and batch.has_resynced:
+                await apply_resynced(conn, batch)
             stats.applied = len(events)
             stats.what = Applied.of(events)
             await self.positions.advance(conn, next_offsets)

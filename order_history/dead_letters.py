@@ -1,5 +1,8 @@
 """Poison messages: sent to `<topic>.dlq` and recorded in the `dead_letters` table, then skipped.
 
+The table keeps the message (key and value) beside its origin and reason, for
+`order-history dlq` (order_history/dlq.py) to show and replay.
+
 A dead letter is the raw message (value and key as they came) with headers
 `dlq.reason`, `dlq.original.topic`, `dlq.original.partition` and
 `dlq.original.offset`. It is sent, and acknowledged by Kafka within
@@ -22,8 +25,8 @@ from shared.kafka import deliver
 
 log = logging.getLogger(__name__)
 
-_RECORD = """INSERT INTO dead_letters (topic, partition, "offset", reason) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING"""
+_RECORD = """INSERT INTO dead_letters (topic, partition, "offset", reason, message_key, message_value)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"""
 
 
 def dlq_headers(message: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
@@ -61,7 +64,7 @@ class DeadLetters:
                 },
             )
         await deliver(futures, self.delivery_timeout)
-        await conn.executemany(_RECORD, [(m.topic, m.partition, m.offset, r) for m, r in poison])
+        await conn.executemany(_RECORD, [(m.topic, m.partition, m.offset, r, m.key, m.value) for m, r in poison])
 
 
 def _identity(message: ConsumerRecord) -> dict[str, str]:

@@ -41,7 +41,17 @@ import orjson
 import pydantic_core
 
 from shared.database import Connection
-from shared.events import CATALOGUE, Event, GoodsData, GoodsDeletedData, OrderData, OrderDeletedData
+from shared.events import (
+    CATALOGUE,
+    GONE_VERSION,
+    Event,
+    GoodsData,
+    GoodsDeletedData,
+    GoodsResyncedData,
+    OrderData,
+    OrderDeletedData,
+    OrderResyncedData,
+)
 
 
 @dataclass
@@ -51,14 +61,23 @@ class ReducedBatch:
     # Goods whose goods.created event is in the batch: the read model has no row
     # for them, unless the event was delivered before (see `prepare`).
     created_goods: set[int] = field(default_factory=set)
+    # Snapshots (*.resynced) that won their entity: applied by `apply_resynced`, not by the batch statement.
+    resynced_orders: dict[int, Event] = field(default_factory=dict)
+    resynced_goods: dict[int, Event] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.orders) + len(self.goods)
 
+    @property
+    def has_resynced(self) -> bool:
+        return bool(self.resynced_orders or self.resynced_goods)
+
 
 def reduce_events(events: Iterable[Event]) -> ReducedBatch:
-    """Keep, per entity, the event with the highest aggregate_version."""
+    """Keep, per entity, the event with the highest aggregate_version (a snapshot wins a tie:
+    it may be a repair of a row that claims its version); snapshots are then set apart."""
     batch = ReducedBatch()
+    snapshots = False
     for event in events:
         kind = CATALOGUE[event.event_type]
         if kind.entity == "order":
@@ -68,8 +87,18 @@ def reduce_events(events: Iterable[Event]) -> ReducedBatch:
             if kind.change == "created":
                 batch.created_goods.add(event.aggregate_id)
         seen = target.get(event.aggregate_id)
-        if seen is None or event.aggregate_version > seen.aggregate_version:
+        if (
+            seen is None
+            or event.aggregate_version > seen.aggregate_version
+            or (kind.change == "resynced" and event.aggregate_version == seen.aggregate_version)
+        ):
             target[event.aggregate_id] = event
+        snapshots = snapshots or kind.change == "resynced"
+    if snapshots:
+        for source, resynced in ((batch.orders, batch.resynced_orders), (batch.goods, batch.resynced_goods)):
+            for entity_id, event in list(source.items()):
+                if CATALOGUE[event.event_type].change == "resynced":
+                    resynced[entity_id] = source.pop(entity_id)
     return batch
 
 
@@ -366,3 +395,92 @@ async def apply_prepared(conn: Connection, prepared: PreparedBatch) -> ApplyResu
 async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
     """Apply `batch`; call inside a transaction."""
     return await apply_prepared(conn, prepare(batch))
+
+
+# Snapshots (*.resynced, written by `resync`), a few statements per part: rare
+# repairs, not the hot path. Each overwrites a row whose version is not newer
+# (`<=`: the row may wrongly claim the snapshot's version); one of an entity the
+# command side no longer has marks the row deleted for good (GONE_VERSION), if
+# the read model has it as created by its own events (a placeholder order may
+# yet be created). goods_count is then recounted, not maintained, for every
+# order they touch: a repaired row may have been counted wrongly before.
+_RESYNC_GOODS = f"""WITH s AS (
+    SELECT * FROM unnest($1::bigint[], $2::boolean[], $3::bigint[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[], $7::integer[])
+        AS t(id, present, order_id, name, created_at, updated_at, version)
+), before AS (
+    SELECT g.id, g.order_id FROM goods g JOIN s USING (id) WHERE NOT g.deleted
+), written AS (
+    INSERT INTO goods AS g (id, order_id, name, created_at, updated_at, version, deleted)
+    SELECT id, order_id, name, created_at, updated_at, version, false FROM s WHERE present
+    ON CONFLICT (id) DO UPDATE SET
+        order_id = EXCLUDED.order_id, name = EXCLUDED.name, created_at = EXCLUDED.created_at,
+        updated_at = EXCLUDED.updated_at, version = EXCLUDED.version, deleted = false, counted_in_before = NULL
+    WHERE g.version <= EXCLUDED.version
+    RETURNING g.id, g.order_id
+), gone AS (
+    UPDATE goods g SET deleted = true, version = {GONE_VERSION}, counted_in_before = NULL
+    FROM s WHERE g.id = s.id AND NOT s.present AND g.version < {GONE_VERSION}
+    RETURNING g.id
+)
+SELECT array(SELECT order_id FROM written
+             UNION SELECT b.order_id FROM before b JOIN (SELECT id FROM written UNION ALL SELECT id FROM gone) c
+                   USING (id)) AS orders"""
+_RESYNC_ORDERS = f"""WITH s AS (
+    SELECT * FROM unnest($1::bigint[], $2::boolean[], $3::bigint[], $4::timestamptz[], $5::timestamptz[],
+                         $6::integer[])
+        AS t(id, present, user_id, created_at, updated_at, version)
+), written AS (
+    INSERT INTO orders AS o (id, user_id, created_at, updated_at, version, known, deleted)
+    SELECT id, user_id, created_at, updated_at, version, true, false FROM s WHERE present ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET
+        user_id = EXCLUDED.user_id, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+        version = EXCLUDED.version, known = true, deleted = false
+    WHERE o.version <= EXCLUDED.version
+    RETURNING o.id
+), gone AS (
+    UPDATE orders o SET deleted = true, version = {GONE_VERSION}
+    FROM s WHERE o.id = s.id AND NOT s.present AND o.known AND o.version < {GONE_VERSION}
+    RETURNING o.id
+)
+SELECT array(SELECT id FROM written UNION ALL SELECT id FROM gone) AS orders"""
+# Orders named by goods get a row (a placeholder) if they have none, then every
+# order to recount is locked, in id order, before the count is taken: in READ
+# COMMITTED the count's snapshot then postdates every committed change of those
+# orders' goods, and a change not committed yet waits for the lock and adds its
+# delta to the recounted value.
+_PLACEHOLDERS = """INSERT INTO orders (id) SELECT id FROM unnest($1::bigint[]) AS t(id) ORDER BY id
+                   ON CONFLICT DO NOTHING"""
+_LOCK_ORDERS = "SELECT id FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+_RECOUNT = """UPDATE orders o SET goods_count = c.n
+              FROM (SELECT t.id, (SELECT count(*) FROM goods g WHERE g.order_id = t.id AND NOT g.deleted)::integer
+                    FROM unnest($1::bigint[]) AS t(id)) AS c(id, n)
+              WHERE o.id = c.id AND o.goods_count <> c.n"""
+
+
+async def apply_resynced(conn: Connection, batch: ReducedBatch) -> int:
+    """Apply the batch's snapshots; call inside the transaction that applied the rest of it.
+    Returns the number of orders whose goods_count the recount corrected."""
+    recount: set[int] = set()
+    if batch.resynced_goods:
+        rows: list[tuple[Any, ...]] = []
+        for e in batch.resynced_goods.values():
+            g = e.data
+            assert isinstance(g, GoodsResyncedData)
+            rows.append((e.aggregate_id, g.exists, g.order_id, g.name, g.created_at, g.updated_at, e.aggregate_version))
+        named = await conn.fetchval(_RESYNC_GOODS, *_columns(rows, 7))
+        await conn.execute(_PLACEHOLDERS, named)
+        recount.update(named)
+    if batch.resynced_orders:
+        rows = []
+        for e in batch.resynced_orders.values():
+            o = e.data
+            assert isinstance(o, OrderResyncedData)
+            rows.append((e.aggregate_id, o.exists, o.user_id, o.created_at, o.updated_at, e.aggregate_version))
+        recount.update(await conn.fetchval(_RESYNC_ORDERS, *_columns(rows, 6)))
+    if not recount:
+        return 0
+    ids = sorted(recount)
+    await conn.execute(_LOCK_ORDERS, ids)
+    status: str = await conn.execute(_RECOUNT, ids)
+    return int(status.rsplit(maxsplit=1)[-1])

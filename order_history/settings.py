@@ -19,6 +19,14 @@ class Settings(CommonSettings):
         default="postgresql://order_history_reader:order_history_reader@127.0.0.1:5432/order_history",
         description="the API's: a read-only role (or a streaming replica)",
     )
+    order_reader_database_url: str = Field(
+        default="postgresql://order_reader:order_reader@127.0.0.1:5432/orders",
+        description="reconcile: a read-only role of the order service's database",
+    )
+    goods_reader_database_url: str = Field(
+        default="postgresql://goods_reader:goods_reader@127.0.0.1:5432/goods",
+        description="reconcile: a read-only role of the goods service's database",
+    )
     owner_database_url: str = Field(
         default="postgresql://order_history_owner:order_history_owner@127.0.0.1:5432/order_history",
         description="the owner role: migrations and reset",

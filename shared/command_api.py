@@ -25,14 +25,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from shared import command_service, command_status, outbox
+from shared import command_service, command_status, outbox, resync
 from shared.batching import RunBatch
 from shared.database import UNAVAILABLE_ERRORS
 from shared.entrypoints import run_api, run_migrations, run_relay
-from shared.events import MAX_ID
+from shared.events import MAX_ID, MAX_VERSION
 from shared.http.app import create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES
-from shared.http.fields import MAX_VERSION, etag, parse_if_match, path_id, read_fields, validate_fields
+from shared.http.fields import etag, parse_if_match, path_id, read_fields, validate_fields
 from shared.outbox import OutboxNotifier
 from shared.settings import CommandServiceSettings
 
@@ -248,8 +248,13 @@ def create_command_app(resource: Resource[Any, Any], settings: CommandServiceSet
     )
 
 
-def command_main(service: str, settings_type: type[CommandServiceSettings], argv: list[str] | None = None) -> None:
-    """`<service> api|relay|migrate|status`: the command-line entrypoint of a command service."""
+def command_main(
+    service: str,
+    settings_type: type[CommandServiceSettings],
+    entity: command_service.Entity[Any],
+    argv: list[str] | None = None,
+) -> None:
+    """`<service> api|relay|migrate|status|resync`: the command-line entrypoint of a command service."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--instance", default="0", help="instance name (shown in process lists and logs)")
     parser = argparse.ArgumentParser(prog=service, description=f"the {service} command service")
@@ -259,8 +264,37 @@ def command_main(service: str, settings_type: type[CommandServiceSettings], argv
     commands.add_parser("migrate", parents=[common], help="apply the database migrations")
     status = commands.add_parser("status", parents=[common], help="the outbox backlog and which relay leads")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    resync_parser = commands.add_parser(
+        "resync",
+        parents=[common],
+        help=f"re-publish the current state of {service} entities through the outbox (safe while running)",
+        description=f"Publish a snapshot ({service}.resynced) of each chosen {service} through the outbox: the "
+        "read model then shows the command side's state, also over a row that claims the same version. "
+        "An id that no longer exists is published as deleted.",
+    )
+    which = resync_parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", action="append", metavar="1,2,3", help="these ids (comma-separated, repeatable)")
+    which.add_argument("--since", metavar="TIMESTAMP", help="those changed at or after this ISO 8601 time (zone)")
+    which.add_argument("--all", action="store_true", help="every one")
+    resync_parser.add_argument("--batch-size", type=int, default=1000, help="rows per transaction (1000)")
+    resync_parser.add_argument(
+        "--max-backlog", type=int, default=10000, help="wait while the outbox holds more unpublished events (10000)"
+    )
     args = parser.parse_args(argv)
     settings = settings_type()
+    if args.command == "resync":
+        try:
+            selection = resync.Selection(
+                ids=resync.parse_ids(args.ids) if args.ids else None,
+                since=resync.parse_since(args.since) if args.since else None,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        sys.exit(
+            asyncio.run(
+                resync.run(service, settings.database_url, entity, selection, args.batch_size, args.max_backlog)
+            )
+        )
     if args.command == "api":
         run_api(f"{service}.api:create_app", settings.host, settings.port, settings.api_workers, settings)
     elif args.command == "relay":

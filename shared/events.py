@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
@@ -101,13 +110,55 @@ class GoodsDeletedData(_Payload):
     updated_at: Timestamp | None = None
 
 
-Payload = OrderData | OrderDeletedData | GoodsData | GoodsDeletedData
+class _Resynced(_Payload):
+    """A snapshot re-published by `resync`: the entity's current state in its command service.
 
-CURRENT_SCHEMA_VERSION: Final = 1
+    `exists` false: the service has no such entity any more (it was deleted;
+    ids are never reused), and the state fields are absent. The consumer applies
+    a snapshot also over a read row that claims the same version (a repair, not a
+    duplicate), never over a newer one (docs/events.md).
+    """
+
+    exists: bool = True
+
+    @model_validator(mode="after")
+    def _whole_state_when_it_exists(self) -> _Resynced:
+        if self.exists:
+            missing = [name for name in self._state_fields() if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"an existing entity's snapshot needs {', '.join(missing)}")
+        return self
+
+    def _state_fields(self) -> tuple[str, ...]:
+        return ("created_at", "updated_at")
+
+
+class OrderResyncedData(_Resynced):
+    id: Id
+    user_id: Id | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+    def _state_fields(self) -> tuple[str, ...]:
+        return ("user_id", "created_at", "updated_at")
+
+
+class GoodsResyncedData(_Resynced):
+    id: Id
+    order_id: Id | None = None
+    name: Text = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+    def _state_fields(self) -> tuple[str, ...]:
+        return ("order_id", "created_at", "updated_at")
+
+
+Payload = OrderData | OrderDeletedData | GoodsData | GoodsDeletedData | OrderResyncedData | GoodsResyncedData
 
 # Lifts the `data` of one schema version to the next.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-Change = Literal["created", "updated", "deleted"]
+Change = Literal["created", "updated", "deleted", "resynced"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +171,11 @@ class EventKind:
     models: Mapping[int, type[_Payload]]  # schema_version -> payload model of that version
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)  # old version -> its lift to version + 1
 
+    @property
+    def current(self) -> int:
+        """The schema version producers write and decoding lifts older versions to: the newest."""
+        return max(self.models)
+
 
 CATALOGUE: Final[Mapping[EventType, EventKind]] = {
     "order.created": EventKind(ORDER_TOPIC, "order", "created", {1: OrderData}),
@@ -128,13 +184,13 @@ CATALOGUE: Final[Mapping[EventType, EventKind]] = {
     "goods.created": EventKind(GOODS_TOPIC, "goods", "created", {1: GoodsData}),
     "goods.updated": EventKind(GOODS_TOPIC, "goods", "updated", {1: GoodsData}),
     "goods.deleted": EventKind(GOODS_TOPIC, "goods", "deleted", {1: GoodsDeletedData}),
+    "order.resynced": EventKind(ORDER_TOPIC, "order", "resynced", {1: OrderResyncedData}),
+    "goods.resynced": EventKind(GOODS_TOPIC, "goods", "resynced", {1: GoodsResyncedData}),
 }
 
-# Derived from CATALOGUE, flat for the decoder's lookups.
+# Derived from CATALOGUE.
 TOPICS: Final = tuple(dict.fromkeys(kind.topic for kind in CATALOGUE.values()))
 TOPIC_OF_TYPE: Final = {event_type: kind.topic for event_type, kind in CATALOGUE.items()}
-REGISTRY: Final = {(t, version): model for t, kind in CATALOGUE.items() for version, model in kind.models.items()}
-UPCASTERS: Final = {(t, version): up for t, kind in CATALOGUE.items() for version, up in kind.upcasters.items()}
 
 
 def _known_type(value: str) -> str:
@@ -145,7 +201,11 @@ def _known_type(value: str) -> str:
 
 KnownType = Annotated[str, Field(strict=True), AfterValidator(_known_type), WithJsonSchema({"enum": list(CATALOGUE)})]
 SchemaVersion = Annotated[int, Field(ge=1, strict=True)]
-AggregateVersion = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
+MAX_VERSION: Final = 2**31 - 1
+AggregateVersion = Annotated[int, Field(ge=1, le=MAX_VERSION, strict=True)]
+# The aggregate_version of a snapshot saying "no such entity": deleted for good,
+# so no later event of it can exist, and no late one may resurrect it.
+GONE_VERSION: Final = MAX_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +259,7 @@ def envelope_sql(
     expressions = {
         "event_id": event_id,
         "event_type": f"'{event_type}'",
-        "schema_version": str(CURRENT_SCHEMA_VERSION),
+        "schema_version": str(CATALOGUE[event_type].current),
         "aggregate_id": aggregate_id,
         "aggregate_version": aggregate_version,
         "occurred_at": "now()",
@@ -220,7 +280,7 @@ def new_event(
     return Event(
         event_id=uuid.uuid4(),
         event_type=event_type,
-        schema_version=CURRENT_SCHEMA_VERSION,
+        schema_version=CATALOGUE[event_type].current,
         aggregate_id=aggregate_id,
         aggregate_version=aggregate_version,
         occurred_at=occurred_at or dt.datetime.now(dt.UTC),
@@ -244,7 +304,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_PAYLOAD_TYPES = (OrderData, OrderDeletedData, GoodsData, GoodsDeletedData)
+_PAYLOAD_TYPES = (OrderData, OrderDeletedData, GoodsData, GoodsDeletedData, OrderResyncedData, GoodsResyncedData)
 
 
 def _field_schema(name: str) -> cs.CoreSchema:
@@ -264,16 +324,6 @@ def _fast_schema(event_type: str, payload: type[_Payload]) -> cs.CoreSchema:
     return cs.dataclass_schema(Event, args, list(ENVELOPE_FIELDS), slots=True, frozen=True)
 
 
-# Payload models of the current schema version, as the fast validator was built for them.
-_FAST_MODELS: Final = {event_type: kind.models[CURRENT_SCHEMA_VERSION] for event_type, kind in CATALOGUE.items()}
-# One pass over the raw bytes for every valid event of the current schema version:
-# a union tagged by event_type of `_fast_schema`s.
-_FAST: Final = SchemaValidator(
-    cs.tagged_union_schema(
-        {event_type: _fast_schema(event_type, model) for event_type, model in _FAST_MODELS.items()},
-        discriminator="event_type",
-    )
-)
 # The envelope with `data` as any JSON object, for values the fast pass refuses
 # (an older version to upcast, or a value to name the reason of).
 _ENVELOPE: Final = SchemaValidator(
@@ -289,62 +339,89 @@ _ENVELOPE: Final = SchemaValidator(
 )
 
 
-def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
-    """Decode a raw Kafka value; raise `PoisonMessage` with the reason if it is not a valid event.
+class Codec:
+    """Decoding by one catalogue: its payload models per version, upcasters, and each type's current version.
 
-    A valid event of the current schema version is decoded in one pass by `_FAST`.
-    Anything else (an older version to upcast, or a value that fails validation)
-    goes through `_decode_slow`, which applies the upcasters and names the precise
-    reason; both accept and refuse exactly the same values.
+    The services decode with `CODEC` (this module's CATALOGUE). A catalogue that
+    knows more versions (the next deployment's) is another Codec: `dlq replay`
+    takes one, and the tests use that to replay what an older consumer refused.
     """
-    if raw is not None:
+
+    def __init__(self, catalogue: Mapping[EventType, EventKind]) -> None:
+        self.topic_of_type = {event_type: kind.topic for event_type, kind in catalogue.items()}
+        self.registry = {(t, version): model for t, kind in catalogue.items() for version, model in kind.models.items()}
+        self.upcasters = {(t, version): up for t, kind in catalogue.items() for version, up in kind.upcasters.items()}
+        self.current = {event_type: kind.current for event_type, kind in catalogue.items()}
+        # Payload models of the current versions, as the fast validator is built for them.
+        self.fast_models = {event_type: kind.models[kind.current] for event_type, kind in catalogue.items()}
+        # One pass over the raw bytes for every valid event of a current schema version:
+        # a union tagged by event_type of `_fast_schema`s.
+        self.fast = SchemaValidator(
+            cs.tagged_union_schema(
+                {event_type: _fast_schema(event_type, model) for event_type, model in self.fast_models.items()},
+                discriminator="event_type",
+            )
+        )
+
+    def decode(self, raw: bytes | None, topic: str | None = None) -> Event:
+        """Decode a raw Kafka value; raise `PoisonMessage` with the reason if it is not a valid event.
+
+        A valid event of its type's current schema version is decoded in one pass
+        by `fast`. Anything else (an older version to upcast, or a value that fails
+        validation) goes through `_decode_slow`, which applies the upcasters and
+        names the precise reason; both accept and refuse exactly the same values.
+        """
+        if raw is not None:
+            try:
+                event: Event = self.fast.validate_json(raw)
+            except ValidationError:
+                pass
+            else:
+                if event.schema_version == self.current[event.event_type]:
+                    if topic is not None and self.topic_of_type[event.event_type] != topic:
+                        raise PoisonMessage(f"event_type {event.event_type} does not belong on topic {topic}")
+                    if event.data.id != event.aggregate_id:
+                        raise PoisonMessage(f"data.id {event.data.id} differs from aggregate_id {event.aggregate_id}")
+                    return event
+        return self._decode_slow(raw, topic)
+
+    def _decode_slow(self, raw: bytes | None, topic: str | None = None) -> Event:
+        if raw is None:
+            raise PoisonMessage("empty value (tombstone)")
         try:
-            event: Event = _FAST.validate_json(raw)
-        except ValidationError:
-            pass
-        else:
-            if (
-                event.schema_version == CURRENT_SCHEMA_VERSION
-                and REGISTRY.get((event.event_type, event.schema_version)) is _FAST_MODELS[event.event_type]
-            ):
-                if topic is not None and TOPIC_OF_TYPE[event.event_type] != topic:
-                    raise PoisonMessage(f"event_type {event.event_type} does not belong on topic {topic}")
-                if event.data.id != event.aggregate_id:
-                    raise PoisonMessage(f"data.id {event.data.id} differs from aggregate_id {event.aggregate_id}")
-                return event
-    return _decode_slow(raw, topic)
+            env: dict[str, Any] = _ENVELOPE.validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] == "json_invalid":
+                raise PoisonMessage(f"value is not valid JSON: {first['msg']}") from None
+            if first["type"] == "dict_type" and not first["loc"]:
+                raise PoisonMessage("value is not a JSON object") from None
+            raise PoisonMessage(f"invalid envelope: {_describe(exc)}") from None
+        event_type: str = env["event_type"]
+        if event_type not in self.current:
+            raise PoisonMessage(f"unknown event_type {event_type[:100]!r}")
+        if topic is not None and self.topic_of_type[event_type] != topic:
+            raise PoisonMessage(f"event_type {event_type} does not belong on topic {topic}")
+        version: int = env["schema_version"]
+        data: dict[str, Any] = env["data"]
+        if (event_type, version) not in self.registry:
+            raise PoisonMessage(f"unknown schema_version {version} for event_type {event_type}")
+        while version < self.current[event_type]:
+            upcaster = self.upcasters.get((event_type, version))
+            if upcaster is None:
+                raise PoisonMessage(f"no upcaster from schema_version {version} of {event_type}")
+            data = upcaster(data)
+            version += 1
+        try:
+            payload = self.registry[(event_type, version)].model_validate(data)
+        except ValidationError as exc:
+            raise PoisonMessage(f"invalid data for {event_type} v{version}: {_describe(exc)}") from None
+        assert isinstance(payload, _PAYLOAD_TYPES)
+        if payload.id != env["aggregate_id"]:
+            raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env['aggregate_id']}")
+        return Event(**{**env, "schema_version": version, "data": payload})
 
 
-def _decode_slow(raw: bytes | None, topic: str | None = None) -> Event:
-    if raw is None:
-        raise PoisonMessage("empty value (tombstone)")
-    try:
-        env: dict[str, Any] = _ENVELOPE.validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            raise PoisonMessage(f"value is not valid JSON: {first['msg']}") from None
-        if first["type"] == "dict_type" and not first["loc"]:
-            raise PoisonMessage("value is not a JSON object") from None
-        raise PoisonMessage(f"invalid envelope: {_describe(exc)}") from None
-    event_type: str = env["event_type"]
-    if topic is not None and TOPIC_OF_TYPE[event_type] != topic:
-        raise PoisonMessage(f"event_type {event_type} does not belong on topic {topic}")
-    version: int = env["schema_version"]
-    data: dict[str, Any] = env["data"]
-    if (event_type, version) not in REGISTRY:
-        raise PoisonMessage(f"unknown schema_version {version} for event_type {event_type}")
-    while version < CURRENT_SCHEMA_VERSION:
-        upcaster = UPCASTERS.get((event_type, version))
-        if upcaster is None:
-            raise PoisonMessage(f"no upcaster from schema_version {version} of {event_type}")
-        data = upcaster(data)
-        version += 1
-    try:
-        payload = REGISTRY[(event_type, version)].model_validate(data)
-    except ValidationError as exc:
-        raise PoisonMessage(f"invalid data for {event_type} v{version}: {_describe(exc)}") from None
-    assert isinstance(payload, _PAYLOAD_TYPES)
-    if payload.id != env["aggregate_id"]:
-        raise PoisonMessage(f"data.id {payload.id} differs from aggregate_id {env['aggregate_id']}")
-    return Event(**{**env, "schema_version": version, "data": payload})
+CODEC: Final = Codec(CATALOGUE)
+# The services' decoder: `CODEC.decode`.
+decode_event: Final = CODEC.decode

@@ -110,6 +110,8 @@ class Env:
         return HistorySettings(
             database_url=self.url("order_history"),
             query_database_url=env["ORDER_HISTORY_QUERY_DATABASE_URL"],
+            order_reader_database_url=env["ORDER_HISTORY_ORDER_READER_DATABASE_URL"],
+            goods_reader_database_url=env["ORDER_HISTORY_GOODS_READER_DATABASE_URL"],
             owner_database_url=self.owner_url("order_history"),
             kafka_bootstrap_servers=self.bootstrap,
         )

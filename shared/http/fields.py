@@ -17,14 +17,13 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from shared.events import MAX_ID
+from shared.events import MAX_ID, MAX_VERSION
 from shared.http.errors import ApiError, FieldErrors, validation_fields
 
 M = TypeVar("M", bound=BaseModel)
 
 _FORM_INT: Final = re.compile(r"-?[0-9]{1,20}", re.ASCII)
 _VERSION_TAG: Final = re.compile(r'"?([0-9]{1,10})"?', re.ASCII)
-MAX_VERSION: Final = 2**31 - 1
 
 
 async def read_fields(

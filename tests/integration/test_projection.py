@@ -248,7 +248,7 @@ async def test_a_part_applied_before_is_refused_by_the_one_statement_path_and_sk
         records.setdefault(TopicPartition(message.topic, message.partition), []).append(message)
     decoded = consumer.decode(records)
     valid = [e for outcomes in decoded.values() for e in outcomes if isinstance(e, Event)]
-    again = Part(records, decoded, prepare(reduce_events(valid)), Applied.of(valid))
+    again = Part(records, decoded, prepare(reduce_events(valid)), Applied.of(valid), resynced=False)
     assert len(again.prepared) > 0
 
     assert consumer.applier is not None

@@ -1,0 +1,296 @@
+"""`order-history reconcile [--repair] [--json]`: the command databases against the read model.
+
+Three checks, each over id ranges of `range_size` ids:
+
+- orders: every order the order service has is in the read model, live, with
+  its user; no live order there that the service does not have;
+- goods: the same for goods, with their order and name;
+- counts: every order's goods_count equals the number of goods the goods
+  service has naming it.
+
+Nothing moves whole tables: each database first computes, per id range, the
+row count and a sum of 64-bit hashes of the compared fields; only the rows of
+ranges whose figures differ are then read and compared. The command databases
+are read through their reader roles, the read model through the API's.
+
+The databases are read one after another, not in one snapshot: a write still
+on its way through the pipeline shows as a difference, which a second run (or
+`--repair`, which waits and checks again) tells from drift.
+
+`--repair` asks the command services to resync the entities that differ
+(`order resync --ids`, `goods resync --ids`, run with this process's
+environment), waits until the read model agrees on them, then checks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from order_history.settings import Settings
+from shared import progress
+from shared.database import WAIT_OUT_ERRORS
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison: the same fields read from a command database and from the read model.
+
+    Each SQL text has `{where}`, filled with a condition on `{key}` (an id range
+    or a list of ids); `hashed` is the fields as one text, for the range sums.
+    A row missing on one side counts as `absent`.
+    """
+
+    name: str
+    entity: str  # what an id names: order or goods
+    source: str  # the command database: order or goods
+    fields: tuple[str, ...]
+    command_rows: str  # SELECT id, fields...
+    read_rows: str
+    absent: Row  # the fields of a missing row
+    key_command: str = "id"
+    key_read: str = "id"
+
+    def hashed(self, sql: str) -> str:
+        """Per range: (range, rows, sum of hashes) of the rows `sql` selects (columns id, fields...)."""
+        text = "concat_ws(',', id, " + ", ".join(f"quote_nullable({f})" for f in self.fields) + ")"
+        return f"SELECT id / $1 AS r, count(*) AS n, sum(hashtextextended({text}, 0)) AS h FROM ({sql}) AS x GROUP BY 1"
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        name="orders",
+        entity="order",
+        source="order",
+        fields=("user_id",),
+        command_rows="SELECT id, user_id FROM orders WHERE {where}",
+        read_rows="SELECT id, user_id FROM orders WHERE known AND NOT deleted AND {where}",
+        absent=(None,),
+    ),
+    Check(
+        name="goods",
+        entity="goods",
+        source="goods",
+        fields=("order_id", "name"),
+        command_rows="SELECT id, order_id, name FROM goods WHERE {where}",
+        read_rows="SELECT id, order_id, name FROM goods WHERE NOT deleted AND {where}",
+        absent=(None, None),
+    ),
+    Check(
+        name="counts",
+        entity="order",
+        source="goods",
+        fields=("goods_count",),
+        command_rows="SELECT order_id AS id, count(*) AS goods_count FROM goods WHERE {where} GROUP BY order_id",
+        read_rows="SELECT id, goods_count FROM orders WHERE goods_count <> 0 AND {where}",
+        absent=(0,),
+        key_command="order_id",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Difference:
+    entity: str
+    id: int
+    field: str
+    command: str
+    read: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entity": self.entity, "id": self.id, "field": self.field, "command": self.command, "read": self.read}
+
+
+def _shown(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def differences(check: Check, command: Mapping[int, Row], read: Mapping[int, Row]) -> list[Difference]:
+    """What differs between the two sides' rows (id -> fields) of `check`."""
+    out = []
+    for entity_id in sorted(command.keys() | read.keys()):
+        ours, theirs = command.get(entity_id), read.get(entity_id)
+        if check.name != "counts" and (ours is None) != (theirs is None):
+            exists = ("yes", "no") if theirs is None else ("no", "yes")
+            out.append(Difference(check.entity, entity_id, "exists", *exists))
+            continue
+        ours, theirs = ours or check.absent, theirs or check.absent
+        for name, a, b in zip(check.fields, ours, theirs, strict=True):
+            if a != b:
+                out.append(Difference(check.entity, entity_id, name, _shown(a), _shown(b)))
+    return out
+
+
+@dataclass
+class Report:
+    differences: list[Difference] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # per check: rows on the command side
+    ranges: int = 0
+    ranges_differing: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "differences": [d.as_dict() for d in self.differences],
+            "compared": self.rows,
+            "ranges": self.ranges,
+            "ranges_differing": self.ranges_differing,
+        }
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, range_size: int = 10000) -> None:
+        self.settings = settings
+        self.range_size = range_size
+        self.conns: dict[str, asyncpg.Connection[asyncpg.Record]] = {}
+
+    async def __aenter__(self) -> Reconciler:
+        s = self.settings
+        urls = {
+            "order": s.order_reader_database_url,
+            "goods": s.goods_reader_database_url,
+            "read": s.query_database_url,
+        }
+        try:
+            for name, url in urls.items():
+                self.conns[name] = await asyncpg.connect(url, timeout=10)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for conn in self.conns.values():
+            await conn.close()
+        self.conns.clear()
+
+    async def _rows(self, check: Check, side: str, where: str, *args: Any) -> dict[int, Row]:
+        if side == "read":
+            sql, key = check.read_rows, check.key_read
+        else:
+            sql, key = check.command_rows, check.key_command
+        rows = await self.conns[side].fetch(sql.format(where=where.format(key=key)), *args)
+        return {r[0]: tuple(r)[1:] for r in rows}
+
+    async def _both(self, check: Check, where: str, *args: Any) -> list[Difference]:
+        command = await self._rows(check, check.source, where, *args)
+        read = await self._rows(check, "read", where, *args)
+        return differences(check, command, read)
+
+    async def _sums(self, check: Check, side: str) -> dict[int, tuple[int, Any]]:
+        """Per id range of the whole table: its rows and their hashes' sum."""
+        sql = check.read_rows if side == "read" else check.command_rows
+        rows = await self.conns[side].fetch(check.hashed(sql.format(where="true")), self.range_size)
+        return {r["r"]: (r["n"], r["h"]) for r in rows}
+
+    async def compare(self) -> Report:
+        report = Report()
+        bar = progress.bar("reconcile", total=len(CHECKS), unit="check")
+        for check in CHECKS:
+            command = await self._sums(check, check.source)
+            read = await self._sums(check, "read")
+            report.rows[check.name] = sum(n for n, _ in command.values())
+            ranges = command.keys() | read.keys()
+            differing = sorted(r for r in ranges if command.get(r) != read.get(r))
+            report.ranges += len(ranges)
+            report.ranges_differing += len(differing)
+            for r in differing:
+                low, high = r * self.range_size, (r + 1) * self.range_size
+                report.differences += await self._both(check, "{key} >= $1 AND {key} < $2", low, high)
+            bar.update(1)
+        bar.close()
+        return report
+
+    async def compare_ids(self, orders: Iterable[int], goods: Iterable[int]) -> list[Difference]:
+        """The differences of these entities only."""
+        ids = {"order": sorted(set(orders)), "goods": sorted(set(goods))}
+        out: list[Difference] = []
+        for check in CHECKS:
+            if ids[check.entity]:
+                out += await self._both(check, "{key} = ANY($1::bigint[])", ids[check.entity])
+        return out
+
+
+def _ids(found: Sequence[Difference], entity: str) -> list[int]:
+    return sorted({d.id for d in found if d.entity == entity})
+
+
+async def _resync(service: str, ids: Sequence[int]) -> None:
+    """`<service> resync --ids ...`, as the operator would run it (same environment)."""
+    argv = [sys.executable, "-m", service, "resync", "--ids", ",".join(map(str, ids))]
+    result = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=dict(os.environ))
+    if result.returncode != 0:
+        raise RepairError(f"{service} resync failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+class RepairError(Exception):
+    """A resync the repair asked for failed."""
+
+
+_FAILURES: tuple[type[Exception], ...] = (*WAIT_OUT_ERRORS, RepairError)
+
+
+async def repair(reconciler: Reconciler, found: Sequence[Difference], timeout: float) -> list[Difference]:
+    """Resync what differs, wait until the read model agrees on those ids (or `timeout`); what still differs."""
+    orders, goods = _ids(found, "order"), _ids(found, "goods")
+    if orders:
+        await _resync("order", orders)
+    if goods:
+        await _resync("goods", goods)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = await reconciler.compare_ids(orders, goods)
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.5)
+
+
+def _table(found: Sequence[Difference]) -> str:
+    lines = [f"{'ENTITY':<7} {'ID':>12}  {'FIELD':<12} {'COMMAND SIDE':<24} READ SIDE"]
+    lines += [f"{d.entity:<7} {d.id:>12}  {d.field:<12} {d.command[:24]:<24} {d.read[:24]}" for d in found]
+    return "\n".join(lines)
+
+
+def _summary(report: Report, seconds: float) -> str:
+    compared = ", ".join(f"{n} {name}" for name, n in report.rows.items())
+    return (
+        f"{len(report.differences)} difference(s) ({compared} compared; "
+        f"{report.ranges_differing} of {report.ranges} id ranges differ) in {seconds:.1f} s"
+    )
+
+
+async def run(settings: Settings, do_repair: bool, as_json: bool, range_size: int, repair_timeout: float) -> int:
+    """The console command; exit 0 when the sides agree (after the repair, with --repair), else 1."""
+    started = time.monotonic()
+    try:
+        async with Reconciler(settings, range_size) as reconciler:
+            report = await reconciler.compare()
+            repaired: dict[str, Any] | None = None
+            if do_repair and report.differences:
+                before = report.differences
+                left = await repair(reconciler, before, repair_timeout)
+                report = await reconciler.compare()
+                repaired = {"differences_before": len(before), "not_repaired": [d.as_dict() for d in left]}
+    except _FAILURES as exc:
+        print(f"error: reconcile failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    seconds = time.monotonic() - started
+    if as_json:
+        print(json.dumps({**report.as_dict(), "repair": repaired, "seconds": round(seconds, 3)}, indent=2))
+    else:
+        if repaired is not None:
+            print(f"repair: {repaired['differences_before']} difference(s) resynced")
+        if report.differences:
+            print(_table(report.differences))
+        print(_summary(report, seconds))
+    return 1 if report.differences else 0
