@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -308,6 +309,19 @@ class Env:
         }[service]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield client
+
+
+async def command(env: Env, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` with the test's settings (`overrides`: more environment), to its end."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        env={**env.process_env(), **overrides},
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

@@ -7,13 +7,14 @@ must equal what the command databases say.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
 
 from devstack.processes import ManagedProcess
 from devstack.stack import readyz
-from tests.harness import Env, wait_until
+from tests.harness import Env, command, wait_until
 from tests.readmodel import command_snapshot, read_model_snapshot, recount_mismatches
 from tests.workload import Workload, http_workload
 
@@ -27,6 +28,11 @@ async def assert_read_model_matches_command_databases(env: Env) -> None:
     assert actual.orders == expected.orders
     assert await recount_mismatches(await env.pool("order_history")) == 0
     assert expected.orders, "the workload produced no orders"
+    # The second oracle: what an operator would run.
+    reconciled = await command(env, "order_history", "reconcile", "--json")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    report = json.loads(reconciled.stdout)
+    assert report["differences"] == [] and report["compared"]["goods"] == len(expected.goods)
 
 
 def start_services(env: Env) -> None:

@@ -17,8 +17,7 @@ from order_history import dlq
 from order_history.reconcile import Reconciler
 from shared import events
 from shared.events import GONE_VERSION, GoodsData, GoodsResyncedData, new_event
-from tests.harness import GOODS, Env
-from tests.integration.test_status import command
+from tests.harness import GOODS, Env, command
 from tests.readmodel import T0, command_snapshot, encode, goods_event, order_created, read_model_snapshot
 
 

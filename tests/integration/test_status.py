@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 from typing import Any
 
-from devstack.stack import REPO
-from tests.harness import Env, wait_until
-
-
-async def command(env: Env, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        env={**env.process_env(), **overrides},
-        cwd=REPO,
-        timeout=120,
-    )
+from tests.harness import Env, command, wait_until
 
 
 async def status_json(env: Env, *args: str) -> Any:
