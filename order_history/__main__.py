@@ -1,4 +1,4 @@
-"""`order-history api|consumer|migrate|reset|reset-positions|status|reconcile|dlq`.
+"""`order-history api|consumer|migrate|reset|reset-positions|status|reconcile|dlq|rebuild`.
 
 Also `python -m order_history ...`.
 """
@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from order_history import dlq, operations, reconcile
+from order_history import dlq, operations, rebuild, reconcile
 from order_history import status as read_side_status
 from order_history.runner import HistoryConsumer
 from order_history.settings import Settings
@@ -75,6 +75,18 @@ def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     reconcile_parser.add_argument(
         "--repair-timeout", type=float, default=120.0, help="seconds to wait for the resynced entities (120)"
     )
+    rebuild_parser = commands.add_parser(
+        "rebuild",
+        parents=[common],
+        help="build a new read model from the topics beside the serving one, then switch over atomically",
+        description="Build a new read model from the beginning of the topics in schema read_model_next while the "
+        "current one serves, then switch the APIs and consumers over to it in one transaction, and drop the old "
+        "one. Refused if retention deleted events from a topic.",
+    )
+    rebuild_parser.add_argument(
+        "--switch-lag", type=int, default=1000, help="switch once the rebuild is this few events behind (1000)"
+    )
+    rebuild_parser.add_argument("--keep-old", action="store_true", help="keep the old model as read_model_retired")
     dlq_parser = commands.add_parser(
         "dlq", parents=[common], help="dead letters: list, show, replay (apply again), purge"
     )
@@ -138,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.range_size < 1:
             parser.error("--range-size must be at least 1")
         sys.exit(asyncio.run(reconcile.run(settings, args.repair, args.json, args.range_size, args.repair_timeout)))
+    elif args.command == "rebuild":
+        configure_logging("WARNING", settings.log_format)
+        sys.exit(asyncio.run(rebuild.run(settings, args.switch_lag, args.keep_old)))
     elif args.command == "dlq":
         ids = getattr(args, "ids", [])
         every = getattr(args, "all", False)

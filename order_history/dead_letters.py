@@ -39,7 +39,8 @@ def dlq_headers(message: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]
 
 
 class DeadLetters:
-    def __init__(self, producer: AIOKafkaProducer, delivery_timeout: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer | None, delivery_timeout: float) -> None:
+        """`producer` None: record only, send nothing (see HistoryConsumer's publish_dead_letters)."""
         self.producer = producer
         self.delivery_timeout = delivery_timeout
 
@@ -48,11 +49,15 @@ class DeadLetters:
         that advances the positions past these messages."""
         futures = []
         for message, reason in poison:
-            futures.append(
-                await self.producer.send(
-                    dlq_topic(message.topic), value=message.value, key=message.key, headers=dlq_headers(message, reason)
+            if self.producer is not None:
+                futures.append(
+                    await self.producer.send(
+                        dlq_topic(message.topic),
+                        value=message.value,
+                        key=message.key,
+                        headers=dlq_headers(message, reason),
+                    )
                 )
-            )
             log.warning(
                 "poison message sent to DLQ",
                 extra={

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from aiokafka import TopicPartition
 
@@ -64,6 +65,18 @@ _SET = """INSERT INTO consumer_positions (consumer_group, topic, partition, next
               updated_at = now()"""
 
 
+# What `rebuild` sets the old read model's positions to when it switches the
+# API over: past every log end, so that a consumer's transaction still aimed at
+# the old tables applies nothing there (its fast path's `ok` is false) and the
+# checked path raises PositionsRetired; the consumer then re-reads its
+# positions, which now name the new tables.
+RETIRED: Final = 2**62
+
+
+class PositionsRetired(Exception):
+    """The read model these positions belong to was replaced by a rebuild."""
+
+
 class Positions:
     """consumer_positions: the tracking records of one consumer group."""
 
@@ -83,7 +96,9 @@ class Positions:
         return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
     async def lock(self, conn: Connection, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """Lock the position rows of `tps` (in a fixed order) and return them; creates missing rows at 0."""
+        """Lock the position rows of `tps` (in a fixed order) and return them; creates missing rows at 0.
+
+        Raises PositionsRetired if a rebuild replaced the read model they belong to."""
         ordered = sorted(tps)
         topics = [tp.topic for tp in ordered]
         parts = [tp.partition for tp in ordered]
@@ -91,7 +106,10 @@ class Positions:
         if len(rows) < len(ordered):  # a partition's first batch: one more round trip, once
             await conn.execute(_CREATE_MISSING, self.group, topics, parts)
             rows = await conn.fetch(_SELECT_FOR_UPDATE, self.group, topics, parts)
-        return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+        stored = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+        if any(offset >= RETIRED for offset in stored.values()):
+            raise PositionsRetired(f"positions of group {self.group!r} were retired by a rebuild")
+        return stored
 
     async def advance(self, conn: Connection, next_offsets: Mapping[TopicPartition, int]) -> None:
         await conn.execute(_ADVANCE, self.group, *_columns(next_offsets))

@@ -38,7 +38,7 @@ from order_history import metrics
 from order_history.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
 from order_history.dead_letters import DeadLetters
 from order_history.lanes import Lanes
-from order_history.positions import Misfit, Positions, misfits
+from order_history.positions import Misfit, Positions, PositionsRetired, misfits
 from order_history.settings import Settings
 from shared.backoff import Backoff
 from shared.database import WAIT_OUT_ERRORS, create_pool
@@ -84,9 +84,16 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class HistoryConsumer:
-    def __init__(self, settings: Settings, instance: str = "0") -> None:
+    def __init__(
+        self, settings: Settings, instance: str = "0", schema: str | None = None, publish_dead_letters: bool = True
+    ) -> None:
+        """`schema`: the read model's tables are there (a rebuild's), not on the role's search_path.
+        `publish_dead_letters`: False records them in the read database only (a rebuild, whose poison
+        messages the running consumers have sent to the DLQ topics already)."""
         self.settings = settings
         self.instance = instance
+        self.schema = schema
+        self.publish_dead_letters = publish_dead_letters
         self.positions = Positions(settings.consumer_group)
         self.pool: asyncpg.Pool | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -119,12 +126,13 @@ class HistoryConsumer:
             min_size=1,
             command_timeout=60,
             acquire_timeout=60,
-            session_settings=SESSION_SETTINGS,
+            session_settings={**SESSION_SETTINGS, **({"search_path": self.schema} if self.schema else {})},
             reset=True,
         )
         client_id = f"order-history-consumer-{self.instance}"
         self.producer = await start_producer(s, client_id=f"{client_id}-dlq")
-        self.applier = Applier(self.pool, self.positions, DeadLetters(self.producer, s.dlq_delivery_timeout))
+        dead_letters = DeadLetters(self.producer if self.publish_dead_letters else None, s.dlq_delivery_timeout)
+        self.applier = Applier(self.pool, self.positions, dead_letters)
         self.consumer = AIOKafkaConsumer(
             **client_options(s),
             group_id=s.consumer_group,
@@ -448,6 +456,10 @@ class HistoryConsumer:
                     if decide(exc, attempt) is not Decision.ISOLATE:
                         raise
                     stats = await self.applier.isolating(part.records, part.decoded, exc)
+            except PositionsRetired:
+                # A rebuild switched the read model: the stored positions to resume from are the new one's.
+                log.warning("read model replaced by a rebuild, re-reading positions", extra=offset_ranges(part.records))
+                return False
             except (*WAIT_OUT_ERRORS, KafkaError) as exc:
                 # The database's or Kafka's state (down, no login, no permission...): wait, never skip.
                 decision = decide(exc, attempt)

@@ -31,10 +31,12 @@ def migration_files(service: str, root: Path = MIGRATIONS_ROOT) -> list[Path]:
     return sorted(folder.glob("*.sql"))
 
 
-async def migrate(dsn: str, service: str, root: Path = MIGRATIONS_ROOT) -> list[str]:
-    """Apply pending migrations of `service`; return the names applied now."""
+async def migrate(dsn: str, service: str, root: Path = MIGRATIONS_ROOT, schema: str | None = None) -> list[str]:
+    """Apply pending migrations of `service`; return the names applied now.
+
+    `schema`: into that schema (its own `schema_migrations` too) instead of the role's search_path."""
     applied_now: list[str] = []
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema} if schema else None)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         await conn.execute(
