@@ -33,6 +33,8 @@ class Scale:
     # 4. freshness
     freshness_probes: int = 200
     freshness_seconds: float = 60.0
+    # 5. rebuild: the list query's latency before and during a rebuild of `events` events
+    rebuild_probe_seconds: float = 20.0
 
 
 FULL = Scale(

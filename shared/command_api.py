@@ -280,6 +280,12 @@ def command_main(
     resync_parser.add_argument(
         "--max-backlog", type=int, default=10000, help="wait while the outbox holds more unpublished events (10000)"
     )
+    resync_parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="fail if the outbox stays over --max-backlog without shrinking this many seconds (60)",
+    )
     args = parser.parse_args(argv)
     settings = settings_type()
     if args.command == "resync":
@@ -292,7 +298,15 @@ def command_main(
             parser.error(str(exc))
         sys.exit(
             asyncio.run(
-                resync.run(service, settings.database_url, entity, selection, args.batch_size, args.max_backlog)
+                resync.run(
+                    service,
+                    settings.database_url,
+                    entity,
+                    selection,
+                    args.batch_size,
+                    args.max_backlog,
+                    args.stall_timeout,
+                )
             )
         )
     if args.command == "api":

@@ -33,9 +33,6 @@ from shared.database import WAIT_OUT_ERRORS
 from shared.events import GONE_VERSION, MAX_ID
 from shared.outbox import BACKLOG_SQL, NOTIFY_CHANNEL, insert_sql
 
-# How long the outbox may stay over its backlog limit without shrinking before
-# the command concludes that no relay is publishing.
-_STALLED_AFTER = 60.0
 # What ends the command with a message: the database's state, or a stalled relay.
 _FAILURES: tuple[type[Exception], ...] = (*WAIT_OUT_ERRORS, RuntimeError)
 
@@ -78,8 +75,9 @@ def _statements(entity: Entity[Any]) -> tuple[str, str]:
     return walk, chosen
 
 
-async def _wait_for_room(conn: asyncpg.Connection[asyncpg.Record], max_backlog: int) -> None:
-    """Wait while the outbox holds more than `max_backlog` unpublished events; raise if it stops shrinking."""
+async def _wait_for_room(conn: asyncpg.Connection[asyncpg.Record], max_backlog: int, stalled_after: float) -> None:
+    """Wait while the outbox holds more than `max_backlog` unpublished events; raise if it does not
+    shrink for `stalled_after` seconds (no relay publishes)."""
     lowest, since = None, time.monotonic()
     while True:
         row = await conn.fetchrow(BACKLOG_SQL)
@@ -89,13 +87,18 @@ async def _wait_for_room(conn: asyncpg.Connection[asyncpg.Record], max_backlog: 
             return
         if lowest is None or backlog < lowest:
             lowest, since = backlog, time.monotonic()
-        elif time.monotonic() - since > _STALLED_AFTER:
+        elif time.monotonic() - since > stalled_after:
             raise RuntimeError(f"the outbox holds {backlog} unpublished events and no relay publishes them")
         await asyncio.sleep(0.2)
 
 
 async def resync(
-    database_url: str, entity: Entity[Any], selection: Selection, batch_size: int = 1000, max_backlog: int = 10000
+    database_url: str,
+    entity: Entity[Any],
+    selection: Selection,
+    batch_size: int = 1000,
+    max_backlog: int = 10000,
+    stalled_after: float = 60.0,
 ) -> Outcome:
     walk, chosen = _statements(entity)
     outcome = Outcome(never_created=[])
@@ -106,7 +109,7 @@ async def resync(
             bar = progress.bar(f"{entity.name} resync", total=len(ids), unit=entity.name)
             for start in range(0, len(ids), batch_size):
                 chunk = ids[start : start + batch_size]
-                await _wait_for_room(conn, max_backlog)
+                await _wait_for_room(conn, max_backlog, stalled_after)
                 row = await conn.fetchrow(chosen, chunk)
                 assert row is not None
                 await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
@@ -122,7 +125,7 @@ async def resync(
             bar = progress.bar(f"{entity.name} resync", total=total, unit=entity.name)
             last = 0
             while True:
-                await _wait_for_room(conn, max_backlog)
+                await _wait_for_room(conn, max_backlog, stalled_after)
                 row = await conn.fetchrow(walk, last, selection.since, batch_size)
                 assert row is not None
                 if row["n"] == 0:
@@ -168,11 +171,12 @@ async def run(
     selection: Selection,
     batch_size: int,
     max_backlog: int,
+    stalled_after: float,
 ) -> int:
     """The console command: the summary line, or a clear error and exit status 1."""
     started = time.monotonic()
     try:
-        outcome = await resync(database_url, entity, selection, batch_size, max_backlog)
+        outcome = await resync(database_url, entity, selection, batch_size, max_backlog, stalled_after)
     except _FAILURES as exc:
         print(f"error: {service} resync failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -224,3 +224,21 @@ async def test_reconcile_in_process_agrees_with_the_snapshot_oracle(env: Env) ->
         report = await reconciler.compare()
     assert report.differences == []
     await _agree(env)
+
+
+async def test_resync_waits_for_the_relay_and_fails_clearly_when_none_publishes(env: Env) -> None:
+    async with env.client("goods") as goods:
+        for i in range(20):
+            assert (await goods.post("/v1/goods", json={"order_id": 1 + i % 3})).status_code == 201
+    # No relay: the 20 creations wait in the outbox. Batches of 5 may fill it up to 25, then no room.
+    stalled = await command(
+        env, "goods", "resync", "--all", "--batch-size", "5", "--max-backlog", "25", "--stall-timeout", "2"
+    )
+    assert stalled.returncode == 1
+    assert "the outbox holds 30 unpublished events and no relay publishes them" in stalled.stderr
+    env.start_relay("goods")
+    done = await command(env, "goods", "resync", "--all", "--batch-size", "5", "--max-backlog", "25")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("resynced 20 goods(s)")
+    outbox = await env.pool("goods")
+    assert await outbox.fetchval("SELECT count(*) FROM outbox WHERE payload->>'event_type' = 'goods.resynced'") == 30
