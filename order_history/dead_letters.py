@@ -58,8 +58,9 @@ class DeadLetters:
                         headers=dlq_headers(message, reason),
                     )
                 )
-            log.warning(
-                "poison message sent to DLQ",
+            log.log(
+                logging.WARNING if self.producer is not None else logging.INFO,
+                "poison message sent to DLQ" if self.producer is not None else "poison message recorded",
                 extra={
                     "topic": message.topic,
                     "partition": message.partition,

@@ -205,12 +205,15 @@ class Rebuild:
         `after_lock`: awaited once the serving positions are locked (a test makes a serving
         consumer's transaction wait there)."""
         assert self.consumer is not None and self.task is not None
+        # A serving position past its log's end (the topic was recreated: the serving
+        # consumer is halted) cannot be reached; the log's end is what there is.
+        ends = await _log_ends(self.settings)
         conn = await self._owner()
         watcher = await self._owner()
         try:
             async with conn.transaction():
                 locked = await conn.fetch(_LOCK_POSITIONS.format(schema=_SERVING), self.settings.consumer_group)
-                serving = _offsets(locked)
+                serving = {tp: min(offset, ends.get(tp, offset)) for tp, offset in _offsets(locked).items()}
                 if after_lock is not None:
                     await after_lock()
                 deadline = time.monotonic() + catch_up_timeout
@@ -307,6 +310,6 @@ async def run(settings: Settings, switch_lag: int, keep_old: bool) -> int:
     kept = f"; the old read model is kept as schema {RETIRED_SCHEMA}" if keep_old else "; the old read model dropped"
     print(
         f"rebuilt the read model from {events} event(s) in {seconds:.1f} s ({events / max(seconds, 1e-9):.0f} "
-        f"events/s), switched at a lag of {lag}{kept}"
+        f"events/s), switch started at a lag of {lag} event(s){kept}"
     )
     return 0

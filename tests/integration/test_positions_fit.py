@@ -102,3 +102,36 @@ async def test_messages_deleted_before_they_were_applied_stop_the_consumer(env: 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_recreated_topic_is_rebuilt_beside_the_halted_model(env: Env) -> None:
+    """The other way out: `rebuild` while the halted consumer runs; restarted, it goes on."""
+    consumer = await env.start_consumer()
+    await env.produce(encode([order_created(i, 1) for i in range(1, 31)]))
+    await env.wait_caught_up()
+    await consumer.stop()
+    admin = await _admin(env)
+    try:
+        await admin.delete_topics([env.topic(ORDER)])
+
+        async def gone() -> bool:
+            return env.topic(ORDER) not in await admin.list_topics()
+
+        await wait_until(gone, 60, "the topic to be deleted")
+    finally:
+        await admin.close()
+    await env.create_topics()
+    await env.produce(encode([order_created(i, 2) for i in range(101, 107)]))
+    halted = await env.start_consumer()
+    await wait_until(lambda: _true(bool(halted.halted)), 60, "the consumer to stop on the misfit")
+
+    rebuilt = await asyncio.to_thread(_cli, env, "rebuild", "--switch-lag", "0")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    snapshot = await read_model_snapshot(await env.pool("order_history"))
+    assert set(snapshot.orders) == set(range(101, 107))  # what the topics hold now
+    await halted.stop()
+    again = await env.start_consumer()
+    await env.produce(encode([order_created(200, 3)]))
+    await env.wait_caught_up()
+    assert not again.halted
+    assert 200 in (await read_model_snapshot(await env.pool("order_history"))).orders
