@@ -66,17 +66,17 @@ class DeadLetters:
                     "partition": message.partition,
                     "offset": message.offset,
                     "reason": reason,
-                    **_identity(message),
+                    **identity(message.value),
                 },
             )
         await deliver(futures, self.delivery_timeout)
         await conn.executemany(_RECORD, [(m.topic, m.partition, m.offset, r, m.key, m.value) for m, r in poison])
 
 
-def _identity(message: ConsumerRecord) -> dict[str, str]:
+def identity(value: bytes | None) -> dict[str, str]:
     """event_id and event_type of a poison message, when its value names them (it may not be JSON at all)."""
     try:
-        raw = orjson.loads(message.value) if message.value is not None else None
+        raw = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError:
         return {}
     if not isinstance(raw, dict):

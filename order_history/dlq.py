@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 from aiokafka import TopicPartition
 
+from order_history.dead_letters import identity
 from order_history.positions import Positions
 from order_history.projections import apply_prepared, apply_resynced, prepare, reduce_events
 from order_history.settings import Settings
@@ -81,14 +81,7 @@ class DeadLetter:
         return cls(origin, row["reason"], row["recorded_at"], row["message_key"], row["message_value"])
 
     def identity(self) -> dict[str, str]:
-        """event_id and event_type, when the value names them (it may not be JSON at all)."""
-        try:
-            raw = orjson.loads(self.value) if self.value is not None else None
-        except orjson.JSONDecodeError:
-            return {}
-        if not isinstance(raw, dict):
-            return {}
-        return {k: str(raw[k])[:100] for k in ("event_id", "event_type") if k in raw}
+        return identity(self.value)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -128,6 +121,14 @@ async def _load(conn: asyncpg.Connection[asyncpg.Record], ids: Sequence[Origin] 
     if missing:
         raise DlqError(f"no such dead letter: {', '.join(sorted(map(str, missing)))}")
     return found
+
+
+async def _read(settings: Settings, ids: Sequence[Origin] | None) -> list[DeadLetter]:
+    conn = await _connect(settings)
+    try:
+        return await _load(conn, ids)
+    finally:
+        await conn.close()
 
 
 def _table(letters: Sequence[DeadLetter]) -> str:
@@ -206,22 +207,14 @@ async def run(settings: Settings, action: str, ids: Sequence[str], every: bool, 
         if action in ("replay", "purge") and not every and not origins:
             raise DlqError(f"dlq {action} needs dead letter ids or --all")
         if action == "list":
-            conn = await _connect(settings)
-            try:
-                letters = await _load(conn, None)
-            finally:
-                await conn.close()
+            letters = await _read(settings, None)
             if as_json:
                 print(json.dumps([d.summary() for d in letters], indent=2))
             else:
                 print(_table(letters))
                 print(f"{len(letters)} dead letter(s)")
         elif action == "show":
-            conn = await _connect(settings)
-            try:
-                letters = await _load(conn, origins)
-            finally:
-                await conn.close()
+            letters = await _read(settings, origins)
             print(json.dumps([d.whole() for d in letters] if len(letters) > 1 else letters[0].whole(), indent=2))
         elif action == "replay":
             result = await replay_letters(settings, origins)

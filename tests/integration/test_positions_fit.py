@@ -27,6 +27,21 @@ async def _admin(env: Env) -> AIOKafkaAdminClient:
     return admin
 
 
+async def _recreate_order_topic(env: Env) -> None:
+    """Delete the order topic and create it again, empty."""
+    admin = await _admin(env)
+    try:
+        await admin.delete_topics([env.topic(ORDER)])
+
+        async def gone() -> bool:
+            return env.topic(ORDER) not in await admin.list_topics()
+
+        await wait_until(gone, 60, "the topic to be deleted")
+    finally:
+        await admin.close()
+    await env.create_topics()
+
+
 def _cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "order_history", *args],
@@ -44,17 +59,7 @@ async def test_a_topic_recreated_behind_the_positions_stops_the_consumer_until_r
     await env.wait_caught_up()
     await consumer.stop()
 
-    admin = await _admin(env)
-    try:
-        await admin.delete_topics([env.topic(ORDER)])
-
-        async def gone() -> bool:
-            return env.topic(ORDER) not in await admin.list_topics()
-
-        await wait_until(gone, 60, "the topic to be deleted")
-    finally:
-        await admin.close()
-    await env.create_topics()
+    await _recreate_order_topic(env)
     await env.produce(encode([order_created(i, 2) for i in range(101, 107)]))  # 6 new orders, offsets from 0
 
     halted = await env.start_consumer()
@@ -110,17 +115,7 @@ async def test_a_recreated_topic_is_rebuilt_beside_the_halted_model(env: Env) ->
     await env.produce(encode([order_created(i, 1) for i in range(1, 31)]))
     await env.wait_caught_up()
     await consumer.stop()
-    admin = await _admin(env)
-    try:
-        await admin.delete_topics([env.topic(ORDER)])
-
-        async def gone() -> bool:
-            return env.topic(ORDER) not in await admin.list_topics()
-
-        await wait_until(gone, 60, "the topic to be deleted")
-    finally:
-        await admin.close()
-    await env.create_topics()
+    await _recreate_order_topic(env)
     await env.produce(encode([order_created(i, 2) for i in range(101, 107)]))
     halted = await env.start_consumer()
     await wait_until(lambda: _true(bool(halted.halted)), 60, "the consumer to stop on the misfit")
