@@ -6,6 +6,7 @@ relays and the consumer run in-process against the test's broker and databases.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import replace
@@ -19,6 +20,7 @@ from shared import events
 from shared.events import GONE_VERSION, GoodsData, GoodsResyncedData, new_event
 from tests.harness import GOODS, Env, command
 from tests.readmodel import T0, command_snapshot, encode, goods_event, order_created, read_model_snapshot
+from tests.workload import Workload
 
 
 async def _pipeline(env: Env) -> None:
@@ -242,3 +244,21 @@ async def test_resync_waits_for_the_relay_and_fails_clearly_when_none_publishes(
     assert done.stdout.startswith("resynced 20 goods(s)")
     outbox = await env.pool("goods")
     assert await outbox.fetchval("SELECT count(*) FROM outbox WHERE payload->>'event_type' = 'goods.resynced'") == 30
+
+
+async def test_resync_all_while_writes_go_on_never_lets_a_snapshot_undo_a_change(env: Env) -> None:
+    """Snapshots read while the same entities change: whichever arrives last, the newest version wins."""
+    await _pipeline(env)
+    workload = Workload(await env.pool("order"), await env.pool("goods"))
+    await workload.run(accepted=400, seed=11)
+    done = asyncio.Event()
+    writes = asyncio.create_task(workload.run(accepted=0, seed=12, concurrency=4, until=done.is_set))
+    for service in ("goods", "order", "goods"):
+        result = await command(env, service, "resync", "--all", "--batch-size", "50")
+        assert result.returncode == 0, result.stderr
+    done.set()
+    await writes
+    await _settle(env)
+    await _agree(env)
+    status, report = await _reconcile(env)
+    assert status == 0, report
