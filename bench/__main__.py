@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only query,projection,write,freshness,rebuild]`."""
+"""`python -m bench [--quick] [--only query,projection,write,freshness,rebuild,reconcile]`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .config import FULL, QUICK, Scale
 from .env import BenchStack, log, pg_settings_of
 from .report import RESULTS_DIR, Report
 
-MEASUREMENTS = ("query", "projection", "write", "freshness", "rebuild")
+MEASUREMENTS = ("query", "projection", "write", "freshness", "rebuild", "reconcile")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,7 +76,7 @@ def scale_of(args: argparse.Namespace) -> Scale:
 
 
 async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Report) -> None:
-    from . import freshness, projection, query, rebuild, writes
+    from . import freshness, projection, query, rebuild, reconcile, writes
 
     context: dict[str, float] = {}
     for name in args.only:
@@ -90,8 +90,10 @@ async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Re
             await writes.run(bs, scale, report, context, profile=args.profile, results_dir=args.results)
         elif name == "freshness":
             await freshness.run(bs, scale, report, context)
-        else:
+        elif name == "rebuild":
             await rebuild.run(bs, scale, report)
+        else:
+            await reconcile.run(bs, scale, report)
         bs.stop_processes()
         report.environment.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
 
