@@ -5,8 +5,10 @@ half the maximum rates measured in 3 (or, when run alone, measured here with a
 short unpaced wrk run). Meanwhile probe workers, spread over the run, each
 create an order and then a goods item for it, and poll the order-history API
 every 10 ms until the change shows: the order at all, then the goods item in
-the order's `goods` list. Everything runs as in `make up`: the APIs, both
-relays and the consumer are separate processes.
+the order's `goods` list. Then each writes an order and a goods item once more
+and sends at once a GET carrying the write's Consistency-Token: the time to
+its 200 is what a client that reads its own writes waits. Everything runs as
+in `make up`: the APIs, both relays and the consumer are separate processes.
 """
 
 from __future__ import annotations
@@ -82,6 +84,21 @@ async def probe_worker(
                 continue
             seen = await _visible(history, order_id, int(response.json()["id"]), timeout)
             results["goods"].append((when, (seen - acked) * 1000 if seen else float("inf")))
+            for kind, write in (
+                ("tokened_order", orders.post("/v1/order", json={"user_id": 4243})),
+                ("tokened_goods", goods.post("/v1/goods", json={"order_id": order_id, "name": "tokened"})),
+            ):
+                response = await write
+                acked = time.monotonic()
+                if response.status_code != 201:
+                    results["errors"].append((when, float(response.status_code)))
+                    continue
+                read = await history.get(
+                    f"/v1/order-history/{response.json().get('order_id', response.json()['id'])}",
+                    headers={"Consistency-Token": response.headers["Consistency-Token"], "Prefer": "wait=10"},
+                )
+                done = time.monotonic()
+                results[kind].append((when, (done - acked) * 1000 if read.status_code == 200 else float("inf")))
             bar.update()
 
 
@@ -292,7 +309,14 @@ async def _measure_under_load(
     await bs.reset_statement_stats()
     meter.start()
     schedule = _ProbeSchedule.starting_now(scale)
-    results: dict[str, list[tuple[float, float]]] = {"order": [], "goods": [], "errors": [], "skipped": []}
+    results: dict[str, list[tuple[float, float]]] = {
+        "order": [],
+        "goods": [],
+        "tokened_order": [],
+        "tokened_goods": [],
+        "errors": [],
+        "skipped": [],
+    }
     lag_samples: list[dict[str, float]] = []
     stop_sampling = asyncio.Event()
     sampler = asyncio.create_task(sample_lag(bs, prefix, f"{prefix}order-history", stop_sampling, lag_samples))
@@ -346,6 +370,15 @@ def _report_freshness(
             _summary_row("new goods in its order's list", goods_s),
             ["both", len(everything), "–", "–", "–", pooled_p50, pooled_p99, max(everything, default=float("nan"))],
         ],
+    )
+    tokened_order = LatencySummary.of(_time_windows(m.results["tokened_order"]))
+    tokened_goods = LatencySummary.of(_time_windows(m.results["tokened_goods"]))
+    section.data.update(tokened_order=tokened_order.as_dict(), tokened_goods=tokened_goods.as_dict())
+    section.table(
+        "ms from a write's 2xx to the answer of a GET /v1/order-history/{id} sent at once with its "
+        "Consistency-Token (Prefer: wait=10): read your own writes, no polling",
+        ["write, then its tokened read", "probes", "p50", "p99", "p99 worst window", "pooled p50", "pooled p99", "max"],
+        [_summary_row("new order", tokened_order), _summary_row("new goods", tokened_goods)],
     )
     bg = ", ".join(
         f"POST /v1/{s}: target {fmt(targets[s])} req/s, achieved {fmt(r['rps'])} req/s "

@@ -36,6 +36,7 @@ from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRa
 
 from order_history import metrics
 from order_history.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
+from order_history.consistency import CHANNEL as APPLIED_CHANNEL
 from order_history.dead_letters import DeadLetters
 from order_history.lanes import Lanes
 from order_history.positions import Misfit, Positions, PositionsRetired, misfits
@@ -44,6 +45,7 @@ from shared.backoff import Backoff
 from shared.database import WAIT_OUT_ERRORS, create_pool
 from shared.events import TOPICS, Event, PoisonMessage, decode_event
 from shared.kafka import client_options, close_producer, start_producer
+from shared.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class HistoryConsumer:
         self.publish_dead_letters = publish_dead_letters
         self.positions = Positions(settings.consumer_group)
         self.pool: asyncpg.Pool | None = None
+        # Wakes the APIs' reads that wait for a Consistency-Token (order_history/consistency.py).
+        self.applied: Notifier | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.applier: Applier | None = None
@@ -131,6 +135,12 @@ class HistoryConsumer:
         )
         client_id = f"order-history-consumer-{self.instance}"
         self.producer = await start_producer(s, client_id=f"{client_id}-dlq")
+        # A connection of its own: a NOTIFY must not wait behind the lanes' transactions.
+        self.applied = Notifier(
+            await create_pool(s.database_url, 1, command_timeout=10, session_settings=SESSION_SETTINGS),
+            APPLIED_CHANNEL,
+        )
+        self.applied.start()
         dead_letters = DeadLetters(self.producer if self.publish_dead_letters else None, s.dlq_delivery_timeout)
         self.applier = Applier(self.pool, self.positions, dead_letters)
         self.consumer = AIOKafkaConsumer(
@@ -154,8 +164,10 @@ class HistoryConsumer:
 
     async def close(self) -> None:
         """Close the clients (bounded, whatever the broker and the database do); `start` may run again."""
-        consumer, producer, pool = self.consumer, self.producer, self.pool
-        self.consumer = self.producer = self.pool = self.applier = None
+        consumer, producer, pool, applied = self.consumer, self.producer, self.pool, self.applied
+        self.consumer = self.producer = self.pool = self.applier = self.applied = None
+        if applied is not None:
+            await applied.close()
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), timeout=10)
@@ -477,6 +489,8 @@ class HistoryConsumer:
         return False
 
     def _account(self, stats: BatchStats, records: Records, took: float) -> None:
+        if self.applied is not None:
+            self.applied.poke()
         self.total.add(stats)
         metrics.record_part(stats, took)
         for tp, messages in records.items():

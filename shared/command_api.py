@@ -25,15 +25,15 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from shared import command_service, command_status, outbox, resync
+from shared import asyncapi, command_service, command_status, consistency, outbox, resync
 from shared.batching import RunBatch
 from shared.database import UNAVAILABLE_ERRORS
 from shared.entrypoints import run_api, run_migrations, run_relay
-from shared.events import MAX_ID, MAX_VERSION
+from shared.events import MAX_ID, MAX_VERSION, TOPIC_OF_TYPE
 from shared.http.app import create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES
 from shared.http.fields import etag, parse_if_match, path_id, read_fields, validate_fields
-from shared.outbox import OutboxNotifier
+from shared.notify import Notifier
 from shared.settings import CommandServiceSettings
 
 C = TypeVar("C", bound=BaseModel)
@@ -121,7 +121,11 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         body = validate_fields(resource.create_model, fields, source, form_fields)
         created = await command_service.create(entity, request.app.state.creator, resource.create_item(body))
         _wake_relay(request)
-        headers = {"Location": f"/v1/{entity.name}/{created.id}", "ETag": etag(created.version)}
+        headers = {
+            "Location": f"/v1/{entity.name}/{created.id}",
+            "ETag": etag(created.version),
+            consistency.HEADER: consistency.token(entity.name, created.id, created.version),
+        }
         return json_response(created, 201, headers)
 
     async def read(request: Request) -> Response:
@@ -137,13 +141,19 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
             pool_of(request), entity, resource.update_sql, entity_id, resource.update_args(body), expected
         )
         _wake_relay(request)
-        return json_response(changed, 200, {"ETag": etag(changed.version)})
+        headers = {
+            "ETag": etag(changed.version),
+            consistency.HEADER: consistency.token(entity.name, changed.id, changed.version),
+        }
+        return json_response(changed, 200, headers)
 
     async def remove(request: Request) -> Response:
         entity_id = path_id(request, resource.id_param)
-        await command_service.delete(pool_of(request), entity, entity_id, parse_if_match(request))
+        version = await command_service.delete(pool_of(request), entity, entity_id, parse_if_match(request))
         _wake_relay(request)
-        return Response(status_code=204)
+        return Response(
+            status_code=204, headers={consistency.HEADER: consistency.token(entity.name, entity_id, version)}
+        )
 
     base = f"/v1/{entity.name}"
     one = f"{base}/{{{resource.id_param}}}"
@@ -155,7 +165,7 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         methods=["POST"],
         status_code=201,
         response_model=public,
-        responses=_without(404, 412),
+        responses={**_without(404, 412), 201: _written("Created")},
         openapi_extra=body_doc(resource, resource.create_model),
         summary=resource.create_summary,
     )
@@ -173,7 +183,7 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         change,
         methods=["PATCH"],
         response_model=public,
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, 200: _written("Changed")},
         openapi_extra=body_doc(resource, resource.update_model) | _parameters(resource, if_match=True),
         summary=resource.update_summary,
     )
@@ -182,7 +192,7 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         remove,
         methods=["DELETE"],
         status_code=204,
-        responses=_without(413),
+        responses={**_without(413), 204: _written("Deleted")},
         openapi_extra=_parameters(resource, if_match=True),
         summary=f"Delete the {entity.name} (its event carries its last state)",
     )
@@ -199,13 +209,18 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
     return router, direct
 
 
+def _written(description: str) -> dict[str, Any]:
+    """A write's 2xx response: it names the write in its Consistency-Token header."""
+    return {"description": description, "headers": consistency.openapi_response_header()}
+
+
 def _without(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: doc for status, doc in ERROR_RESPONSES.items() if status not in statuses}
 
 
 def _wake_relay(request: Request) -> None:
     """After a command committed: let the outbox relay know (coalesced, asynchronous)."""
-    notifier: OutboxNotifier | None = request.app.state.outbox_notifier
+    notifier: Notifier | None = request.app.state.outbox_notifier
     if notifier is not None:
         notifier.poke()
 
@@ -231,6 +246,12 @@ async def outbox_gauges(request: Request) -> list[tuple[str, str, float]]:
 def create_command_app(resource: Resource[Any, Any], settings: CommandServiceSettings, serving: bool) -> FastAPI:
     """The app of a command service; `serving`: a server process's (not a test's)."""
     router, direct = command_routes(resource)
+    events = asyncapi.dumps(asyncapi.document([TOPIC_OF_TYPE[f"{resource.entity.name}.created"]]))
+
+    async def asyncapi_document(_: Request) -> Response:
+        return Response(events, media_type="application/json")
+
+    direct = [*direct, Route("/asyncapi.json", asyncapi_document, methods=["GET"], include_in_schema=False)]
     return create_service_app(
         freeze_heap=serving,
         title=f"{resource.entity.name} service",

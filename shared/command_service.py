@@ -89,11 +89,13 @@ async def update(
     raise NotFound(entity.name, entity_id)
 
 
-async def delete(pool: asyncpg.Pool, entity: Entity[P], entity_id: int, expected_version: int | None) -> None:
+async def delete(pool: asyncpg.Pool, entity: Entity[P], entity_id: int, expected_version: int | None) -> int:
+    """Delete the entity; the version its deletion event carries (one past the row's last)."""
     async with pool.acquire() as conn:
         for _ in range(_ATTEMPTS):
-            if await conn.fetchrow(entity.delete_sql, entity_id, expected_version) is not None:
-                return
+            row = await conn.fetchrow(entity.delete_sql, entity_id, expected_version)
+            if row is not None:
+                return int(row["version"]) + 1
             await _refuse(conn, entity, entity_id, expected_version)
     raise NotFound(entity.name, entity_id)
 

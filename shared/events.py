@@ -32,6 +32,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.config import JsonDict
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
@@ -133,7 +134,19 @@ class _Resynced(_Payload):
         return ("created_at", "updated_at")
 
 
+def _required_when_exists(*names: str) -> ConfigDict:
+    """The JSON Schema of `_whole_state_when_it_exists` (for the AsyncAPI document)."""
+    present: JsonDict = {name: {"not": {"type": "null"}} for name in names}
+    rule: JsonDict = {
+        "if": {"properties": {"exists": {"const": True}}},
+        "then": {"required": list(names), "properties": present},
+    }
+    return ConfigDict(json_schema_extra=rule)
+
+
 class OrderResyncedData(_Resynced):
+    model_config = _required_when_exists("user_id", "created_at", "updated_at")
+
     id: Id
     user_id: Id | None = None
     created_at: Timestamp | None = None
@@ -144,6 +157,8 @@ class OrderResyncedData(_Resynced):
 
 
 class GoodsResyncedData(_Resynced):
+    model_config = _required_when_exists("order_id", "created_at", "updated_at")
+
     id: Id
     order_id: Id | None = None
     name: Text = None

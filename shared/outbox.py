@@ -1,19 +1,12 @@
 """Transactional outbox, the writing side: the SQL that puts a command's event in the
-`outbox` table within the command's own statement, and the NOTIFY that wakes the
-relay after commits. The relay that publishes the rows is `shared.relay`.
+`outbox` table within the command's own statement. The NOTIFY that wakes the
+relay after commits is `shared.notify.Notifier` on NOTIFY_CHANNEL; the relay
+that publishes the rows is `shared.relay`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
-import asyncpg
-
 from shared.events import TOPIC_OF_TYPE, EventType, envelope_sql
-
-log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
 
@@ -65,44 +58,3 @@ def delete_with_event(table: str, event_type: EventType, data: dict[str, str], c
         {**data, "updated_at": "w.deleted_at"},
         columns,
     )
-
-
-class OutboxNotifier:
-    """Wakes the relay after commits, outside the writing transactions.
-
-    `poke()` after a command committed; a background task sends one
-    `NOTIFY outbox` for all pokes since the last one, and at most one per
-    `min_interval` seconds, so a burst of writes costs a few notifications (each
-    one a round trip here and a wake-up of the relay), and no write transaction
-    holds PostgreSQL's notify lock through its commit.
-    """
-
-    def __init__(self, pool: asyncpg.Pool, min_interval: float = 0.005) -> None:
-        self._pool = pool
-        self._min_interval = min_interval
-        self._pending = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def poke(self) -> None:
-        self._pending.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._pending.wait()
-            self._pending.clear()
-            try:
-                await self._pool.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-            except Exception as exc:  # the relay's poll covers a lost wake-up
-                log.debug("outbox notify failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-                await asyncio.sleep(0.5)
-            else:
-                await asyncio.sleep(self._min_interval)

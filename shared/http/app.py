@@ -18,7 +18,8 @@ from shared.database import create_pool, ping
 from shared.http.errors import install_error_handlers
 from shared.http.limits import BodyLimit
 from shared.http.metrics import RequestMetrics, ScrapeGauges, metrics_endpoint
-from shared.outbox import OutboxNotifier
+from shared.notify import Notifier
+from shared.outbox import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def create_service_app(
     `shared.command_api`): the same endpoints, inside the same middleware and
     error handlers, without FastAPI's request handler; FastAPI's routes of the
     same paths stay for the OpenAPI document.
-    `state(pool)` names more objects built on the pool (a service's batchers), set on `app.state`.
+    `state(pool)` names more objects built on the pool (a service's batchers), set on `app.state`;
+    those with an `aclose()` are closed at shutdown, before the pool.
     `GET /metrics` serves the request metrics (`shared.http.metrics`) and `scrape_gauges`.
     `freeze_heap`: for the app of a server process (not of a test), keep everything
     built at startup out of the cyclic collector's passes (see the lifespan).
@@ -74,9 +76,10 @@ def create_service_app(
         app.state.pool = await create_pool(
             database_url, max_size=pool_size, acquire_timeout=acquire_timeout, session_settings=session_settings
         )
-        for name, value in (state(app.state.pool) if state else {}).items():
+        extra = state(app.state.pool) if state else {}
+        for name, value in extra.items():
             setattr(app.state, name, value)
-        app.state.outbox_notifier = OutboxNotifier(app.state.pool) if outbox else None
+        app.state.outbox_notifier = Notifier(app.state.pool, NOTIFY_CHANNEL) if outbox else None
         if app.state.outbox_notifier is not None:
             app.state.outbox_notifier.start()
         if freeze_heap:
@@ -90,6 +93,10 @@ def create_service_app(
         finally:
             if app.state.outbox_notifier is not None:
                 await app.state.outbox_notifier.stop()
+            for value in extra.values():
+                close = getattr(value, "aclose", None)
+                if close is not None:
+                    await close()
             await app.state.pool.close()
 
     app = FastAPI(title=title, lifespan=lifespan)

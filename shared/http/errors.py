@@ -2,7 +2,8 @@
 
 `install_error_handlers` maps what the code raises to status codes: ApiError
 (its own), FieldErrors and validation errors (422), NotFound (404),
-VersionMismatch (412, with the current ETag), a body over the limit (413), an
+VersionMismatch (412, with the current ETag), NotYetConsistent (412, naming
+the pending consistency tokens, with Retry-After), a body over the limit (413), an
 unreachable database (503 with Retry-After), and Starlette's 404/405 (405
 with `Allow`). At most MAX_FIELD_ERRORS field errors are listed, and a field
 name or message is cut at MAX_TEXT characters, so an error body is small
@@ -51,6 +52,14 @@ class FieldErrors(Exception):
         self.omitted = omitted
 
 
+class NotYetConsistent(Exception):
+    """The read model does not reflect, within the wait allowed, the writes these tokens name."""
+
+    def __init__(self, pending: list[Any]) -> None:
+        super().__init__(f"the read model does not reflect {len(pending)} of the writes named yet")
+        self.pending = [str(t) for t in pending]
+
+
 class ErrorField(BaseModel):
     field: str
     message: str
@@ -60,6 +69,10 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     fields: list[ErrorField] = []
+
+
+class NotYetConsistentBody(ErrorBody):
+    pending: list[str]  # the tokens not reflected yet
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -125,6 +138,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _mismatch(_: Request, exc: VersionMismatch) -> JSONResponse:
         fields = [{"field": "If-Match", "message": str(exc)}]
         return error_response(412, "version_mismatch", str(exc), fields, {"ETag": f'"{exc.current}"'})
+
+    @app.exception_handler(NotYetConsistent)
+    async def _not_yet(_: Request, exc: NotYetConsistent) -> JSONResponse:
+        content = {
+            "error": "not_yet_consistent",
+            "message": str(exc),
+            "fields": [{"field": "Consistency-Token", "message": _cut(", ".join(exc.pending))}],
+            "pending": exc.pending,
+        }
+        return JSONResponse(status_code=412, content=content, headers={"Retry-After": "1"})
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
