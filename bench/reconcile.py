@@ -85,7 +85,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     section = report.section("reconcile", "6. Reconcile at scale")
     with step(f"bulk-loading {scale.orders:,} orders and {scale.goods:,} goods"):
         load = await load_read_model(bs, scale.orders, scale.goods)
-    with tempfile.TemporaryDirectory(dir=bs.stack.run_dir) as folder:
+    with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as folder:
         await _copy_to_command_databases(bs, Path(folder))
     await bs.checkpoint()
     agree_s, agree = _reconcile(bs)
