@@ -48,6 +48,11 @@ class DeadLetters:
         """Send each (message, reason) to its DLQ topic and record it; call inside the transaction
         that advances the positions past these messages."""
         futures = []
+        level, said = (
+            (logging.WARNING, "poison message sent to DLQ")
+            if self.producer is not None
+            else (logging.INFO, "poison message recorded")
+        )
         for message, reason in poison:
             if self.producer is not None:
                 futures.append(
@@ -59,8 +64,8 @@ class DeadLetters:
                     )
                 )
             log.log(
-                logging.WARNING if self.producer is not None else logging.INFO,
-                "poison message sent to DLQ" if self.producer is not None else "poison message recorded",
+                level,
+                said,
                 extra={
                     "topic": message.topic,
                     "partition": message.partition,

@@ -81,18 +81,20 @@ async def reset(settings: Settings) -> int:
     return 0
 
 
-async def log_bounds(settings: Settings, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    """(log start, log end) of every partition of a topic (its Kafka name)."""
+async def log_bounds(settings: Settings, *topics: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """(log start, log end) of every partition of `topics` (their Kafka names), through one client."""
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     try:
         await consumer.start()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
+        tps: list[TopicPartition] = []
+        for topic in topics:
             partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            raise OperationError(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                raise OperationError(f"topic {topic} does not exist")
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
         return await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
     finally:
         await consumer.stop()

@@ -458,9 +458,8 @@ _RECOUNT = """UPDATE orders o SET goods_count = c.n
               WHERE o.id = c.id AND o.goods_count <> c.n"""
 
 
-async def apply_resynced(conn: Connection, batch: ReducedBatch) -> int:
-    """Apply the batch's snapshots; call inside the transaction that applied the rest of it.
-    Returns the number of orders whose goods_count the recount corrected."""
+async def apply_resynced(conn: Connection, batch: ReducedBatch) -> None:
+    """Apply the batch's snapshots; call inside the transaction that applied the rest of it."""
     recount: set[int] = set()
     if batch.resynced_goods:
         rows: list[tuple[Any, ...]] = []
@@ -478,9 +477,7 @@ async def apply_resynced(conn: Connection, batch: ReducedBatch) -> int:
             assert isinstance(o, OrderResyncedData)
             rows.append((e.aggregate_id, o.exists, o.user_id, o.created_at, o.updated_at, e.aggregate_version))
         recount.update(await conn.fetchval(_RESYNC_ORDERS, *_columns(rows, 6)))
-    if not recount:
-        return 0
-    ids = sorted(recount)
-    await conn.execute(_LOCK_ORDERS, ids)
-    status: str = await conn.execute(_RECOUNT, ids)
-    return int(status.rsplit(maxsplit=1)[-1])
+    if recount:
+        ids = sorted(recount)
+        await conn.execute(_LOCK_ORDERS, ids)
+        await conn.execute(_RECOUNT, ids)

@@ -72,16 +72,13 @@ def _offsets(rows: list[asyncpg.Record]) -> dict[TopicPartition, int]:
 
 async def _log_ends(settings: Settings) -> dict[TopicPartition, int]:
     """Every partition's log end; RebuildError if any log no longer starts at 0."""
-    ends: dict[TopicPartition, int] = {}
-    for topic in TOPICS:
-        starts, topic_ends = await log_bounds(settings, settings.kafka_topic_prefix + topic)
-        for tp, start in sorted(starts.items()):
-            if start > 0:
-                raise RebuildError(
-                    f"{tp.topic}[{tp.partition}] starts at offset {start}: retention deleted events, and a read "
-                    "model rebuilt from the topics would miss them (nothing was changed)"
-                )
-        ends.update(topic_ends)
+    starts, ends = await log_bounds(settings, *(settings.kafka_topic_prefix + topic for topic in TOPICS))
+    for tp, start in sorted(starts.items()):
+        if start > 0:
+            raise RebuildError(
+                f"{tp.topic}[{tp.partition}] starts at offset {start}: retention deleted events, and a read "
+                "model rebuilt from the topics would miss them (nothing was changed)"
+            )
     return ends
 
 

@@ -40,9 +40,10 @@ async def gather(settings: Settings) -> dict[str, Any]:
         await conn.close()
     assert row is not None
     partitions = []
-    for topic in TOPICS:
-        starts, ends = await log_bounds(settings, settings.kafka_topic_prefix + topic)
-        for tp, end in sorted(ends.items()):
+    kafka_topics = [settings.kafka_topic_prefix + topic for topic in TOPICS]
+    starts, ends = await log_bounds(settings, *kafka_topics)
+    for topic in kafka_topics:
+        for tp, end in sorted((tp, end) for tp, end in ends.items() if tp.topic == topic):
             position = stored.get(tp)
             behind = end - (position if position is not None else starts[tp])
             partitions.append(

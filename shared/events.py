@@ -256,7 +256,7 @@ class Event:
 
 ENVELOPE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Event))
 # Each envelope field's type with its constraints, as pydantic validates it.
-_FIELD_TYPES: Final = typing.get_type_hints(Event, include_extras=True)
+FIELD_TYPES: Final = typing.get_type_hints(Event, include_extras=True)
 
 
 def envelope_sql(
@@ -323,7 +323,7 @@ _PAYLOAD_TYPES = (OrderData, OrderDeletedData, GoodsData, GoodsDeletedData, Orde
 
 
 def _field_schema(name: str) -> cs.CoreSchema:
-    return TypeAdapter(_FIELD_TYPES[name]).core_schema
+    return TypeAdapter(FIELD_TYPES[name]).core_schema
 
 
 def _fast_schema(event_type: str, payload: type[_Payload]) -> cs.CoreSchema:

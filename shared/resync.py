@@ -22,7 +22,7 @@ import datetime as dt
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -49,7 +49,7 @@ class Selection:
 class Outcome:
     published: int = 0  # snapshots of existing entities
     gone: int = 0  # ids the table no longer has: published as `exists: false`
-    never_created: list[int] | None = None  # ids beyond the sequence: skipped
+    never_created: list[int] = field(default_factory=list)  # ids beyond the sequence: skipped
 
 
 def _statements(entity: Entity[Any]) -> tuple[str, str]:
@@ -101,7 +101,7 @@ async def resync(
     stalled_after: float = 60.0,
 ) -> Outcome:
     walk, chosen = _statements(entity)
-    outcome = Outcome(never_created=[])
+    outcome = Outcome()
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         if selection.ids is not None:
