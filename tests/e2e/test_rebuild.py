@@ -70,10 +70,19 @@ async def test_rebuild_under_load_loses_nothing_and_fails_no_read(env: Env) -> N
         await rebuild.prepare()
         await more_writes(300)  # while the new model is being built
         await rebuild.catch_up(switch_lag=100)
+
+        async def reads_over(n: int) -> None:
+            async def answered() -> bool:
+                return sum(statuses.values()) > n
+
+            await wait_until(answered, 60, f"more than {n} reads")
+
+        await reads_over(0)
         reads_before = sum(statuses.values())
         await rebuild.switch()  # under the write and read load
         await rebuild.drop_old()
         await more_writes(300)  # applied by the serving consumer to the new model
+        await reads_over(reads_before)
         done.set()
         await writes
         await reads

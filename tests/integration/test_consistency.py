@@ -1,8 +1,8 @@
 """Read your own writes: every write answers a Consistency-Token, and a read that carries it waits for it.
 
 The command APIs, relays, consumer and the order-history API run in-process
-against the test's real PostgreSQL and Kafka. No test sleeps: each read is sent
-right after its write's answer.
+against the test's real PostgreSQL and Kafka. No read is delayed by a sleep:
+each is sent right after its write's answer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import httpx
 
 from shared import consistency
 from shared.consistency import Token
-from tests.harness import Env
+from tests.harness import Env, wait_until
 
 H = consistency.HEADER
 
@@ -22,6 +22,12 @@ def _token(response: httpx.Response) -> str:
     value = response.headers[H]
     assert len(consistency.parse(value)) == 1
     return value
+
+
+def _waiting(tokens: str) -> dict[str, str]:
+    """The headers of a read that must see `tokens`: the longest wait, so that a slow machine
+    answers late rather than 412."""
+    return {H: tokens, "Prefer": "wait=10"}
 
 
 async def _pipeline(env: Env) -> None:
@@ -52,49 +58,60 @@ async def test_a_read_right_after_each_write_sees_it(env: Env) -> None:
         for i in range(40):
             created = await orders.post("/v1/order", json={"user_id": 100 + i})
             oid = created.json()["id"]
-            seen = await history.get(f"/v1/order-history/{oid}", headers={H: _token(created)})
+            seen = await history.get(f"/v1/order-history/{oid}", headers=_waiting(_token(created)))
             assert seen.status_code == 200, seen.text
             assert seen.json()["user_id"] == 100 + i
 
             added = await goods.post("/v1/goods", json={"order_id": oid, "name": f"g{i}"})
             gid = added.json()["id"]
-            seen = await history.get(f"/v1/order-history/{oid}", headers={H: _token(added)})
+            seen = await history.get(f"/v1/order-history/{oid}", headers=_waiting(_token(added)))
             assert [g["id"] for g in seen.json()["goods"]] == [gid] and seen.json()["goods_count"] == 1
 
             other = (await orders.post("/v1/order", json={"user_id": 1})).json()["id"]
             moved = await goods.patch(f"/v1/goods/{gid}", json={"order_id": other})
             # Two tokens in one header: the move and the other order's creation.
             both = f"{_token(moved)}, o{other:x}.1"
-            seen = await history.get(f"/v1/order-history/{other}", headers={H: both})
+            seen = await history.get(f"/v1/order-history/{other}", headers=_waiting(both))
             assert [g["id"] for g in seen.json()["goods"]] == [gid]
-            before = await history.get(f"/v1/order-history/{oid}", headers={H: _token(moved)})
+            before = await history.get(f"/v1/order-history/{oid}", headers=_waiting(_token(moved)))
             assert before.json()["goods"] == [] and before.json()["goods_count"] == 0
 
             listed = await history.get(
-                "/v1/order-history", params={"threshold": 0, "limit": 1000}, headers={H: _token(moved)}
+                "/v1/order-history", params={"threshold": 0, "limit": 1000}, headers=_waiting(_token(moved))
             )
             assert other in [o["id"] for o in listed.json()["data"]]
             if i % 4 == 0:
                 removed = await goods.delete(f"/v1/goods/{gid}")
-                seen = await history.get(f"/v1/order-history/{other}", headers={H: _token(removed)})
+                seen = await history.get(f"/v1/order-history/{other}", headers=_waiting(_token(removed)))
                 assert seen.json()["goods"] == []
                 deleted = await orders.delete(f"/v1/order/{oid}")
-                seen = await history.get(f"/v1/order-history/{oid}", headers={H: _token(deleted)})
+                seen = await history.get(f"/v1/order-history/{oid}", headers=_waiting(_token(deleted)))
                 assert seen.status_code == 404  # the delete is reflected: the order is gone
 
 
-async def test_a_read_waits_for_a_consumer_that_is_not_running_yet(env: Env) -> None:
+async def test_a_read_waits_until_the_consumer_applies_the_write(env: Env) -> None:
     env.start_relay("order")
+    history_db = await env.pool("order_history")
     async with env.client("order") as orders, env.client("order_history") as history:
         created = await orders.post("/v1/order", json={"user_id": 9})
         oid = created.json()["id"]
-        # The read is sent before any consumer runs: it can only answer 200 by waiting.
-        read = asyncio.create_task(
-            history.get(f"/v1/order-history/{oid}", headers={H: _token(created), "Prefer": "wait=10"})
-        )
-        await asyncio.sleep(0)
-        assert not read.done()
-        await env.start_consumer()
+        # The consumer's transaction waits behind a lock this test holds on the read model's orders:
+        # the read below is sent while the write cannot be reflected, and must wait for it.
+        async with history_db.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE orders IN SHARE MODE")
+            await env.start_consumer()
+
+            async def consumer_blocked() -> bool:
+                found = await history_db.fetchval(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'order-history-consumer' AND wait_event_type = 'Lock'"""
+                )
+                return bool(found)
+
+            await wait_until(consumer_blocked, 60, "the consumer to wait for the read model's lock")
+            read = asyncio.create_task(history.get(f"/v1/order-history/{oid}", headers=_waiting(_token(created))))
+            await asyncio.sleep(0.1)
+            assert not read.done()
         seen = await read
         assert seen.status_code == 200 and seen.json()["user_id"] == 9
 
