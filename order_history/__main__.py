@@ -17,7 +17,7 @@ from order_history import status as read_side_status
 from order_history.runner import HistoryConsumer
 from order_history.settings import Settings
 from shared.backoff import Backoff
-from shared.entrypoints import run_api, run_migrations, supervise
+from shared.entrypoints import at_least, run_api, run_migrations, supervise
 from shared.logs import configure_logging
 from shared.metrics import serve as serve_metrics
 
@@ -71,9 +71,14 @@ def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     reconcile_parser.add_argument("--repair", action="store_true", help="resync what differs, wait, check again")
     reconcile_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    reconcile_parser.add_argument("--range-size", type=int, default=10000, help="ids per checksum range (10000)")
     reconcile_parser.add_argument(
-        "--repair-timeout", type=float, default=120.0, help="seconds to wait for the resynced entities (120)"
+        "--range-size", type=at_least(1), default=10000, help="ids per checksum range (10000)"
+    )
+    reconcile_parser.add_argument(
+        "--repair-timeout",
+        type=at_least(0, float),
+        default=120.0,
+        help="seconds to wait for the resynced entities (120)",
     )
     rebuild_parser = commands.add_parser(
         "rebuild",
@@ -84,7 +89,7 @@ def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "one. Refused if retention deleted events from a topic.",
     )
     rebuild_parser.add_argument(
-        "--switch-lag", type=int, default=1000, help="switch once the rebuild is this few events behind (1000)"
+        "--switch-lag", type=at_least(0), default=1000, help="switch once the rebuild is this few events behind (1000)"
     )
     rebuild_parser.add_argument("--keep-old", action="store_true", help="keep the old model as read_model_retired")
     dlq_parser = commands.add_parser(
@@ -147,8 +152,6 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "reset":
         sys.exit(asyncio.run(operations.reset(settings)))
     elif args.command == "reconcile":
-        if args.range_size < 1:
-            parser.error("--range-size must be at least 1")
         sys.exit(asyncio.run(reconcile.run(settings, args.repair, args.json, args.range_size, args.repair_timeout)))
     elif args.command == "rebuild":
         configure_logging("WARNING", settings.log_format)

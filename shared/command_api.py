@@ -28,7 +28,7 @@ from starlette.routing import Route
 from shared import asyncapi, command_service, command_status, consistency, outbox, resync
 from shared.batching import RunBatch
 from shared.database import UNAVAILABLE_ERRORS
-from shared.entrypoints import run_api, run_migrations, run_relay
+from shared.entrypoints import at_least, run_api, run_migrations, run_relay
 from shared.events import MAX_ID, MAX_VERSION, TOPIC_OF_TYPE
 from shared.http.app import create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES
@@ -297,13 +297,16 @@ def command_main(
     which.add_argument("--ids", action="append", metavar="1,2,3", help="these ids (comma-separated, repeatable)")
     which.add_argument("--since", metavar="TIMESTAMP", help="those changed at or after this ISO 8601 time (zone)")
     which.add_argument("--all", action="store_true", help="every one")
-    resync_parser.add_argument("--batch-size", type=int, default=1000, help="rows per transaction (1000)")
+    resync_parser.add_argument("--batch-size", type=at_least(1), default=1000, help="rows per transaction (1000)")
     resync_parser.add_argument(
-        "--max-backlog", type=int, default=10000, help="wait while the outbox holds more unpublished events (10000)"
+        "--max-backlog",
+        type=at_least(0),
+        default=10000,
+        help="wait while the outbox holds more unpublished events (10000)",
     )
     resync_parser.add_argument(
         "--stall-timeout",
-        type=float,
+        type=at_least(0.1, float),
         default=60.0,
         help="fail if the outbox stays over --max-backlog without shrinking this many seconds (60)",
     )

@@ -1,7 +1,8 @@
-"""Process entrypoints shared by the services: API server, outbox relay, migrations."""
+"""Process entrypoints shared by the services: API server, outbox relay, migrations, and command-line number types."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import logging.config
@@ -116,3 +117,18 @@ async def run_migrations(service: str, database_url: str, settings: CommonSettin
     configure_logging(settings.log_level, settings.log_format)
     applied = await migrate(database_url, service)
     log.info("migrations up to date", extra={"service": service, "applied_now": applied})
+
+
+def at_least(minimum: float, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse `type`: a number of `kind` not below `minimum` (else a usage error naming it)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return value
+
+    return parse
