@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
-from order_history import queries
+from order_history import cursors, queries
 from order_history.consistency import ReadModelWatch
 from order_history.schemas import HistoryPage, HistoryQuery, OrderHistoryDetail
 from order_history.settings import Settings
@@ -37,13 +39,16 @@ _WAITING = {"parameters": consistency.openapi_parameters()}
     response_model=HistoryPage,
     responses=_RESPONSES,
     openapi_extra=_WAITING,
-    summary="Orders with more than `threshold` goods, by id, paged with limit/offset",
+    summary="Orders with more than `threshold` goods, filtered by user and creation time, by id or newest first, "
+    "paged by cursor (or offset)",
 )
 async def list_order_history(params: Annotated[HistoryQuery, Query()], request: Request) -> Response:
+    listing: Listing = request.app.state.listing
+    query = listing.query_of(params)
     await reflect_tokens(request)
     async with pool_of(request).acquire() as conn:
-        items = await queries.list_orders(conn, params.threshold, params.limit, params.offset)
-    return json_response(HistoryPage(data=items))
+        items, next_cursor = await queries.list_page(conn, query, listing.cursor_key, listing.skew)
+    return json_response(HistoryPage(data=items, next_cursor=next_cursor))
 
 
 @router.get("/{order_id}", response_model=OrderHistoryDetail, responses=_RESPONSES, openapi_extra=_WAITING)
@@ -54,6 +59,47 @@ async def get_order_history(order_id: Annotated[int, Path(ge=1, le=MAX_ID)], req
     if detail is None:
         raise NotFound("order", order_id)
     return json_response(detail)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the list endpoint takes from the settings."""
+
+    cursor_key: bytes
+    skew: dt.timedelta
+
+    def query_of(self, params: HistoryQuery) -> queries.ListQuery:
+        """The list query a request asks for; 422 naming `cursor` for a cursor that is not this query's."""
+        query = queries.ListQuery(
+            threshold=params.threshold,
+            limit=params.limit,
+            offset=params.offset,
+            user_id=params.user_id,
+            created_from=_in_utc(params.created_from, "created_from"),
+            created_to=_in_utc(params.created_to, "created_to"),
+            newest_first=params.sort == "-created_at",
+        )
+        if params.cursor is None:
+            return query
+        if params.offset:
+            raise ApiError(422, "cursor_with_offset", "give either cursor or offset, not both", "cursor")
+        try:
+            after = cursors.decode(
+                self.cursor_key, query.fingerprint(), params.cursor, with_created_at=query.newest_first
+            )
+        except cursors.BadCursor as exc:
+            raise ApiError(422, "invalid_cursor", f"cursor {exc}", "cursor") from None
+        return replace(query, after=after)
+
+
+def _in_utc(at: dt.datetime | None, name: str) -> dt.datetime | None:
+    """A time in UTC, refused (422) if that falls outside the years 1..9999 a timestamp can hold here."""
+    if at is None:
+        return None
+    try:
+        return at.astimezone(dt.UTC)
+    except OverflowError:
+        raise ApiError(422, "out_of_range", f"{name} must fall within the years 1 to 9999 in UTC", name) from None
 
 
 async def reflect_tokens(request: Request) -> None:
@@ -83,5 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[router],
         pool_size=settings.db_pool_size,
         session_settings=queries.SESSION_SETTINGS,
-        state=lambda pool: {"watch": ReadModelWatch(pool, settings.query_database_url)},
+        state=lambda pool: {
+            "watch": ReadModelWatch(pool, settings.query_database_url),
+            "listing": Listing(
+                cursor_key=settings.cursor_key.get_secret_value().encode(),
+                skew=dt.timedelta(seconds=settings.created_at_skew),
+            ),
+        },
     )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from order_history import cursors
+from shared.events import MAX_ID
 
 
 class HistoryQuery(BaseModel):
@@ -12,7 +16,26 @@ class HistoryQuery(BaseModel):
 
     threshold: int = Field(default=0, ge=0, le=2**31 - 1, description="list orders with MORE than this many goods")
     limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=2**31 - 1)
+    offset: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="skip this many orders (not with `cursor`; O(offset) work)"
+    )
+    user_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="only this user's orders")
+    created_from: AwareDatetime | None = Field(
+        default=None, description="only orders created at or after this time (RFC 3339, with a time zone)"
+    )
+    created_to: AwareDatetime | None = Field(
+        default=None, description="only orders created before this time (RFC 3339, with a time zone)"
+    )
+    sort: Literal["id", "-created_at"] = Field(
+        default="id", description="`id`: by id ascending; `-created_at`: newest first, ties by id descending"
+    )
+    cursor: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=cursors.MAX_LENGTH,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="`next_cursor` of the previous page of the same query: the page after it",
+    )
 
 
 class HistoryItem(BaseModel):
@@ -24,6 +47,7 @@ class HistoryItem(BaseModel):
 
 class HistoryPage(BaseModel):
     data: list[HistoryItem]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
 
 
 class GoodsItem(BaseModel):

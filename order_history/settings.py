@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings
@@ -33,6 +33,17 @@ class Settings(CommonSettings):
     )
     db_acquire_timeout: float = Field(
         default=5.0, gt=0, description="seconds a request waits for a pooled connection before it answers 503"
+    )
+    cursor_key: SecretStr = Field(
+        default=SecretStr("order-history-dev-cursor-key"),
+        description="signs the list's page cursors: the same on every API instance; set your own in production",
+    )
+    created_at_skew: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="seconds by which an order's created_at may precede that of an order with a smaller id "
+        "(see order_history/queries.py)",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8082, ge=1, le=65535)

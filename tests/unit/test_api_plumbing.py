@@ -30,7 +30,7 @@ def test_if_match_rejects_garbage_with_a_400(header: str) -> None:
 def test_merge_query_has_one_branch_per_exact_bucket_up_to_the_next_tail_and_one_for_the_tail() -> None:
     sql = merge_query(bucket_of(6))
     assert sql.count("UNION ALL") == 10 - 6 + 1
-    assert "goods_count_bucket(goods_count) = 6 AND goods_count > $3" in sql
+    assert "goods_count_bucket(goods_count) = 6 AND goods_count > $1" in sql
     assert "goods_count_bucket(goods_count) = 5 " not in sql
     assert "goods_count_bucket(goods_count) = 11 " not in sql
     assert "goods_count > 10 ORDER BY id)" in sql
@@ -48,7 +48,7 @@ def test_every_threshold_below_the_wide_buckets_merges_at_most_eleven_ranges(thr
 def test_merge_query_above_the_exact_buckets_uses_the_wide_ones() -> None:
     sql = merge_query(bucket_of(45))
     assert sql.count("UNION ALL") == BUCKETS - bucket_of(45)
-    assert f"goods_count_bucket(goods_count) = {bucket_of(45)} AND goods_count > $3" in sql
+    assert f"goods_count_bucket(goods_count) = {bucket_of(45)} AND goods_count > $1" in sql
 
 
 def test_buckets_are_exact_up_to_40_then_widen() -> None:
