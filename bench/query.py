@@ -27,6 +27,7 @@ from tqdm import tqdm
 from devstack.processes import ManagedProcess
 from order_history import queries
 
+from . import filters
 from .config import LIMIT, OFFSETS, THRESHOLDS, Scale
 from .env import BenchStack, log, step
 from .report import Report, Section, fmt
@@ -37,6 +38,9 @@ SELECT orders.id, orders.user_id, orders.created_at, COUNT(goods.id) AS goods_co
 FROM baseline.orders AS orders JOIN baseline.goods AS goods ON goods.order_id = orders.id
 GROUP BY orders.id HAVING COUNT(goods.id) > $1 LIMIT $2 OFFSET $3
 """
+
+# The largest user's orders (user 1's); every other user has from 1 to this many.
+USER_MAX_ORDERS = 10_000
 
 REFERENCE_SQL = """
 SELECT id FROM orders WHERE known AND NOT deleted AND goods_count > $1 ORDER BY id LIMIT $2 OFFSET $3
@@ -83,6 +87,26 @@ async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, 
         )
         steps.append(
             (
+                "plan users with 1 to 10,000 orders each (log-uniform sizes; user 1 has 10,000)",
+                f"""SELECT setseed(0.1717);
+                CREATE TEMP TABLE bench_users AS
+                SELECT user_id, size, sum(size) OVER (ORDER BY user_id) - size AS first
+                FROM (SELECT u AS user_id,
+                             CASE WHEN u = 1 THEN {USER_MAX_ORDERS} WHEN u = 2 THEN 1
+                                  ELSE least({USER_MAX_ORDERS},
+                                             floor(exp(random() * ln({USER_MAX_ORDERS} + 1))))::integer
+                             END AS size
+                      FROM generate_series(1, {orders}) AS u) s;
+                DELETE FROM bench_users WHERE first >= {orders};
+                CREATE TEMP TABLE bench_owner AS
+                SELECT row_number() OVER (ORDER BY random()) AS order_id, u.user_id
+                FROM bench_users u, generate_series(1, u.size) AS k
+                WHERE u.first + k <= {orders};
+                CREATE UNIQUE INDEX ON bench_owner (order_id)""",
+            )
+        )
+        steps.append(
+            (
                 f"insert {goods:,} goods",
                 f"""INSERT INTO goods (id, order_id, name, created_at, updated_at, version, deleted)
                 SELECT p.start + k, p.id, 'goods ' || (p.start + k), t.ts, t.ts, 1, false
@@ -99,10 +123,13 @@ async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, 
             (
                 f"insert {orders:,} orders with their goods_count",
                 f"""INSERT INTO orders (id, user_id, created_at, updated_at, version, known, deleted, goods_count)
-                SELECT p.id, 1 + (p.id * 2654435761) % 100000, t.ts, t.ts, 1, true, false, coalesce(n.n, 0)
+                SELECT p.id, w.user_id, t.ts, t.ts, 1, true, false, coalesce(n.n, 0)
                 FROM bench_plan p
+                JOIN bench_owner w ON w.order_id = p.id
                 LEFT JOIN (SELECT order_id, count(*)::integer AS n FROM goods GROUP BY order_id) n ON n.order_id = p.id,
-                LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' + p.id * interval '30 seconds') t(ts)
+                -- 30 s apart, up to 2 s out of id order (within the creation skew setting)
+                LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' + p.id * interval '30 seconds'
+                                + ((p.id * 7919) % 4001 - 2000) * interval '1 millisecond') t(ts)
                 WHERE p.id <= {orders}""",
             )
         )
@@ -148,6 +175,13 @@ async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, 
         )
         info["distinct_counts"] = await conn.fetchval("SELECT count(DISTINCT goods_count) FROM orders")
         info["max_goods_count"] = await conn.fetchval("SELECT max(goods_count) FROM orders")
+        info["users"] = await conn.fetchval("SELECT count(DISTINCT user_id) FROM orders")
+        info["orders_per_user"] = dict(
+            await conn.fetchrow(  # type: ignore[arg-type]
+                """SELECT min(n), percentile_disc(0.5) WITHIN GROUP (ORDER BY n) AS median, max(n)
+                   FROM (SELECT count(*) AS n FROM orders GROUP BY user_id) s"""
+            )
+        )
         info["sizes"] = {
             r["name"]: r["size"]
             for r in await conn.fetch(
@@ -243,6 +277,10 @@ class Combo:
     correct: bool = False
 
 
+def _list(threshold: int, offset: int) -> queries.ListQuery:
+    return queries.ListQuery(threshold=threshold, limit=LIMIT, offset=offset)
+
+
 def _path(threshold: int, offset: int) -> str:
     return f"/v1/order-history?threshold={threshold}&limit={LIMIT}&offset={offset}"
 
@@ -311,7 +349,7 @@ async def _check_correctness(c: _Connections, combos: list[Combo]) -> None:
         _, status, body = c.client.get(_path(combo.threshold, combo.offset))
         got = [item["id"] for item in json.loads(body)["data"]] if status == 200 else []
         want = [r["id"] for r in await c.conn.fetch(REFERENCE_SQL, combo.threshold, LIMIT, combo.offset)]
-        direct = [row["id"] for row in await queries.list_rows(c.conn, combo.threshold, LIMIT, combo.offset)]
+        direct = [row["id"] for row in await queries.list_rows(c.conn, _list(combo.threshold, combo.offset))]
         combo.rows = len(got)
         combo.correct = status == 200 and got == want and direct == want
 
@@ -322,8 +360,8 @@ async def _warm_up(c: _Connections, combos: list[Combo]) -> None:
         for combo in combos:
             for _ in range(5):
                 c.client.get(_path(combo.threshold, combo.offset))
-                await queries.list_rows(c.conn, combo.threshold, LIMIT, combo.offset)
-                await queries.list_rows(c.generic_conn, combo.threshold, LIMIT, combo.offset)
+                await queries.list_rows(c.conn, _list(combo.threshold, combo.offset))
+                await queries.list_rows(c.generic_conn, _list(combo.threshold, combo.offset))
             bar.update()
     await c.baseline_conn.fetch(BASELINE_SQL, max(THRESHOLDS), LIMIT, 0)
 
@@ -338,10 +376,10 @@ async def _time_ours(scale: Scale, c: _Connections, combo: Combo) -> None:
         return client.get(path)
 
     async def direct_call(t: int = t, o: int = o) -> object:
-        return await queries.list_rows(conn, t, LIMIT, o)
+        return await queries.list_rows(conn, _list(t, o))
 
     async def generic(t: int = t, o: int = o) -> object:
-        return await queries.list_rows(generic_conn, t, LIMIT, o)
+        return await queries.list_rows(generic_conn, _list(t, o))
 
     combo.http.append(await timed_batch(over_http, n, budget))
     combo.direct.append(await timed_batch(direct_call, n, budget))
@@ -389,7 +427,7 @@ async def _explain(
     }
     for threshold, offset in ((worst.threshold, worst.offset), (0, 0)):
         recorder = _Recorder(c.conn)
-        await queries.list_orders(cast(asyncpg.Connection, recorder), threshold, LIMIT, offset)
+        await queries.list_rows(cast(asyncpg.Connection, recorder), _list(threshold, offset))
         for i, (sql, args) in enumerate(recorder.calls):
             key = f"ours (API settings), threshold {threshold}, offset {offset}, statement {i + 1}"
             plans[key] = await explain(c.conn, sql, args)
@@ -551,6 +589,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
         await _warm_up(conns, combos)
         await _measure_trials(bs, api, scale, conns, combos, section)
         explained = await _explain(conns, combos, report, scale, results_dir, section)
+        await filters.run(conns.conn, conns.client, scale, report, results_dir)
     finally:
         await conns.close()
         api.stop()

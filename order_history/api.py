@@ -84,9 +84,7 @@ class Listing:
         if params.offset:
             raise ApiError(422, "cursor_with_offset", "give either cursor or offset, not both", "cursor")
         try:
-            after = cursors.decode(
-                self.cursor_key, query.fingerprint(), params.cursor, with_created_at=query.newest_first
-            )
+            after = cursors.decode(self.cursor_key, query.fingerprint(), params.cursor)
         except cursors.BadCursor as exc:
             raise ApiError(422, "invalid_cursor", f"cursor {exc}", "cursor") from None
         return replace(query, after=after)

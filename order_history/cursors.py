@@ -1,7 +1,8 @@
 """Page cursors of the order-history list: opaque, tamper-evident, bound to one query.
 
-A cursor names the last row of a page by its sort key (the order id; for
-`sort=-created_at`, created_at and id) and carries a fingerprint of the query it
+A cursor names the last row of a page by its created_at and id (the sort key
+of `sort=-created_at`; for `sort=id`, the id and where to start reading an index
+by created_at) and carries a fingerprint of the query it
 was made for (filters, threshold and sort; not limit or offset, which a client
 may change between pages). Both are signed with HMAC-SHA256 under the key
 ORDER_HISTORY_CURSOR_KEY, so a cursor that was altered, forged, or made for
@@ -12,8 +13,7 @@ row across the key, which is why a walk sees each order at most once and skips
 none that matched for the whole walk.
 
 Format, before URL-safe base64 without padding: version (1 byte), fingerprint
-(8), id (8), created_at in microseconds since the epoch (8, only for the
-created_at sort), tag (16).
+(8), id (8), created_at in microseconds since the epoch (8), tag (16).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 _VERSION = 1
 _TAG = 16
+_BODY = struct.calcsize(">B8sqq")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 # The longest cursor encode() makes: the OpenAPI document's bound on the parameter.
@@ -40,10 +41,10 @@ class BadCursor(ValueError):
 
 @dataclass(frozen=True)
 class After:
-    """The sort key of the last row of a page: the next page starts strictly after it."""
+    """The last row of a page: the next page starts strictly after it in the query's order."""
 
     id: int
-    created_at: dt.datetime | None = None  # set for the created_at sort only
+    created_at: dt.datetime
 
 
 def micros(at: dt.datetime) -> int:
@@ -57,29 +58,25 @@ def fingerprint(*parts: object) -> bytes:
 
 
 def encode(key: bytes, query: bytes, after: After) -> str:
-    body = struct.pack(">B8sq", _VERSION, query, after.id)
-    if after.created_at is not None:
-        body += struct.pack(">q", micros(after.created_at))
+    body = struct.pack(">B8sqq", _VERSION, query, after.id, micros(after.created_at))
     tag = hmac.new(key, body, hashlib.sha256).digest()[:_TAG]
     return base64.urlsafe_b64encode(body + tag).rstrip(b"=").decode()
 
 
-def decode(key: bytes, query: bytes, cursor: str, *, with_created_at: bool) -> After:
+def decode(key: bytes, query: bytes, cursor: str) -> After:
     """The key a cursor names, if this service made it for `query`; else BadCursor."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError):
         raise BadCursor("is not a cursor this service made (not URL-safe base64)") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != cursor:  # unused low bits set: not one we made
+        raise BadCursor("is not a cursor this service made (not in its canonical form)")
     body, tag = raw[:-_TAG], raw[-_TAG:]
-    expected = 1 + 8 + 8 + (8 if with_created_at else 0)
-    if len(body) != expected or not hmac.compare_digest(tag, hmac.new(key, body, hashlib.sha256).digest()[:_TAG]):
-        raise BadCursor("is not a cursor this service made for this sort (altered, truncated or forged)")
-    version, made_for, last_id = struct.unpack(">B8sq", body[:17])
+    if len(body) != _BODY or not hmac.compare_digest(tag, hmac.new(key, body, hashlib.sha256).digest()[:_TAG]):
+        raise BadCursor("is not a cursor this service made (altered, truncated or forged)")
+    version, made_for, last_id, at = struct.unpack(">B8sqq", body)
     if version != _VERSION:
         raise BadCursor("was made by another version of this service: start again without it")
     if made_for != query:
         raise BadCursor("was made for other filters or another sort: start again without it")
-    if not with_created_at:
-        return After(id=last_id)
-    (at,) = struct.unpack(">q", body[17:])
     return After(id=last_id, created_at=_EPOCH + at * _MICROSECOND)

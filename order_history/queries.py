@@ -1,21 +1,37 @@
 """Read-side SQL. Nothing here aggregates goods at request time.
 
-The list query, `goods_count > N ORDER BY id LIMIT L OFFSET O`, is served by one
-partial index on (goods_count_bucket(goods_count), id) INCLUDE (user_id,
-created_at, goods_count) (migration 0002): within one bucket the index is already
-in id order, so the query is a UNION ALL of one index range per bucket above N,
-which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT rows.
-For N < 40, the counts above the first tail T >= N (T in 10, 20, 30, 40) are one
-more range, of the partial index orders_listed_over_T on (id) (migrations 0003
-and 0006), instead of a bucket each: at most 11 ranges, and one alone when N is 10,
-20 or 30. The bucket that holds N + 1 is filtered by `goods_count > N` when it
-spans several counts. Cost: one index descent per range plus O + L entries
-(and, in a wide boundary bucket, the entries below N it skips); independent of
-the number of orders and goods.
+The original list query, `goods_count > N ORDER BY id LIMIT L OFFSET O`, is
+served by one partial index on (goods_count_bucket(goods_count), id) INCLUDE
+(user_id, created_at, goods_count) (migration 0002): within one bucket the index
+is already in id order, so the query is a UNION ALL of one index range per bucket
+above N, which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT
+rows. For N < 40, the counts above the first tail T >= N (T in 10, 20, 30, 40)
+are one more range, of the partial index orders_listed_over_T on (id)
+(migrations 0003 and 0006), instead of a bucket each: at most 11 ranges, and one
+alone when N is 10, 20 or 30. The bucket that holds N + 1 is filtered by
+`goods_count > N` when it spans several counts. Cost: one index descent per range
+plus O + L entries (and, in a wide boundary bucket, the entries below N it
+skips); independent of the number of orders and goods.
 
-Each statement's text depends only on the first bucket, so there are at most
-BUCKETS of them; they run as prepared statements with generic plans (planned
-once per connection), with sorting and parallel plans disabled for this pool so
+The filters and the newest-first sort use the same merge over the indexes of
+migration 0008, by bucket then created_at: orders_listed_by_created (no user) and
+orders_listed_by_user_created (one user's), every bucket above N (up to 51
+ranges). Which index serves which combination:
+
+| user_id | created range | sort        | read                                                        |
+|---------|---------------|-------------|-------------------------------------------------------------|
+| none    | none          | id          | orders_listed_by_bucket + tails, by id                      |
+| none    | any           | -created_at | orders_listed_by_created, backwards from the cursor / range |
+| none    | given         | id          | orders_listed_by_created, a window sorted by id (below)     |
+| given   | any           | -created_at | orders_listed_by_user_created, backwards                    |
+| given   | any           | id          | orders_listed_by_user_created, a window sorted by id        |
+
+A cursor continues strictly after its row's key ((created_at, id) < key, or
+id > key), so its page costs the same at any depth; OFFSET costs O + L.
+
+Each statement's text depends only on its shape (first bucket, which filters,
+the order); they run as prepared statements with generic plans (planned once
+per connection), with sorting and parallel plans disabled for this pool so
 that the merge is the plan PostgreSQL picks (see order_history/api.py).
 """
 
@@ -97,12 +113,13 @@ class _Shape:
     """What the text of a list statement depends on (its parameters aside)."""
 
     first_bucket: int
-    user: bool
-    created_from: bool
-    created_to: bool
-    newest_first: bool
-    after: bool  # a cursor (created_at sort) or a lower id bound (id sort)
-    id_below: bool  # an upper id bound (id sort with created_to)
+    user: bool = False
+    created_from: bool = False  # created_at >= {created_from}
+    created_to: bool = False  # created_at < {created_to}
+    created_upto: bool = False  # created_at <= {created_upto} (the window's end)
+    after: bool = False  # strictly after the cursor's row in the statement's order
+    order: str = _BY_ID  # the order of the rows: _BY_ID, _NEWEST_FIRST or _OLDEST_FIRST
+    page: str = "LIMIT {limit} OFFSET {offset}"
 
 
 def _buckets(first_bucket: int, tails: bool) -> tuple[list[int], int | None]:
@@ -125,73 +142,52 @@ def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
     return re.sub(r"\{(\w+)\}", number, sql), tuple(names)
 
 
-def _merge(branches: list[str], order: str, page: str) -> str:
-    """The branches (each parenthesised and sorted by `order`) merged in that order, then cut to the page."""
-    if len(branches) == 1:  # one range alone: no merge (and a second ORDER BY would be an error)
-        return f"{branches[0][1:-1]}\n{page}"
-    return "\nUNION ALL\n".join(branches) + f"\nORDER BY {order} {page}"
-
-
 @cache
 def _statement(shape: _Shape) -> tuple[str, tuple[str, ...]]:
-    """The list statement of one shape, and the names of its parameters in order.
+    """The statement of one shape, and the names of its parameters in order.
 
-    Every branch is one index range in the page's order (see the module
-    docstring): a bucket of (goods_count_bucket, id), a tail of (id), or, with a
-    user or the created_at sort, a bucket of the indexes of migration 0008.
+    Every branch is one index range in the statement's order: a bucket of
+    orders_listed_by_bucket or a tail (by id, no user), of
+    orders_listed_by_created (by created_at, no user) or of
+    orders_listed_by_user_created (a user's, by created_at); the branches are
+    merged in that order (Merge Append) and cut to the page.
     """
-    order = _NEWEST_FIRST if shape.newest_first else _BY_ID
-    common = [_LISTED]
+    conditions = [_LISTED]
     if shape.user:
-        common.append("user_id = {user_id}")
+        conditions.append("user_id = {user_id}")
     if shape.created_from:
-        common.append("created_at >= {created_from}")
+        conditions.append("created_at >= {created_from}")
     if shape.created_to:
-        common.append("created_at < {created_to}")
-    if shape.after and shape.newest_first:
-        common.append("(created_at, id) < ({after_at}, {after_id})")
-    elif shape.after:
-        common.append("id >= {id_from}")
-    if shape.id_below:
-        common.append("id <= {id_to}")
-    buckets, tail = _buckets(shape.first_bucket, tails=not (shape.user or shape.newest_first))
-    where = " AND ".join(common)
+        conditions.append("created_at < {created_to}")
+    if shape.created_upto:
+        conditions.append("created_at <= {created_upto}")
+    if shape.after:
+        conditions.append(
+            {
+                _BY_ID: "id > {after_id}",
+                _NEWEST_FIRST: "(created_at, id) < ({after_at}, {after_id})",
+                _OLDEST_FIRST: "id > {after_id}",  # the window of the id sort: see _window_rows
+            }[shape.order]
+        )
+    where = " AND ".join(conditions)
+    buckets, tail = _buckets(shape.first_bucket, tails=shape.order == _BY_ID and not shape.user)
     branches = [
         f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND goods_count_bucket(goods_count) = {b}"
         + (" AND goods_count > {threshold}" if b == shape.first_bucket else "")
-        + f" ORDER BY {order})"
+        + f" ORDER BY {shape.order})"
         for b in buckets
     ]
     if tail is not None:
-        branches.append(f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND goods_count > {tail} ORDER BY {order})")
-    return _numbered(_merge(branches, order, "LIMIT {limit} OFFSET {offset}"))
+        branches.append(
+            f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND goods_count > {tail} ORDER BY {shape.order})"
+        )
+    if len(branches) == 1:  # one range alone: no merge (and a second ORDER BY would be an error)
+        return _numbered(f"{branches[0][1:-1]}\n{shape.page}")
+    return _numbered("\nUNION ALL\n".join(branches) + f"\nORDER BY {shape.order} {shape.page}")
 
 
-@cache
-def _edges_statement(
-    first_bucket: int, user: bool, created_from: bool, created_to: bool
-) -> tuple[str, tuple[str, ...]]:
-    """The ids bounding a created_at range in id order: see `_id_bounds`."""
-    listed = _LISTED + (" AND user_id = {user_id}" if user else "")
-    buckets, _ = _buckets(first_bucket, tails=False)
-
-    def nearest(condition: str, order: str) -> str:
-        branches = [
-            f"(SELECT id, created_at FROM orders WHERE {listed} AND {condition}"
-            f" AND goods_count_bucket(goods_count) = {b}"
-            + (" AND goods_count > {threshold}" if b == first_bucket else "")
-            + f" ORDER BY {order})"
-            for b in buckets
-        ]
-        return f"(SELECT id FROM ({_merge(branches, order, 'LIMIT 1')}) edge)"
-
-    lower = nearest("created_at < {before}", _NEWEST_FIRST) if created_from else "NULL::bigint"
-    upper = nearest("created_at >= {after}", _OLDEST_FIRST) if created_to else "NULL::bigint"
-    return _numbered(f"SELECT {lower} AS below, {upper} AS above")
-
-
-def _shifted(at: dt.datetime | None, by: dt.timedelta) -> dt.datetime | None:
-    """at + by, or None when there is no such time (then no order lies beyond it either)."""
+def _later(at: dt.datetime | None, by: dt.timedelta) -> dt.datetime | None:
+    """at + by; None (no bound) when there is no such time."""
     if at is None:
         return None
     try:
@@ -200,31 +196,52 @@ def _shifted(at: dt.datetime | None, by: dt.timedelta) -> dt.datetime | None:
         return None
 
 
-async def _id_bounds(conn: Connection, q: ListQuery, skew: dt.timedelta) -> tuple[int | None, int | None]:
-    """Ids outside which no order of a created_at range lies, for the id sort.
+async def _run(conn: Connection, shape: _Shape, values: dict[str, object]) -> list[asyncpg.Record]:
+    sql, names = _statement(shape)
+    return await conn.fetch(sql, *(values[n] for n in names))
+
+
+async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> list[asyncpg.Record]:
+    """The id sort of a user's orders or of a created_at range, from an index by created_at.
 
     Ids and created_at come from one statement of the order service, so they
-    disagree only between orders created at the same moment: an order created
-    more than `skew` after another has the greater id (the creation skew, a
-    setting). Then the last order created before created_from - skew has a
-    smaller id than every order of the range, and the first one created at or
-    after created_to + skew a greater one: the page is the id range between them
-    with created_at as a filter, which skips only the orders created within
-    `skew` of the range's start. Both are looked up among the orders the page
-    could list (same user and counts): their own created_at index ranges.
+    disagree only between orders created at about the same moment: an order
+    created more than `skew` (the creation skew setting) after another has the
+    greater id. Hence, of the rows in created_at order, the n = offset + limit
+    smallest ids are among the rows created at most `skew` after the n-th one:
+    that window is read in created_at order (from created_at - skew of the
+    cursor's row, for the same reason) and sorted here. Cost: the page plus the
+    orders created within `skew` of its ends.
     """
-    before = _shifted(q.created_from, -skew)
-    after = _shifted(q.created_to, skew)
-    if before is None and after is None:
-        return None, None
-    sql, names = _edges_statement(
-        bucket_of(q.threshold + 1), q.user_id is not None, before is not None, after is not None
+    shape = _Shape(
+        first_bucket=bucket_of(q.threshold + 1),
+        user=q.user_id is not None,
+        created_to=q.created_to is not None,
+        after=q.after is not None,
+        order=_OLDEST_FIRST,
     )
-    values = {"threshold": q.threshold, "user_id": q.user_id, "before": before, "after": after}
-    row = await conn.fetchrow(sql, *(values[n] for n in names))
-    assert row is not None
-    below, above = row["below"], row["above"]
-    return (None if below is None else below + 1), (None if above is None else above - 1)
+    start = q.created_from
+    if q.after is not None:
+        hint = _later(q.after.created_at, -skew)
+        if hint is not None and (start is None or hint > start):
+            start = hint
+    shape = replace(shape, created_from=start is not None)
+    values: dict[str, object] = {
+        "threshold": q.threshold,
+        "user_id": q.user_id,
+        "created_from": start,
+        "created_to": q.created_to,
+        "after_id": None if q.after is None else q.after.id,
+        "n": q.offset + q.limit - 1,
+    }
+    edge = await _run(conn, replace(shape, page="OFFSET {n} LIMIT 1"), values)
+    upto = _later(edge[0]["created_at"], skew) if edge else None
+    if edge and upto is not None:
+        shape = replace(shape, created_upto=True)
+        values["created_upto"] = upto
+    rows = await _run(conn, replace(shape, page=""), values)
+    rows.sort(key=lambda r: r["id"])
+    return rows[q.offset : q.offset + q.limit]
 
 
 async def list_rows(
@@ -235,22 +252,17 @@ async def list_rows(
     At most `q.limit` rows; the caller asks for one more than it shows to know
     whether a next page exists.
     """
-    id_from = id_to = None
-    if not q.newest_first:
-        if q.created_from is not None or q.created_to is not None:
-            id_from, id_to = await _id_bounds(conn, q, skew)
-        if q.after is not None:
-            id_from = max(id_from or 0, q.after.id + 1)
+    windowed = q.user_id is not None or q.created_from is not None or q.created_to is not None
+    if not q.newest_first and windowed:
+        return await _window_rows(conn, q, skew)
     shape = _Shape(
         first_bucket=bucket_of(q.threshold + 1),
         user=q.user_id is not None,
         created_from=q.created_from is not None,
         created_to=q.created_to is not None,
-        newest_first=q.newest_first,
-        after=q.after is not None if q.newest_first else id_from is not None,
-        id_below=id_to is not None,
+        after=q.after is not None,
+        order=_NEWEST_FIRST if q.newest_first else _BY_ID,
     )
-    sql, names = _statement(shape)
     values: dict[str, object] = {
         "limit": q.limit,
         "offset": q.offset,
@@ -260,15 +272,13 @@ async def list_rows(
         "created_to": q.created_to,
         "after_at": None if q.after is None else q.after.created_at,
         "after_id": None if q.after is None else q.after.id,
-        "id_from": id_from,
-        "id_to": id_to,
     }
-    return await conn.fetch(sql, *(values[n] for n in names))
+    return await _run(conn, shape, values)
 
 
 def merge_query(first_bucket: int) -> str:
     """The statement of the original query (threshold, limit, offset by id) whose counts start at first_bucket."""
-    return _statement(_Shape(first_bucket, False, False, False, False, False, False))[0]
+    return _statement(_Shape(first_bucket))[0]
 
 
 async def list_page(
@@ -283,8 +293,7 @@ async def list_page(
     if len(rows) <= q.limit:
         return items, None
     last = items[-1]
-    after = After(id=last.id, created_at=last.created_at if q.newest_first else None)
-    return items, cursors.encode(cursor_key, q.fingerprint(), after)
+    return items, cursors.encode(cursor_key, q.fingerprint(), After(id=last.id, created_at=last.created_at))
 
 
 async def order_detail(conn: Connection, order_id: int) -> OrderHistoryDetail | None:

@@ -1,9 +1,9 @@
 """Filters, sorts and cursors of GET /v1/order-history against plain SQL (order_history/queries.py).
 
-The read model is filled directly with orders of a few users, goods counts in
-every kind of bucket, and creation times that follow the ids up to a few
-seconds (as the order service's do, within the creation skew setting) with
-many ties. Each combination of user, created_at range, threshold and sort is
+The read model is filled directly with orders of a few users (ids 10, 20, ...),
+goods counts in every kind of bucket, and creation times that follow the ids up
+to a few seconds (as the order service's do, within the creation skew setting)
+with many ties. Each combination of user, created_at range, threshold and sort is
 compared with a plain `WHERE ... ORDER BY ... LIMIT ... OFFSET` and with a walk
 over all its pages by cursor.
 """
@@ -59,15 +59,18 @@ def params_of(
     return params
 
 
+def created_of(i: int, jitter: int = 0) -> dt.datetime:
+    """Whole seconds (many orders share a created_at), up to 3 s out of id order: within the 5 s skew."""
+    return BASE + dt.timedelta(seconds=i * 3 + jitter)
+
+
 def order_rows(rng: random.Random, ids: range) -> list[tuple[Any, ...]]:
     rows = []
     for i in ids:
         count = COUNTS[i % len(COUNTS)] if i < 3 * len(COUNTS) else rng.choice(COUNTS)
         known, deleted = (True, False) if i % 13 else rng.choice([(False, False), (True, True)])
         user = rng.choices([1, 2, 3, 4, 5, 6, 7], weights=[60, 20, 8, 5, 4, 2, 1])[0]
-        # whole seconds: many orders share a created_at; up to 3 s out of id order
-        created = BASE + dt.timedelta(seconds=i * 3 + rng.randrange(-3, 4))
-        rows.append((i, user, created, count, known, deleted))
+        rows.append((10 * i, user, created_of(i, rng.randrange(-3, 4)), count, known, deleted))
     return rows
 
 
@@ -158,7 +161,7 @@ async def test_a_cursor_walk_under_concurrent_inserts_and_deletes_sees_each_stab
             touched: set[int] = set()
             seen: list[int] = []
             cursor = None
-            next_id = await pool.fetchval("SELECT max(id) + 1 FROM orders")
+            taken: set[int] = set()
             pages = 0
             async with filled.client("order_history") as client:
                 while True:
@@ -175,12 +178,14 @@ async def test_a_cursor_walk_under_concurrent_inserts_and_deletes_sees_each_stab
                     victims = rng.sample(sorted(before - touched), 5)
                     await pool.execute("UPDATE orders SET deleted = true WHERE id = ANY($1)", victims)
                     touched.update(victims)
-                    # new orders with created_at anywhere in the range (and ids above all others)
-                    fresh = [
-                        (next_id + k, user or 1, BASE + dt.timedelta(minutes=rng.randrange(20, 180)), 3, True, False)
-                        for k in range(5)
-                    ]
-                    next_id += 5
+                    # new orders anywhere in the walk, before and after the page: ids between two
+                    # existing ones, created between them (as orders created at the same moment)
+                    fresh: list[tuple[Any, ...]] = []
+                    while len(fresh) < 5:
+                        i = rng.randrange(300, 3700)
+                        if i not in taken:
+                            taken.add(i)
+                            fresh.append((10 * i + 5, user or 1, created_of(i), 3, True, False))
                     await insert(filled, fresh)
             assert pages > 5
             assert len(seen) == len(set(seen)), "no order twice"
@@ -192,7 +197,7 @@ async def test_a_cursor_walk_under_concurrent_inserts_and_deletes_sees_each_stab
             order = [keys[i] for i in seen] if sort == "-created_at" else seen
             assert order == sorted(order, reverse=sort == "-created_at"), "in the query's order"
             await pool.execute("UPDATE orders SET deleted = false WHERE id = ANY($1)", sorted(touched))
-            await pool.execute("DELETE FROM orders WHERE id > $1", ORDERS)
+            await pool.execute("DELETE FROM orders WHERE id % 10 <> 0")
 
 
 async def test_bad_parameters_get_a_422_naming_the_field(filled: Env) -> None:
