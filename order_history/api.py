@@ -75,8 +75,8 @@ class Listing:
             limit=params.limit,
             offset=params.offset,
             user_id=params.user_id,
-            created_from=_in_utc(params.created_from, "created_from"),
-            created_to=_in_utc(params.created_to, "created_to"),
+            created_from=_in_utc(params.created_from),
+            created_to=_in_utc(params.created_to),
             newest_first=params.sort == "-created_at",
         )
         if params.cursor is None:
@@ -90,14 +90,16 @@ class Listing:
         return replace(query, after=after)
 
 
-def _in_utc(at: dt.datetime | None, name: str) -> dt.datetime | None:
-    """A time in UTC, refused (422) if that falls outside the years 1..9999 a timestamp can hold here."""
+def _in_utc(at: dt.datetime | None) -> dt.datetime | None:
+    """A time in UTC. One that falls outside the years 1..9999 in UTC (9999-12-31T23:00:00-05:00, say) is
+    clamped to the nearest end: no order is created beyond them, so the page is the same."""
     if at is None:
         return None
     try:
         return at.astimezone(dt.UTC)
     except OverflowError:
-        raise ApiError(422, "out_of_range", f"{name} must fall within the years 1 to 9999 in UTC", name) from None
+        offset = at.utcoffset() or dt.timedelta(0)
+        return (dt.datetime.max if offset < dt.timedelta(0) else dt.datetime.min).replace(tzinfo=dt.UTC)
 
 
 async def reflect_tokens(request: Request) -> None:

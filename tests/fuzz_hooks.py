@@ -7,6 +7,10 @@ failure. Bodies and path ids in that blur are dropped before they are sent;
 the APIs' refusal of them is tested by test_order_api.py and test_goods_api.py
 (MAX_ID + 1).
 
+A `cursor` is valid only if this service made it for the same query, which a
+schema cannot say: the fuzzer's list reads go without one; cursors are tested
+by test_history_filters.py and test_cursors.py.
+
 A read with a well-formed Consistency-Token naming a write that never happened
 waits (2 s by default) before its documented 412: the fuzzer's reads carry
 `Prefer: wait=0`, so they answer at once; waiting is tested by
@@ -42,6 +46,18 @@ def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
 @schemathesis.hook
 def filter_path_parameters(context: schemathesis.HookContext, path_parameters: dict[str, Any]) -> bool:
     return _clean(path_parameters)
+
+
+@schemathesis.hook
+def filter_query(context: schemathesis.HookContext, query: dict[str, Any] | None) -> bool:
+    return _clean(query)
+
+
+@schemathesis.hook
+def map_query(context: schemathesis.HookContext, query: dict[str, Any] | None) -> dict[str, Any] | None:
+    if query and "cursor" in query:
+        del query["cursor"]
+    return query
 
 
 @schemathesis.hook
