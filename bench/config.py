@@ -7,6 +7,8 @@ from dataclasses import dataclass
 THRESHOLDS = (0, 5, 10, 15, 20, 30)
 OFFSETS = (0, 1000)
 LIMIT = 50
+# The bench read model's largest user's orders (user 1's); every other user has from 1 to this many.
+USER_MAX_ORDERS = 10_000
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from tqdm import tqdm
 from order_history import cursors, queries
 from order_history.settings import Settings
 
-from .config import LIMIT, Scale
-from .query import USER_MAX_ORDERS, HttpClient, timed_batch
+from .config import LIMIT, USER_MAX_ORDERS, Scale
 from .report import Report
 from .stats import LatencySummary, median, ratio
+from .timing import HttpClient, timed_batch
 
 # The loaded orders' created_at: 2026-01-01 plus 30 s per id (bench/query.py).
 _START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -13,10 +13,8 @@ them, as the original query is timed), on a connection with the API's settings.
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -28,19 +26,17 @@ from devstack.processes import ManagedProcess
 from order_history import queries
 
 from . import filters
-from .config import LIMIT, OFFSETS, THRESHOLDS, Scale
+from .config import LIMIT, OFFSETS, THRESHOLDS, USER_MAX_ORDERS, Scale
 from .env import BenchStack, log, step
 from .report import Report, Section, fmt
 from .stats import CpuMeter, LatencySummary, median, ratio
+from .timing import HttpClient, timed_batch
 
 BASELINE_SQL = """
 SELECT orders.id, orders.user_id, orders.created_at, COUNT(goods.id) AS goods_count
 FROM baseline.orders AS orders JOIN baseline.goods AS goods ON goods.order_id = orders.id
 GROUP BY orders.id HAVING COUNT(goods.id) > $1 LIMIT $2 OFFSET $3
 """
-
-# The largest user's orders (user 1's); every other user has from 1 to this many.
-USER_MAX_ORDERS = 10_000
 
 REFERENCE_SQL = """
 SELECT id FROM orders WHERE known AND NOT deleted AND goods_count > $1 ORDER BY id LIMIT $2 OFFSET $3
@@ -196,23 +192,6 @@ async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, 
 
 
 # -- timing ------------------------------------------------------------------------
-class HttpClient:
-    """One keep-alive HTTP/1.1 connection on loopback (stdlib: a few µs of overhead)."""
-
-    def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-
-    def get(self, path: str) -> tuple[float, int, bytes]:
-        t0 = time.perf_counter()
-        self.conn.request("GET", path)
-        response = self.conn.getresponse()
-        body = response.read()
-        return (time.perf_counter() - t0) * 1000.0, response.status, body
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 class _Recorder:
     """Stands in for an asyncpg connection and remembers the statements run on it."""
 
@@ -246,21 +225,6 @@ def plan_times(text: str) -> tuple[float, float]:
             if line.strip().startswith(key + ":"):
                 values[key] = float(line.split(":")[1].split()[0])
     return values["Planning Time"], values["Execution Time"]
-
-
-async def timed_batch(
-    call: Callable[[], Awaitable[object]], count: int, budget_s: float, minimum: int = 5
-) -> list[float]:
-    """Up to `count` sequential calls, stopping after `budget_s` once `minimum` samples are in: latencies in ms."""
-    samples: list[float] = []
-    started = time.perf_counter()
-    while len(samples) < count:
-        t0 = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-        if len(samples) >= minimum and time.perf_counter() - started > budget_s:
-            break
-    return samples
 
 
 @dataclass

@@ -18,9 +18,9 @@ from typing import Any
 from . import projection
 from .config import LIMIT, THRESHOLDS, Scale
 from .env import BenchStack, log
-from .query import HttpClient
 from .report import Report
 from .stats import LatencySummary
+from .timing import HttpClient
 
 _PREFIX = "bench-rebuild-"
 _GROUP = "bench-rebuild"

@@ -54,6 +54,9 @@ from shared.database import Connection
 EXACT_BUCKETS = 40
 _WIDE_UPPER = (48, 64, 96, 128, 192, 256, 512, 1024, 4096, 65536)
 BUCKETS = EXACT_BUCKETS + len(_WIDE_UPPER) + 1
+# Upper bounds (inclusive) of the bands of goods_count_band (migration 0008), but the last.
+BAND_UPPER = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 100)
+BANDS = len(BAND_UPPER) + 1
 # Counts T with a partial index orders_listed_over_T of the orders above T, in id
 # order (migrations 0003 and 0006).
 TAILS = (10, 20, 30, EXACT_BUCKETS)
@@ -112,7 +115,7 @@ class ListQuery:
 class _Shape:
     """What the text of a list statement depends on (its parameters aside)."""
 
-    first_bucket: int
+    first: int  # the first bucket or band above the threshold (see _first)
     user: bool = False
     created_from: bool = False  # created_at >= {created_from}
     created_to: bool = False  # created_at < {created_to}
@@ -122,12 +125,27 @@ class _Shape:
     page: str = "LIMIT {limit} OFFSET {offset}"
 
 
-def _buckets(first_bucket: int, tails: bool) -> tuple[list[int], int | None]:
-    """The buckets to merge from first_bucket on, and the tail whose index range ends the list (or None)."""
-    tail = None
-    if tails and first_bucket <= EXACT_BUCKETS:
-        tail = next(t for t in TAILS if t >= first_bucket - 1)
-    return list(range(first_bucket, (BUCKETS if tail is None else tail) + 1)), tail
+def band_of(count: int) -> int:
+    """The band of a goods count (>= 1), as goods_count_band() in SQL (migration 0008)."""
+    return next((i + 1 for i, upper in enumerate(BAND_UPPER) if count <= upper), BANDS)
+
+
+def _by_buckets(order: str, user: bool) -> bool:
+    """Whether a statement reads the buckets (and tails) of migration 0002; else the bands of migration 0008."""
+    return order == _BY_ID and not user
+
+
+def _first(threshold: int, order: str, user: bool) -> int:
+    """The first bucket or band a threshold selects: a statement's text depends on it, not on the threshold."""
+    return bucket_of(threshold + 1) if _by_buckets(order, user) else band_of(threshold + 1)
+
+
+def _ranges(shape: _Shape) -> tuple[str, list[int], int | None]:
+    """The key expression, its values to merge (the first holds threshold + 1), and the tail (or None)."""
+    if not _by_buckets(shape.order, shape.user):
+        return "goods_count_band(goods_count)", list(range(shape.first, BANDS + 1)), None
+    tail = next(t for t in TAILS if t >= shape.first - 1) if shape.first <= EXACT_BUCKETS else None
+    return "goods_count_bucket(goods_count)", list(range(shape.first, (BUCKETS if tail is None else tail) + 1)), tail
 
 
 def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
@@ -170,12 +188,12 @@ def _statement(shape: _Shape) -> tuple[str, tuple[str, ...]]:
             }[shape.order]
         )
     where = " AND ".join(conditions)
-    buckets, tail = _buckets(shape.first_bucket, tails=shape.order == _BY_ID and not shape.user)
+    key, values, tail = _ranges(shape)
     branches = [
-        f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND goods_count_bucket(goods_count) = {b}"
-        + (" AND goods_count > {threshold}" if b == shape.first_bucket else "")
+        f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND {key} = {value}"
+        + (" AND goods_count > {threshold}" if value == values[0] else "")
         + f" ORDER BY {shape.order})"
-        for b in buckets
+        for value in values
     ]
     if tail is not None:
         branches.append(
@@ -214,7 +232,7 @@ async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> li
     orders created within `skew` of its ends.
     """
     shape = _Shape(
-        first_bucket=bucket_of(q.threshold + 1),
+        first=band_of(q.threshold + 1),
         user=q.user_id is not None,
         created_to=q.created_to is not None,
         after=q.after is not None,
@@ -255,13 +273,14 @@ async def list_rows(
     windowed = q.user_id is not None or q.created_from is not None or q.created_to is not None
     if not q.newest_first and windowed:
         return await _window_rows(conn, q, skew)
+    order = _NEWEST_FIRST if q.newest_first else _BY_ID
     shape = _Shape(
-        first_bucket=bucket_of(q.threshold + 1),
+        first=_first(q.threshold, order, q.user_id is not None),
         user=q.user_id is not None,
         created_from=q.created_from is not None,
         created_to=q.created_to is not None,
         after=q.after is not None,
-        order=_NEWEST_FIRST if q.newest_first else _BY_ID,
+        order=order,
     )
     values: dict[str, object] = {
         "limit": q.limit,

@@ -18,11 +18,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from order_history.queries import BAND_UPPER, band_of
 from tests.harness import Env
 
 BASE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 COUNTS = [0, *range(1, 45), 48, 49, 64, 100, 1024, 5000, 70000]
-THRESHOLDS = [0, 1, 9, 10, 11, 30, 39, 40, 47, 1024, 2**31 - 2]
+# Both sides of the bands' edges (queries.BAND_UPPER) and of the buckets' tails.
+THRESHOLDS = [0, 1, 2, 4, 5, 7, 9, 10, 11, 14, 30, 39, 40, 47, 99, 100, 101, 1024, 2**31 - 2]
 USERS = [None, 1, 2, 7, 999]  # 1 has most orders, 7 a few, 999 none
 RANGES: list[tuple[dt.datetime | None, dt.datetime | None]] = [
     (None, None),
@@ -125,7 +127,7 @@ async def test_every_filter_and_sort_equals_plain_sql_by_offset_and_by_cursor(fi
                             assert response.status_code == 200, (params, response.text)
                             got = [item["id"] for item in response.json()["data"]]
                             assert got == expected[offset : offset + limit], (params, limit, offset)
-                        if threshold in (0, 10, 40):
+                        if threshold in (0, 5, 10, 40):
                             assert await walk(client, params, 97) == expected, params
                         compared += bool(expected)
     assert compared > 200, "the data should list something for most combinations"
@@ -257,3 +259,10 @@ async def test_times_beyond_the_years_1_to_9999_in_utc_are_the_ends_of_time(fill
         assert await ids(created_to="9999-12-31T23:00:00-05:00") == everything
         assert await ids(created_from="9999-12-31T23:00:00-05:00") == []
         assert await ids(created_to="0001-01-01T00:00:00+05:00", sort="-created_at") == []
+
+
+async def test_the_bands_in_python_are_the_bands_in_sql(env: Env) -> None:
+    pool = await env.pool("order_history")
+    counts = [*range(1, 2 * BAND_UPPER[-1]), 2**31 - 1]
+    in_sql = await pool.fetch("SELECT n, goods_count_band(n) AS band FROM unnest($1::integer[]) AS n", counts)
+    assert [(r["n"], r["band"]) for r in in_sql] == [(n, band_of(n)) for n in counts]
