@@ -125,7 +125,7 @@ async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, 
                 LEFT JOIN (SELECT order_id, count(*)::integer AS n FROM goods GROUP BY order_id) n ON n.order_id = p.id,
                 -- 30 s apart, up to 2 s out of id order (within the creation skew setting)
                 LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' + p.id * interval '30 seconds'
-                                + ((p.id * 7919) % 4001 - 2000) * interval '1 millisecond') t(ts)
+                                + ((p.id::bigint * 7919) % 4001 - 2000) * interval '1 millisecond') t(ts)
                 WHERE p.id <= {orders}""",
             )
         )
