@@ -237,7 +237,7 @@ async def run(conn: asyncpg.Connection, client: HttpClient, scale: Scale, report
                 d.p50,
                 d.p99,
                 plain,
-                f"{ratio(plain, h.p50):.0f}x",
+                f"{ratio(plain, d.p50):.0f}x",
                 case.correct,
             ]
         )
@@ -265,7 +265,7 @@ async def run(conn: asyncpg.Connection, client: HttpClient, scale: Scale, report
             "direct p50",
             "direct p99",
             "plain plan",
-            "plain / HTTP p50",
+            "plain / direct p50",
             "page correct",
         ],
         rows,

@@ -1,8 +1,8 @@
 """Request bodies over MAX_BODY_BYTES are refused with 413, without reading the rest.
 
 A pure ASGI middleware, ahead of everything else: a `Content-Length` over the
-limit is answered at once (the body is never read); a body without one
-(chunked) is counted as it streams in, and the read that passes the limit
+limit is answered at once (the body is never read), one within it passes
+untouched; a body without one (chunked) is counted as it streams in, and the read that passes the limit
 raises `BodyTooLarge`, which the error handlers turn into the same 413.
 """
 
@@ -38,7 +38,11 @@ class BodyLimit:
                 if int(value) > self.limit:
                     await _refuse(send, 413, "body_too_large", str(BodyTooLarge(self.limit)))
                     return
-                break
+                # The server reads no more than Content-Length bytes as this request's body
+                # (h11 and httptools frame by it, and refuse it beside Transfer-Encoding):
+                # nothing left to count.
+                await self.app(scope, receive, send)
+                return
         received = 0
 
         async def counted() -> Message:
