@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import asyncpg
@@ -27,6 +27,7 @@ from order_history import cursors, queries
 from order_history.settings import Settings
 
 from .config import LIMIT, USER_MAX_ORDERS, Scale
+from .plans import Recorder, explain
 from .report import Report
 from .stats import LatencySummary, median, ratio
 from .timing import HttpClient, timed_batch
@@ -34,6 +35,8 @@ from .timing import HttpClient, timed_batch
 # The loaded orders' created_at: 2026-01-01 plus 30 s per id (bench/query.py).
 _START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 _SORT_SQL = {"id": "id", "-created_at": "created_at DESC, id DESC"}
+# Ours is explained for these (the plans of the README).
+_EXPLAINED = (f"user with {USER_MAX_ORDERS:,} orders, 30 days, sort=id", "no filter, sort=-created_at")
 # Every run of the plain plan stops after this long (it reads the whole table in some combinations).
 _PLAIN_TIMEOUT_S = 60
 
@@ -166,6 +169,17 @@ async def _check(conn: asyncpg.Connection, client: HttpClient, key: bytes, case:
         case.matching = await conn.fetchval(count_sql, *args)
 
 
+async def _explain_ours(conn: asyncpg.Connection, case_list: list[Case]) -> list[str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the statements ours runs for these cases."""
+    out = []
+    for case in case_list:
+        recorder = Recorder(conn)
+        await queries.list_rows(cast(asyncpg.Connection, recorder), case.query())
+        for i, (sql, args) in enumerate(recorder.calls):
+            out.append(f"== ours: {case.name}, statement {i + 1} ==\n{await explain(conn, sql, args)}")
+    return out
+
+
 async def _plain(conn: asyncpg.Connection, case_list: list[Case], runs: int) -> list[str]:
     """The plain statements' times with only the primary key: indexes dropped in a transaction, rolled back."""
     indexes = await conn.fetch(
@@ -218,7 +232,8 @@ async def run(conn: asyncpg.Connection, client: HttpClient, scale: Scale, report
                 case.http.append(await timed_batch(over_http, scale.query_requests, scale.query_batch_seconds))
                 case.direct.append(await timed_batch(direct, scale.query_requests, scale.query_batch_seconds))
                 bar.update()
-    plans = await _plain(conn, case_list, runs=3)
+    ours = await _explain_ours(conn, [c for c in case_list if c.name in _EXPLAINED])
+    plans = ours + await _plain(conn, case_list, runs=3)
     plan_file = results_dir / f"{report.started:%Y%m%dT%H%M%S}-{scale.name}-filters-plain-plans.txt"
     plan_file.parent.mkdir(parents=True, exist_ok=True)
     plan_file.write_text("\n\n".join(plans))

@@ -28,6 +28,7 @@ from order_history import queries
 from . import filters
 from .config import LIMIT, OFFSETS, THRESHOLDS, USER_MAX_ORDERS, Scale
 from .env import BenchStack, log, step
+from .plans import Recorder, explain, plan_times
 from .report import Report, Section, fmt
 from .stats import CpuMeter, LatencySummary, median, ratio
 from .timing import HttpClient, timed_batch
@@ -192,41 +193,6 @@ async def load_read_model(bs: BenchStack, orders: int, goods: int) -> dict[str, 
 
 
 # -- timing ------------------------------------------------------------------------
-class _Recorder:
-    """Stands in for an asyncpg connection and remembers the statements run on it."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        self.calls.append((sql, args))
-        return await self.conn.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        self.calls.append((sql, args))
-        return await self.conn.fetchrow(sql, *args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        self.calls.append((sql, args))
-        return await self.conn.fetchval(sql, *args)
-
-
-async def explain(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> str:
-    rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
-    return "\n".join(r[0] for r in rows)
-
-
-def plan_times(text: str) -> tuple[float, float]:
-    """(planning ms, execution ms) from EXPLAIN ANALYZE output."""
-    values = {"Planning Time": float("nan"), "Execution Time": float("nan")}
-    for line in text.splitlines():
-        for key in values:
-            if line.strip().startswith(key + ":"):
-                values[key] = float(line.split(":")[1].split()[0])
-    return values["Planning Time"], values["Execution Time"]
-
-
 @dataclass
 class Combo:
     threshold: int
@@ -390,7 +356,7 @@ async def _explain(
         )
     }
     for threshold, offset in ((worst.threshold, worst.offset), (0, 0)):
-        recorder = _Recorder(c.conn)
+        recorder = Recorder(c.conn)
         await queries.list_rows(cast(asyncpg.Connection, recorder), _list(threshold, offset))
         for i, (sql, args) in enumerate(recorder.calls):
             key = f"ours (API settings), threshold {threshold}, offset {offset}, statement {i + 1}"

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 
 from order_history.rebuild import Rebuild
+from shared import consistency
 from tests.e2e.test_end_to_end import assert_read_model_matches_command_databases, start_services, wait_ready
 from tests.harness import ORDER, Env, command, wait_until
 from tests.readmodel import encode, order_created
@@ -38,6 +39,17 @@ async def _schemas(env: Env) -> list[str]:
         "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'read_model%' ORDER BY 1"
     )
     return [r["nspname"] for r in rows]
+
+
+async def _reflected_tokens(env: Env) -> list[str]:
+    """Tokens of the newest versions the serving model holds: 15 orders and 15 goods."""
+    pool = await env.pool("order_history")
+    tokens = []
+    for entity, table in (("order", "orders"), ("goods", "goods")):
+        rows = await pool.fetch(f"SELECT id, version FROM {table} WHERE version > 0 ORDER BY version DESC, id LIMIT 15")
+        tokens += [consistency.token(entity, r["id"], r["version"]) for r in rows]
+    assert len(tokens) == 30
+    return tokens
 
 
 async def test_rebuild_under_load_loses_nothing_and_fails_no_read(env: Env) -> None:
@@ -79,7 +91,14 @@ async def test_rebuild_under_load_loses_nothing_and_fails_no_read(env: Env) -> N
 
         await reads_over(0)
         reads_before = sum(statuses.values())
+        reflected = await _reflected_tokens(env)
         await rebuild.switch()  # under the write and read load
+        # what the old model reflected, the new one does at once: its positions are the old ones or later
+        response = await client.get(
+            "/v1/order-history",
+            headers={consistency.HEADER: ", ".join(reflected), "Prefer": "wait=0"},
+        )
+        assert response.status_code == 200, response.text
         await rebuild.drop_old()
         await more_writes(300)  # applied by the serving consumer to the new model
         await reads_over(reads_before)
