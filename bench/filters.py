@@ -181,7 +181,8 @@ async def _explain_ours(conn: asyncpg.Connection, case_list: list[Case]) -> list
 
 
 async def _plain(conn: asyncpg.Connection, case_list: list[Case], runs: int) -> list[str]:
-    """The plain statements' times with only the primary key: indexes dropped in a transaction, rolled back."""
+    """The plain statements' times with only the primary key and PostgreSQL's default settings: indexes
+    dropped in a transaction, rolled back."""
     indexes = await conn.fetch(
         """SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
            WHERE i.indrelid = 'orders'::regclass AND NOT i.indisprimary"""
@@ -191,6 +192,9 @@ async def _plain(conn: asyncpg.Connection, case_list: list[Case], runs: int) -> 
     await tr.start()
     try:
         await conn.execute(f"SET LOCAL statement_timeout = '{_PLAIN_TIMEOUT_S}s'")
+        # PostgreSQL's own choice: the defaults, not the API's session settings (no sorts, generic plans)
+        for name in queries.SESSION_SETTINGS:
+            await conn.execute(f"SET LOCAL {name} TO DEFAULT")
         for row in indexes:
             await conn.execute(f'DROP INDEX "{row["relname"]}"')
         for case in tqdm(case_list, desc="plain plans", unit="case"):
