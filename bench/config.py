@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+
+from order_history.settings import Settings
 
 THRESHOLDS = (0, 5, 10, 15, 20, 30)
 OFFSETS = (0, 1000)
 LIMIT = 50
+# The bench API runs with the default settings: its creation skew, for the direct calls of the list query.
+SKEW = dt.timedelta(seconds=Settings().created_at_skew)
 # The bench read model's largest user's orders (user 1's); every other user has from 1 to this many.
 USER_MAX_ORDERS = 10_000
 

@@ -102,6 +102,10 @@ class Report:
         self.goals.append(g)
         return g
 
+    def all_true(self, measurement: str, metric: str, checks: list[bool]) -> Goal:
+        """A goal that every one of `checks` holds (shown as how many of how many)."""
+        return self.goal(measurement, metric, float(sum(checks)), f"of {len(checks)}", "all", all(checks))
+
     def describe_machine(self, **extra: Any) -> None:
         mem_kib = 0
         try:

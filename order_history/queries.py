@@ -14,9 +14,9 @@ plus O + L entries (and, in a wide boundary bucket, the entries below N it
 skips); independent of the number of orders and goods.
 
 The filters and the newest-first sort use the same merge over the indexes of
-migration 0008, by bucket then created_at: orders_listed_by_created (no user) and
-orders_listed_by_user_created (one user's), every bucket above N (up to 51
-ranges). Which index serves which combination:
+migration 0008, by goods-count band then created_at: orders_listed_by_created
+(no user) and orders_listed_by_user_created (one user's), every band above N
+(up to 12 ranges). Which index serves which combination:
 
 | user_id | created range | sort        | read                                                        |
 |---------|---------------|-------------|-------------------------------------------------------------|
@@ -29,8 +29,8 @@ ranges). Which index serves which combination:
 A cursor continues strictly after its row's key ((created_at, id) < key, or
 id > key), so its page costs the same at any depth; OFFSET costs O + L.
 
-Each statement's text depends only on its shape (first bucket, which filters,
-the order); they run as prepared statements with generic plans (planned once
+Each statement's text depends only on its shape (first bucket or band, which
+filters, the order); they run as prepared statements with generic plans (planned once
 per connection), with sorting and parallel plans disabled for this pool so
 that the merge is the plan PostgreSQL picks (see order_history/api.py).
 """
@@ -232,7 +232,7 @@ async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> li
     orders created within `skew` of its ends.
     """
     shape = _Shape(
-        first=band_of(q.threshold + 1),
+        first=_first(q.threshold, _OLDEST_FIRST, q.user_id is not None),
         user=q.user_id is not None,
         created_to=q.created_to is not None,
         after=q.after is not None,
@@ -254,7 +254,7 @@ async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> li
     }
     edge = await _run(conn, replace(shape, page="OFFSET {n} LIMIT 1"), values)
     upto = _later(edge[0]["created_at"], skew) if edge else None
-    if edge and upto is not None:
+    if upto is not None:
         shape = replace(shape, created_upto=True)
         values["created_upto"] = upto
     rows = await _run(conn, replace(shape, page=""), values)
@@ -262,10 +262,10 @@ async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> li
     return rows[q.offset : q.offset + q.limit]
 
 
-async def list_rows(
-    conn: Connection, q: ListQuery, skew: dt.timedelta = dt.timedelta(seconds=5)
-) -> list[asyncpg.Record]:
+async def list_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> list[asyncpg.Record]:
     """One page of the list: rows (id, user_id, created_at, goods_count) in the query's order.
+
+    `skew`: the creation skew setting (see _window_rows).
 
     At most `q.limit` rows; the caller asks for one more than it shows to know
     whether a next page exists.

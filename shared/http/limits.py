@@ -2,8 +2,9 @@
 
 A pure ASGI middleware, ahead of everything else: a `Content-Length` over the
 limit is answered at once (the body is never read), one within it passes
-untouched; a body without one (chunked) is counted as it streams in, and the read that passes the limit
-raises `BodyTooLarge`, which the error handlers turn into the same 413.
+untouched; a body without one (chunked) is counted as it streams in, and the
+read that passes the limit raises `BodyTooLarge`, which the error handlers turn
+into the same 413.
 """
 
 from __future__ import annotations
