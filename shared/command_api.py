@@ -18,7 +18,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
@@ -30,7 +30,7 @@ from shared.batching import RunBatch
 from shared.database import UNAVAILABLE_ERRORS
 from shared.entrypoints import at_least, run_api, run_migrations, run_relay
 from shared.events import MAX_ID, MAX_VERSION, TOPIC_OF_TYPE
-from shared.http.app import create_service_app, json_response, pool_of
+from shared.http.app import Direct, create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES
 from shared.http.fields import etag, parse_if_match, path_id, read_fields, validate_fields
 from shared.notify import Notifier
@@ -115,22 +115,24 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
     """FastAPI's router of the resource (for the OpenAPI document) and the same endpoints as direct routes."""
     entity = resource.entity
     form_fields = resource.form_fields
+    base = f"/v1/{entity.name}"
+    one = f"{base}/{{{resource.id_param}}}"
 
     async def create(request: Request) -> Response:
         fields, source = await read_fields(request, form_fields, request.app.state.accept_form_writes)
         body = validate_fields(resource.create_model, fields, source, form_fields)
         created = await command_service.create(entity, request.app.state.creator, resource.create_item(body))
         _wake_relay(request)
-        headers = {
-            "Location": f"/v1/{entity.name}/{created.id}",
-            "ETag": etag(created.version),
-            consistency.HEADER: consistency.token(entity.name, created.id, created.version),
-        }
+        headers = [
+            (b"location", f"{base}/{created.id}".encode()),
+            (b"etag", etag(created.version).encode()),
+            _token_header(consistency.token(entity.name, created.id, created.version)),
+        ]
         return json_response(created, 201, headers)
 
     async def read(request: Request) -> Response:
         found = await command_service.get(pool_of(request), entity, path_id(request, resource.id_param))
-        return json_response(found, 200, {"ETag": etag(found.version)})
+        return json_response(found, 200, [(b"etag", etag(found.version).encode())])
 
     async def change(request: Request) -> Response:
         entity_id = path_id(request, resource.id_param)
@@ -141,10 +143,10 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
             pool_of(request), entity, resource.update_sql, entity_id, resource.update_args(body), expected
         )
         _wake_relay(request)
-        headers = {
-            "ETag": etag(changed.version),
-            consistency.HEADER: consistency.token(entity.name, changed.id, changed.version),
-        }
+        headers = [
+            (b"etag", etag(changed.version).encode()),
+            _token_header(consistency.token(entity.name, changed.id, changed.version)),
+        ]
         return json_response(changed, 200, headers)
 
     async def remove(request: Request) -> Response:
@@ -155,8 +157,6 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
             status_code=204, headers={consistency.HEADER: consistency.token(entity.name, entity_id, version)}
         )
 
-    base = f"/v1/{entity.name}"
-    one = f"{base}/{{{resource.id_param}}}"
     router = APIRouter(tags=[entity.name])
     public = entity.public
     router.add_api_route(
@@ -203,10 +203,18 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         return await by_method[request.method](request)
 
     direct = [
-        Route(base, create, methods=["POST"], include_in_schema=False),
-        Route(one, one_entity, methods=["GET", "PATCH", "DELETE"], include_in_schema=False),
+        Route(base, Direct(create), methods=["POST"], include_in_schema=False),
+        Route(one, Direct(one_entity), methods=["GET", "PATCH", "DELETE"], include_in_schema=False),
     ]
     return router, direct
+
+
+_TOKEN_NAME: Final = consistency.HEADER.lower().encode()
+
+
+def _token_header(value: str) -> tuple[bytes, bytes]:
+    """A write's Consistency-Token header, raw (see `json_response`)."""
+    return (_TOKEN_NAME, value.encode())
 
 
 def _written(description: str) -> dict[str, Any]:

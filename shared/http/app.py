@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Final
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from shared.database import create_pool, ping
 from shared.http.errors import install_error_handlers
@@ -22,6 +25,9 @@ from shared.notify import Notifier
 from shared.outbox import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
+
+
+_NO_TELEMETRY: Final[TelemetryConfig] = {"tracing": False, "metrics": False, "logs": False}
 
 
 def health_router(get_pool: Callable[[], asyncpg.Pool]) -> APIRouter:
@@ -99,7 +105,9 @@ def create_service_app(
                     await close()
             await app.state.pool.close()
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    # The APIs' metrics are Prometheus's (RequestMetrics); FastAPI's OpenTelemetry
+    # bridge, left on, would look up the global providers on every request.
+    app = FastAPI(title=title, lifespan=lifespan, telemetry=_NO_TELEMETRY)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetrics)  # outermost: it also counts what the others answer
@@ -117,10 +125,33 @@ def pool_of(request: Request) -> asyncpg.Pool:
     return pool
 
 
-def json_response(body: BaseModel, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        content=body.model_dump_json(),
-        status_code=status,
-        media_type="application/json",
-        headers=dict(headers or {}),
-    )
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
+def json_response(body: BaseModel, status: int = 200, headers: RawHeaders = ()) -> Response:
+    """`body` as JSON; `headers` as ASGI gives them (lowercase names, latin-1 bytes).
+
+    Raw, because Starlette otherwise copies a mapping into a list of encoded
+    pairs and searches it for its own two headers on every response.
+    """
+    response = Response(content=body.model_dump_json(), status_code=status, media_type="application/json")
+    response.raw_headers.extend(headers)
+    return response
+
+
+class Direct:
+    """A handler `(Request) -> Response` served as a bare ASGI endpoint of a Starlette route.
+
+    Starlette wraps a function endpoint in a second round of the app's exception
+    handlers (the app's ExceptionMiddleware applies the same ones around the
+    router) and in a wrapper of every message it sends; an endpoint that is not a
+    function is called as it is, so a `Direct` handler's request goes without both.
+    An exception it raises reaches the same handlers, one layer further out.
+    """
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive, send))
+        await response(scope, receive, send)
