@@ -126,7 +126,7 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         headers = [
             (b"location", f"{base}/{created.id}".encode()),
             (b"etag", etag(created.version).encode()),
-            _token_header(consistency.token(entity.name, created.id, created.version)),
+            (_TOKEN, consistency.token(entity.name, created.id, created.version).encode()),
         ]
         return json_response(created, 201, headers)
 
@@ -145,7 +145,7 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         _wake_relay(request)
         headers = [
             (b"etag", etag(changed.version).encode()),
-            _token_header(consistency.token(entity.name, changed.id, changed.version)),
+            (_TOKEN, consistency.token(entity.name, changed.id, changed.version).encode()),
         ]
         return json_response(changed, 200, headers)
 
@@ -209,12 +209,8 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
     return router, direct
 
 
-_TOKEN_NAME: Final = consistency.HEADER.lower().encode()
-
-
-def _token_header(value: str) -> tuple[bytes, bytes]:
-    """A write's Consistency-Token header, raw (see `json_response`)."""
-    return (_TOKEN_NAME, value.encode())
+# The header's name as a raw response header carries it (see `json_response`).
+_TOKEN: Final = consistency.HEADER.lower().encode()
 
 
 def _written(description: str) -> dict[str, Any]:
