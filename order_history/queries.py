@@ -1,38 +1,35 @@
 """Read-side SQL. Nothing here aggregates goods at request time.
 
-The original list query, `goods_count > N ORDER BY id LIMIT L OFFSET O`, is
-served by one partial index on (goods_count_bucket(goods_count), id) INCLUDE
-(user_id, created_at, goods_count) (migration 0002): within one bucket the index
-is already in id order, so the query is a UNION ALL of one index range per bucket
-above N, which PostgreSQL merges by id (Merge Append) and cuts at OFFSET + LIMIT
-rows. For N < 40, the counts above the first tail T >= N (T in 10, 20, 30, 40)
-are one more range, of the partial index orders_listed_over_T on (id)
-(migrations 0003 and 0006), instead of a bucket each: at most 11 ranges, and one
-alone when N is 10, 20 or 30. The bucket that holds N + 1 is filtered by
-`goods_count > N` when it spans several counts. Cost: one index descent per range
-plus O + L entries (and, in a wide boundary bucket, the entries below N it
-skips); independent of the number of orders and goods.
-
-The filters and the newest-first sort use the same merge over the indexes of
-migration 0008, by goods-count band then created_at: orders_listed_by_created
-(no user) and orders_listed_by_user_created (one user's), every band above N
-(up to 12 ranges). Which index serves which combination:
+Every list statement is a merge of index ranges, one per goods-count band above
+the threshold N (`band`, a stored goods_count_band(goods_count): 12 bands,
+migrations 0008 and 0009). Within one band an index is already in the page's
+order, so the statement is a UNION ALL of one index range per band, which
+PostgreSQL merges in that order (Merge Append) and cuts at OFFSET + LIMIT rows.
+The band that holds N + 1 is filtered by `goods_count > N`, read from the table
+(no index names goods_count, so that most count changes are HOT updates: see
+migration 0009). Which index serves which combination:
 
 | user_id | created range | sort        | read                                                        |
 |---------|---------------|-------------|-------------------------------------------------------------|
-| none    | none          | id          | orders_listed_by_bucket + tails, by id                      |
+| none    | none          | id          | orders_listed_by_band, by id                                |
 | none    | any           | -created_at | orders_listed_by_created, backwards from the cursor / range |
 | none    | given         | id          | orders_listed_by_created, a window sorted by id (below)     |
 | given   | any           | -created_at | orders_listed_by_user_created, backwards                    |
 | given   | any           | id          | orders_listed_by_user_created, a window sorted by id        |
 
-A cursor continues strictly after its row's key ((created_at, id) < key, or
-id > key), so its page costs the same at any depth; OFFSET costs O + L.
+The ranges read index entries only (index-only scans: every list index holds
+created_at and id); the page's L rows are then read by id. So the cost is one
+index descent per band plus O + L index entries and L rows (and, in a boundary
+band that also holds counts at or below N, the rows it skips, read for their
+goods_count); independent of the number of orders and goods. A cursor
+continues strictly after its row's key ((created_at, id) < key, or id > key),
+so its page costs the same at any depth; OFFSET costs O + L entries.
 
-Each statement's text depends only on its shape (first bucket or band, which
-filters, the order); they run as prepared statements with generic plans (planned once
-per connection), with sorting and parallel plans disabled for this pool so
-that the merge is the plan PostgreSQL picks (see order_history/api.py).
+Each statement's text depends only on its shape (first band, which filters,
+the order); they run as prepared statements with generic plans (planned once
+per connection), with sorts, hash and merge joins and parallel plans disabled
+for this pool so that the merge and the nested loop are the plan PostgreSQL
+picks (see order_history/api.py).
 """
 
 from __future__ import annotations
@@ -49,42 +46,32 @@ from order_history.cursors import After, fingerprint, micros
 from order_history.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
 from shared.database import Connection
 
-# Upper bounds (inclusive) of the buckets after the exact ones; mirrors the SQL
-# function goods_count_bucket of migration 0002.
-EXACT_BUCKETS = 40
-_WIDE_UPPER = (48, 64, 96, 128, 192, 256, 512, 1024, 4096, 65536)
-BUCKETS = EXACT_BUCKETS + len(_WIDE_UPPER) + 1
 # Upper bounds (inclusive) of the bands of goods_count_band (migration 0008), but the last.
 BAND_UPPER = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 100)
 BANDS = len(BAND_UPPER) + 1
-# Counts T with a partial index orders_listed_over_T of the orders above T, in id
-# order (migrations 0003 and 0006).
-TAILS = (10, 20, 30, EXACT_BUCKETS)
 
 # Settings of the read API's connections (see module docstring).
 SESSION_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "enable_sort": "off",
+    # A generic plan does not know the LIMIT, and may join the page's keys to
+    # their rows by a merge join that walks the primary key from its start (a
+    # deep cursor then costs its depth) or by a hash join that reads the table:
+    # the nested loop, one primary-key lookup per row of the page, is left.
+    "enable_mergejoin": "off",
+    "enable_hashjoin": "off",
     "max_parallel_workers_per_gather": "0",
     "jit": "off",
 }
 
 
-def bucket_of(count: int) -> int:
-    """The bucket of a goods count (>= 1), as goods_count_bucket() in SQL."""
-    if count <= EXACT_BUCKETS:
-        return count
-    for i, upper in enumerate(_WIDE_UPPER):
-        if count <= upper:
-            return EXACT_BUCKETS + 1 + i
-    return BUCKETS
-
-
-_LISTED = "known AND NOT deleted AND goods_count > 0"
+_LISTED = "known AND NOT deleted AND band > 0"
 _COLUMNS = "id, user_id, created_at, goods_count"
 _BY_ID = "id"
 _NEWEST_FIRST = "created_at DESC, id DESC"
 _OLDEST_FIRST = "created_at, id"
+# What a page's order needs of an index entry (every list index holds created_at and id).
+_KEYS = {_BY_ID: "id", _NEWEST_FIRST: "created_at, id", _OLDEST_FIRST: "created_at, id"}
 
 
 @dataclass(frozen=True)
@@ -115,7 +102,7 @@ class ListQuery:
 class _Shape:
     """What the text of a list statement depends on (its parameters aside)."""
 
-    first: int  # the first bucket or band above the threshold (see _first)
+    first: int  # the first band above the threshold: band_of(threshold + 1)
     user: bool = False
     created_from: bool = False  # created_at >= {created_from}
     created_to: bool = False  # created_at < {created_to}
@@ -123,6 +110,8 @@ class _Shape:
     after: bool = False  # strictly after the cursor's row in the statement's order
     order: str = _BY_ID  # the order of the rows: _BY_ID, _NEWEST_FIRST or _OLDEST_FIRST
     page: str = "LIMIT {limit} OFFSET {offset}"
+    filtered: bool = True  # the first band holds counts at or below the threshold: goods_count > {threshold}
+    select: str = "joined"  # "joined": keys cut to the page, then rows by id; "keys": keys only; "rows": rows
 
 
 def band_of(count: int) -> int:
@@ -130,22 +119,11 @@ def band_of(count: int) -> int:
     return next((i + 1 for i, upper in enumerate(BAND_UPPER) if count <= upper), BANDS)
 
 
-def _by_buckets(order: str, user: bool) -> bool:
-    """Whether a statement reads the buckets (and tails) of migration 0002; else the bands of migration 0008."""
-    return order == _BY_ID and not user
-
-
-def _first(threshold: int, order: str, user: bool) -> int:
-    """The first bucket or band a threshold selects: a statement's text depends on it, not on the threshold."""
-    return bucket_of(threshold + 1) if _by_buckets(order, user) else band_of(threshold + 1)
-
-
-def _ranges(shape: _Shape) -> tuple[str, list[int], int | None]:
-    """The key expression, its values to merge (the first holds threshold + 1), and the tail (or None)."""
-    if not _by_buckets(shape.order, shape.user):
-        return "goods_count_band(goods_count)", list(range(shape.first, BANDS + 1)), None
-    tail = next(t for t in TAILS if t >= shape.first - 1) if shape.first <= EXACT_BUCKETS else None
-    return "goods_count_bucket(goods_count)", list(range(shape.first, (BUCKETS if tail is None else tail) + 1)), tail
+def _first_band(threshold: int) -> tuple[int, bool]:
+    """The first band above a threshold, and whether it also holds counts at or below it (then filtered)."""
+    first = band_of(threshold + 1)
+    lowest = 1 if first == 1 else BAND_UPPER[first - 2] + 1
+    return first, threshold + 1 > lowest
 
 
 def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
@@ -164,11 +142,14 @@ def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
 def _statement(shape: _Shape) -> tuple[str, tuple[str, ...]]:
     """The statement of one shape, and the names of its parameters in order.
 
-    Every branch is one index range in the statement's order: a bucket of
-    orders_listed_by_bucket or a tail (by id, no user), of
-    orders_listed_by_created (by created_at, no user) or of
-    orders_listed_by_user_created (a user's, by created_at); the branches are
-    merged in that order (Merge Append) and cut to the page.
+    Every branch is one band's index range in the statement's order: of
+    orders_listed_by_band (by id, no user), orders_listed_by_created (by
+    created_at, no user) or orders_listed_by_user_created (a user's, by
+    created_at); the branches are merged in that order (Merge Append) and cut
+    to the page. The branches read only the index's keys (index-only scans),
+    except in a first band that is filtered by goods_count; with
+    select="joined" the rows of the page alone are then read by id, so that
+    the rows an OFFSET skips cost an index entry each, not a row.
     """
     conditions = [_LISTED]
     if shape.user:
@@ -188,20 +169,25 @@ def _statement(shape: _Shape) -> tuple[str, tuple[str, ...]]:
             }[shape.order]
         )
     where = " AND ".join(conditions)
-    key, values, tail = _ranges(shape)
+    columns = _COLUMNS if shape.select == "rows" else _KEYS[shape.order]
     branches = [
-        f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND {key} = {value}"
-        + (" AND goods_count > {threshold}" if value == values[0] else "")
+        f"(SELECT {columns} FROM orders WHERE {where} AND band = {band}"
+        + (" AND goods_count > {threshold}" if band == shape.first and shape.filtered else "")
         + f" ORDER BY {shape.order})"
-        for value in values
+        for band in range(shape.first, BANDS + 1)
     ]
-    if tail is not None:
-        branches.append(
-            f"(SELECT {_COLUMNS} FROM orders WHERE {where} AND goods_count > {tail} ORDER BY {shape.order})"
-        )
     if len(branches) == 1:  # one range alone: no merge (and a second ORDER BY would be an error)
-        return _numbered(f"{branches[0][1:-1]}\n{shape.page}")
-    return _numbered("\nUNION ALL\n".join(branches) + f"\nORDER BY {shape.order} {shape.page}")
+        merged = f"{branches[0][1:-1]}\n{shape.page}"
+    else:
+        merged = "\nUNION ALL\n".join(branches) + f"\nORDER BY {shape.order} {shape.page}"
+    if shape.select != "joined":
+        return _numbered(merged)
+    # A nested loop over the page's keys keeps their order: no sort.
+    outer_order = ", ".join(f"page.{key}" for key in shape.order.split(", "))
+    return _numbered(
+        f"SELECT {', '.join(f'o.{c}' for c in _COLUMNS.split(', '))}\nFROM ({merged}) AS page\n"
+        f"JOIN orders AS o ON o.id = page.id\nORDER BY {outer_order}"
+    )
 
 
 def _later(at: dt.datetime | None, by: dt.timedelta) -> dt.datetime | None:
@@ -231,12 +217,15 @@ async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> li
     cursor's row, for the same reason) and sorted here. Cost: the page plus the
     orders created within `skew` of its ends.
     """
+    first, filtered = _first_band(q.threshold)
     shape = _Shape(
-        first=_first(q.threshold, _OLDEST_FIRST, q.user_id is not None),
+        first=first,
+        filtered=filtered,
         user=q.user_id is not None,
         created_to=q.created_to is not None,
         after=q.after is not None,
         order=_OLDEST_FIRST,
+        select="keys",
     )
     start = q.created_from
     if q.after is not None:
@@ -257,7 +246,8 @@ async def _window_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> li
     if upto is not None:
         shape = replace(shape, created_upto=True)
         values["created_upto"] = upto
-    rows = await _run(conn, replace(shape, page=""), values)
+    # The window's rows in one statement (a later one could miss a row deleted meanwhile and end the walk).
+    rows = await _run(conn, replace(shape, page="", select="rows"), values)
     rows.sort(key=lambda r: r["id"])
     return rows[q.offset : q.offset + q.limit]
 
@@ -274,8 +264,10 @@ async def list_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> list[
     if not q.newest_first and windowed:
         return await _window_rows(conn, q, skew)
     order = _NEWEST_FIRST if q.newest_first else _BY_ID
+    first, filtered = _first_band(q.threshold)
     shape = _Shape(
-        first=_first(q.threshold, order, q.user_id is not None),
+        first=first,
+        filtered=filtered,
         user=q.user_id is not None,
         created_from=q.created_from is not None,
         created_to=q.created_to is not None,
@@ -295,9 +287,10 @@ async def list_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> list[
     return await _run(conn, shape, values)
 
 
-def merge_query(first_bucket: int) -> str:
-    """The statement of the original query (threshold, limit, offset by id) whose counts start at first_bucket."""
-    return _statement(_Shape(first_bucket))[0]
+def merge_query(threshold: int) -> str:
+    """The statement of the original query (threshold, limit, offset by id)."""
+    first, filtered = _first_band(threshold)
+    return _statement(_Shape(first, filtered=filtered))[0]
 
 
 async def list_page(

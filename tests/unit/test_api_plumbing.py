@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
-from order_history.queries import BUCKETS, EXACT_BUCKETS, TAILS, bucket_of, merge_query
+from order_history.queries import BAND_UPPER, BANDS, band_of, merge_query
 from shared.http.errors import ApiError
 from shared.http.fields import parse_if_match
 
@@ -27,35 +27,40 @@ def test_if_match_rejects_garbage_with_a_400(header: str) -> None:
     assert info.value.status == 400 and info.value.field == "If-Match"
 
 
-def test_merge_query_has_one_branch_per_exact_bucket_up_to_the_next_tail_and_one_for_the_tail() -> None:
-    sql = merge_query(bucket_of(6))
-    assert sql.count("UNION ALL") == 10 - 6 + 1
-    assert "goods_count_bucket(goods_count) = 6 AND goods_count > $1" in sql
-    assert "goods_count_bucket(goods_count) = 5 " not in sql
-    assert "goods_count_bucket(goods_count) = 11 " not in sql
-    assert "goods_count > 10 ORDER BY id)" in sql
+def test_merge_query_has_one_branch_per_band_from_the_first_and_filters_only_the_first() -> None:
+    sql = merge_query(6)  # band 5 holds 6 to 8: 7 and 8 are above the threshold, 6 is not
+    assert band_of(7) == 5
+    assert sql.count("UNION ALL") == BANDS - 5
+    assert "band = 5 AND goods_count > $1 ORDER BY id)" in sql
+    assert "band = 4 " not in sql
+    assert sql.count("goods_count > $1") == 1
+    assert f"band = {BANDS} ORDER BY id)" in sql
 
 
-@pytest.mark.parametrize("threshold", range(EXACT_BUCKETS))
-def test_every_threshold_below_the_wide_buckets_merges_at_most_eleven_ranges(threshold: int) -> None:
-    sql = merge_query(bucket_of(threshold + 1))
-    tail = next(t for t in TAILS if t >= threshold)
-    assert sql.count("UNION ALL") == tail - threshold <= 10
-    assert f"goods_count > {tail} ORDER BY id" in sql
-    assert [t for t in TAILS if f"goods_count > {t} ORDER BY" in sql] == [tail]
+@pytest.mark.parametrize("threshold", [0, 1, 3, 4, 5, 10, 40, 41, 100, 101, 2**31 - 2])
+def test_every_threshold_merges_the_bands_from_the_one_holding_the_next_count(threshold: int) -> None:
+    first = band_of(threshold + 1)
+    sql = merge_query(threshold)
+    assert sql.count("UNION ALL") == BANDS - first
+    # A band whose lowest count is threshold + 1 holds no count at or below it: no filter, keys only.
+    lowest = 1 if first == 1 else BAND_UPPER[first - 2] + 1
+    assert (f"band = {first} AND goods_count > $1" in sql) == (threshold + 1 > lowest)
+    if first == BANDS:  # one range alone: no merge
+        assert "UNION ALL" not in sql
 
 
-def test_merge_query_above_the_exact_buckets_uses_the_wide_ones() -> None:
-    sql = merge_query(bucket_of(45))
-    assert sql.count("UNION ALL") == BUCKETS - bucket_of(45)
-    assert f"goods_count_bucket(goods_count) = {bucket_of(45)} AND goods_count > $1" in sql
+def test_the_branches_read_keys_and_the_page_is_joined_by_id_in_its_order() -> None:
+    sql = merge_query(5)
+    assert "(SELECT id FROM orders WHERE" in sql
+    assert "AS page\nJOIN orders AS o ON o.id = page.id\nORDER BY page.id" in sql
+    assert "goods_count >" not in sql  # 5 ends a band
 
 
-def test_buckets_are_exact_up_to_40_then_widen() -> None:
-    assert [bucket_of(n) for n in (1, 2, 40, 41, 48, 49, 64, 65)] == [1, 2, 40, 41, 41, 42, 42, 43]
-    assert bucket_of(2**31 - 1) == BUCKETS
-    buckets = [bucket_of(n) for n in range(1, 70000)]
-    assert buckets == sorted(buckets)
+def test_bands_grow_with_the_count_up_to_the_last() -> None:
+    assert [band_of(n) for n in (1, 2, 3, 4, 5, 6, 100, 101)] == [1, 2, 3, 4, 4, 5, 11, 12]
+    assert band_of(2**31 - 1) == BANDS
+    bands = [band_of(n) for n in range(1, 70000)]
+    assert bands == sorted(bands)
 
 
 def test_a_weak_etag_never_matches() -> None:
