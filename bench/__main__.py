@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only query,projection,write,freshness,rebuild,reconcile]`."""
+"""`python -m bench [--quick] [--only query,projection,write,freshness,rebuild,reconcile,soak]`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from .config import FULL, QUICK, Scale
 from .env import BenchStack, log, pg_settings_of
 from .report import RESULTS_DIR, Report
 
-MEASUREMENTS = ("query", "projection", "write", "freshness", "rebuild", "reconcile")
+MEASUREMENTS = ("query", "projection", "write", "freshness", "rebuild", "reconcile", "soak")
+# The soak takes 15 minutes of its own: only when asked for (--only soak).
+DEFAULT = MEASUREMENTS[:-1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -23,8 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small scale: a few minutes in all")
     parser.add_argument(
         "--only",
-        default=",".join(MEASUREMENTS),
-        help=f"comma-separated subset of {', '.join(MEASUREMENTS)} (default: all, in that order)",
+        default=",".join(DEFAULT),
+        help=f"comma-separated subset of {', '.join(MEASUREMENTS)} (default: all but soak, in that order)",
     )
     parser.add_argument(
         "--fast-pg", action="store_true", help="PostgreSQL with fsync off (default: durable, as `make up`)"
@@ -76,7 +78,7 @@ def scale_of(args: argparse.Namespace) -> Scale:
 
 
 async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Report) -> None:
-    from . import freshness, projection, query, rebuild, reconcile, writes
+    from . import freshness, projection, query, rebuild, reconcile, soak, writes
 
     context: dict[str, float] = {}
     for name in args.only:
@@ -92,8 +94,10 @@ async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Re
             await freshness.run(bs, scale, report, context)
         elif name == "rebuild":
             await rebuild.run(bs, scale, report)
-        else:
+        elif name == "reconcile":
             await reconcile.run(bs, scale, report)
+        else:
+            await soak.run(bs, scale, report, args.results)
         bs.stop_processes()
         report.environment.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
 

@@ -42,6 +42,11 @@ class Scale:
     freshness_seconds: float = 60.0
     # 5. rebuild: the list query's latency before and during a rebuild of `events` events
     rebuild_probe_seconds: float = 20.0
+    # 6. soak: windows at max rate from a clean start, then at a fraction of the first window's rates
+    soak_window_seconds: float = 60.0
+    soak_max_windows: int = 6
+    soak_fixed_windows: int = 8
+    soak_fixed_fraction: float = 0.5
 
 
 FULL = Scale(
@@ -82,4 +87,7 @@ QUICK = Scale(
     pgbench_seconds=8.0,
     freshness_probes=150,
     freshness_seconds=40.0,
+    soak_window_seconds=20.0,
+    soak_max_windows=3,
+    soak_fixed_windows=5,
 )

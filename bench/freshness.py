@@ -36,7 +36,7 @@ POLL_S = 0.010
 PACED_CONNECTIONS = 16
 
 
-async def _visible(client: httpx.AsyncClient, order_id: int, goods_id: int | None, timeout: float) -> float | None:
+async def visible(client: httpx.AsyncClient, order_id: int, goods_id: int | None, timeout: float) -> float | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = await client.get(f"/v1/order-history/{order_id}")
@@ -75,14 +75,14 @@ async def probe_worker(
                 results["errors"].append((when, float(response.status_code)))
                 continue
             order_id = int(response.json()["id"])
-            seen = await _visible(history, order_id, None, timeout)
+            seen = await visible(history, order_id, None, timeout)
             results["order"].append((when, (seen - acked) * 1000 if seen else float("inf")))
             response = await goods.post("/v1/goods", json={"order_id": order_id, "name": "probe"})
             acked = time.monotonic()
             if response.status_code != 201:
                 results["errors"].append((when, float(response.status_code)))
                 continue
-            seen = await _visible(history, order_id, int(response.json()["id"]), timeout)
+            seen = await visible(history, order_id, int(response.json()["id"]), timeout)
             results["goods"].append((when, (seen - acked) * 1000 if seen else float("inf")))
             for kind, write in (
                 ("tokened_order", orders.post("/v1/order", json={"user_id": 4243})),
@@ -202,7 +202,7 @@ async def _prepare(bs: BenchStack) -> tuple[str, Path]:
     return prefix, workdir
 
 
-async def _start_services(bs: BenchStack, prefix: str) -> dict[str, ManagedProcess]:
+async def start_services(bs: BenchStack, prefix: str) -> dict[str, ManagedProcess]:
     """Start the APIs, both relays and the consumer as in `make up`; wait for the APIs and the consumer's group."""
     procs = {name: bs.service(name, prefix) for name in SERVICES}
     for p in procs.values():
@@ -448,7 +448,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, context: dict[str, f
     """Measurement 4: start the services, pace the background load, probe under it, and report."""
     section = report.section("freshness", "4. Freshness under load")
     prefix, workdir = await _prepare(bs)
-    procs = await _start_services(bs, prefix)
+    procs = await start_services(bs, prefix)
     urls = {s: f"http://127.0.0.1:{bs.port_of(s + '-api')}" for s in ("order", "goods")}
     try:
         targets = await _target_rates(bs, scale, context, urls, workdir)
