@@ -121,7 +121,7 @@ async def wait_with_progress(
 async def outbox_backlog(bs: BenchStack, database: str) -> int:
     conn = await bs.connect(database)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
     finally:
         await conn.close()
 
@@ -140,7 +140,7 @@ async def run_wrk_with_backlog(
         samples: list[int] = []
 
         async def sample_backlog() -> None:
-            samples.append(int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")))
+            samples.append(int(await conn.fetchval("SELECT count(*) FROM outbox")))
 
         await wait_with_progress(proc, seconds, desc, sample_backlog)
         stopped = time.monotonic()
@@ -149,10 +149,10 @@ async def run_wrk_with_backlog(
         wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (
             children_before.ru_utime + children_before.ru_stime
         )
-        backlog_at_stop = int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        backlog_at_stop = int(await conn.fetchval("SELECT count(*) FROM outbox"))
         drained_after: float | None = None
         while time.monotonic() - stopped < 60:
-            if int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0:
+            if int(await conn.fetchval("SELECT count(*) FROM outbox")) == 0:
                 drained_after = time.monotonic() - stopped
                 break
             await asyncio.sleep(0.02)

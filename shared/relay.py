@@ -1,16 +1,17 @@
 """The outbox relay: publishes committed outbox rows to Kafka.
 
-Delivery semantics: at least once, in commit order per entity. A row is marked
-published only after Kafka acknowledged it (acks=all, idempotent producer); a
-crash between the acknowledgement and the mark sends the row again, with the
-same event_id. Rows go out in ascending outbox id, keyed by the aggregate id; a
-command locks its entity's row, so a later change of one entity always has a
-larger id and lands after the earlier one in the entity's partition.
+Delivery semantics: at least once, in commit order per entity. A row is
+deleted only after Kafka acknowledged it (acks=all, idempotent producer); a
+crash between the acknowledgement and the delete sends the row again, with the
+same event_id. The outbox thus holds only what is not yet published. Rows go
+out in ascending outbox id, keyed by the aggregate id; a command locks its
+entity's row, so a later change of one entity always has a larger id and lands
+after the earlier one in the entity's partition.
 
 No database transaction is open while Kafka is waited for: a batch is read,
-sent, and marked published in a short transaction of its own once every
-message is acknowledged. A batch Kafka does not acknowledge within
-`relay_delivery_timeout` is given up (it stays unpublished) and sent again
+sent, and deleted in a short transaction of its own once every message is
+acknowledged. A batch Kafka does not acknowledge within
+`relay_delivery_timeout` is given up (it stays in the outbox) and sent again
 later.
 
 Leadership: one relay per database publishes; any others stand by. The leader
@@ -50,9 +51,8 @@ log = logging.getLogger(__name__)
 
 LEADER_LOCK_KEY = 0x6F7574626F78  # "outbox"
 _COMMAND_TIMEOUT = 30.0
-_SELECT = "SELECT id, topic, message_key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
-_MARK = "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])"
-_PURGE = "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)"
+_SELECT = "SELECT id, topic, message_key, payload FROM outbox ORDER BY id LIMIT $1"
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 # The relay's metrics (served by `shared.metrics.serve`); `relay` is the service: order or goods.
 PUBLISHED = Counter("relay_events_published_total", "Outbox events published to Kafka", ["relay"])
@@ -76,12 +76,11 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._lead: asyncpg.Connection | None = None  # leader lock + LISTEN
-        self._work: asyncpg.Connection | None = None  # reads, marks, purges
+        self._work: asyncpg.Connection | None = None  # reads and deletes batches
         self.leading = False
         self._standing_by = False
         self._kafka_ok: bool | None = None
         self._db_ok: bool | None = None
-        self._last_purge = 0.0
         self.published = 0
         LEADER.labels(name).set_function(lambda: 1.0 if self.leading else 0.0)
         PUBLISHED.labels(name)  # shown as 0 until the first publish, not absent
@@ -113,7 +112,7 @@ class OutboxRelay:
                 await backoff.wait()
 
     async def _cycle(self) -> None:
-        """One step: become or stay leader, publish one batch, purge when due, wait when idle."""
+        """One step: become or stay leader, publish one batch, wait when idle."""
         lead, work = await self._connect()
         if not await self._lead_or_stand_by(lead):
             await self._wait(self.settings.relay_poll_interval)
@@ -122,8 +121,6 @@ class OutboxRelay:
         # Cleared before reading: a NOTIFY that arrives while we publish wakes the next wait.
         self._wake.clear()
         count = await self._publish_batch(work)
-        if time.monotonic() - self._last_purge > self.settings.outbox_purge_interval:
-            await self._purge(work)
         if count < self.settings.relay_batch_size:
             await self._wait(self.settings.relay_poll_interval)
 
@@ -155,7 +152,7 @@ class OutboxRelay:
         sent = await deliver(futures, self.settings.relay_delivery_timeout - (time.monotonic() - started))
         self._set_kafka(True)
         async with work.transaction():
-            await work.execute(_MARK, [r["id"] for r in rows], timeout=_COMMAND_TIMEOUT)
+            await work.execute(_DELETE, [r["id"] for r in rows], timeout=_COMMAND_TIMEOUT)
         self.published += len(rows)
         PUBLISHED.labels(self.name).inc(len(rows))
         BATCH_SECONDS.labels(self.name).observe(time.monotonic() - read)
@@ -170,13 +167,6 @@ class OutboxRelay:
                 },
             )
         return len(rows)
-
-    async def _purge(self, work: asyncpg.Connection) -> None:
-        result = await work.execute(_PURGE, self.settings.outbox_retention_seconds, timeout=_COMMAND_TIMEOUT)
-        self._last_purge = time.monotonic()
-        purged = int(result.split()[-1])
-        if purged:
-            log.debug("published outbox rows purged", extra={"relay": self.name, "rows": purged})
 
     async def _wait(self, seconds: float) -> None:
         try:

@@ -61,8 +61,6 @@ class CommandServiceSettings(CommonSettings):
     )
     relay_max_backoff: float = Field(default=5.0, gt=0)
     relay_metrics_port: int = Field(default=0, ge=0, le=65535, description="the relay's /metrics port (0: none)")
-    outbox_retention_seconds: float = Field(default=24 * 3600.0, ge=0)
-    outbox_purge_interval: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _lease_outlasts_a_delivery(self) -> CommandServiceSettings:

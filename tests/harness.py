@@ -198,6 +198,33 @@ class Env:
         finally:
             await conn.close()
 
+    async def journal_outbox(self, service: str) -> None:
+        """From now until the test ends, copy every row written to the service's outbox into
+        `outbox_journal`: what the tests compare Kafka with (the relay deletes what it published)."""
+        await self.as_owner(
+            service,
+            """DROP TRIGGER IF EXISTS outbox_journal ON outbox; DROP FUNCTION IF EXISTS outbox_journal();
+               DROP TABLE IF EXISTS outbox_journal;
+               CREATE TABLE outbox_journal (LIKE outbox);
+               CREATE FUNCTION outbox_journal() RETURNS trigger LANGUAGE plpgsql
+                   SECURITY DEFINER SET search_path = public AS $$
+               BEGIN
+                   INSERT INTO outbox_journal SELECT * FROM new_rows;
+                   RETURN NULL;
+               END $$;
+               CREATE TRIGGER outbox_journal AFTER INSERT ON outbox REFERENCING NEW TABLE AS new_rows
+                   FOR EACH STATEMENT EXECUTE FUNCTION outbox_journal();""",
+        )
+
+        async def drop() -> None:
+            await self.as_owner(
+                service,
+                """DROP TRIGGER outbox_journal ON outbox; DROP FUNCTION outbox_journal();
+                   DROP TABLE outbox_journal""",
+            )
+
+        self._closers.append(drop)
+
     async def close_pools(self) -> None:
         """Drop this test's pools at once (before the server goes away); `pool` makes new ones."""
         for pool in self.pools.values():
@@ -293,7 +320,7 @@ class Env:
         async def drained() -> bool:
             for service in ("order", "goods"):
                 pool = await self.pool(service)
-                if await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                if await pool.fetchval("SELECT count(*) FROM outbox"):
                     return False
             return True
 

@@ -95,7 +95,7 @@ async def snapshot(env: Env, service: str = "order") -> tuple[list[tuple[Any, ..
     table = {"order": "orders", "goods": "goods"}[service]
     entities = await pool.fetch(f"SELECT * FROM {table} ORDER BY id")
     outbox = await pool.fetch(
-        "SELECT id, event_id, topic, message_key, payload::text, published_at FROM outbox ORDER BY id"
+        "SELECT id, event_id, topic, message_key, payload::text, created_at FROM outbox ORDER BY id"
     )
     return [tuple(r) for r in entities], [tuple(r) for r in outbox]
 

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import pytest
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from devstack.processes import ManagedProcess
 from order import service as order_service
@@ -37,8 +38,14 @@ def check_stream(records: list[ConsumerRecord], outbox_ids: set[str]) -> None:
 
 
 async def outbox_event_ids(env: Env, service: str = "order") -> set[str]:
+    """Every event written to the outbox since the test's `journal_outbox`."""
     pool = await env.pool(service)
-    return {str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM outbox")}
+    return {str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM outbox_journal")}
+
+
+@pytest.fixture(autouse=True)
+async def _journal(env: Env) -> None:
+    await env.journal_outbox("order")
 
 
 @pytest.mark.slow
@@ -61,7 +68,7 @@ async def test_writes_accepted_while_kafka_is_down_all_arrive_in_order(env: Env)
                     r = await client.patch(f"/v1/order/{ids[-1]}", json={"user_id": i + 1})
                     assert r.status_code == 200, r.text
             pool = await env.pool("order")
-            assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 500
+            assert await pool.fetchval("SELECT count(*) FROM outbox") == 500
         finally:
             await asyncio.to_thread(env.kafka.start)
     await env.wait_outbox_drained(timeout=120)
@@ -71,10 +78,10 @@ async def test_writes_accepted_while_kafka_is_down_all_arrive_in_order(env: Env)
 
 @pytest.mark.slow
 async def test_relay_killed_in_the_middle_of_a_backlog_loses_nothing(env: Env) -> None:
-    """The relay is killed after Kafka acknowledged a batch and before the batch was marked
-    published: the crash the outbox must survive (the batch goes out again, nothing is lost).
+    """The relay is killed after Kafka acknowledged a batch and before the batch was deleted
+    from the outbox: the crash the outbox must survive (the batch goes out again, nothing is lost).
 
-    A row in the middle of the backlog is held locked, so the relay's mark of the batch that
+    A row in the middle of the backlog is held locked, so the relay's delete of the batch that
     holds it waits; it is killed exactly there, whatever the machine's speed.
     """
     pool = await env.pool("order")
@@ -93,19 +100,19 @@ async def test_relay_killed_in_the_middle_of_a_backlog_loses_nothing(env: Env) -
         await holder.fetchval("SELECT id FROM outbox ORDER BY id OFFSET 1000 LIMIT 1 FOR UPDATE")
         relay.start()
 
-        async def mark_waits() -> bool:
+        async def delete_waits() -> bool:
             return bool(
                 await pool.fetchval(
                     """SELECT count(*) FROM pg_stat_activity
                        WHERE datname = current_database() AND wait_event_type = 'Lock'
-                         AND query LIKE 'UPDATE outbox SET published_at%'"""
+                         AND query LIKE 'DELETE FROM outbox%'"""
                 )
             )
 
-        await wait_until(mark_waits, 60, "the relay to wait for the locked row")
+        await wait_until(delete_waits, 60, "the relay to wait for the locked row")
         relay.kill9()
-    published = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
-    assert published <= 1050  # at most the batches before the locked row, and its own
+    published = 3000 - await pool.fetchval("SELECT count(*) FROM outbox")
+    assert published <= 1000  # at most the batches before the locked row's
     relay.start()
     await env.wait_outbox_drained(timeout=120)
     records = await env.read_topic(ORDER, expect=3000, timeout=60)
@@ -128,18 +135,38 @@ async def test_two_relays_do_not_publish_the_same_rows(env: Env) -> None:
     check_stream(records, await outbox_event_ids(env))
 
 
-async def test_published_rows_are_purged_after_the_retention(env: Env) -> None:
-    env.start_relay("order", outbox_retention_seconds=0.0, outbox_purge_interval=0.2)
+async def test_published_rows_leave_the_outbox_and_the_rest_stay(env: Env) -> None:
+    """The outbox holds only what Kafka has not acknowledged: 20 rows published are deleted;
+    then, with the broker frozen, 5 more stay until it answers again."""
+    env.start_relay("order", relay_delivery_timeout=2.0, relay_max_backoff=0.5, relay_poll_interval=0.2)
     pool = await env.pool("order")
     creator = order_service.order_creator(pool)
     for i in range(20):
         await order_service.create_order(creator, i + 1)
-
-    async def purged() -> bool:
-        return bool(await pool.fetchval("SELECT count(*) FROM outbox") == 0)
-
-    await wait_until(purged, 30, "published outbox rows to be purged")
+    await env.wait_outbox_drained()
     assert len(await env.read_topic(ORDER, expect=20)) == 20
+    assert await pool.fetchval("SELECT count(*) FROM outbox_journal") == 20
+    errors_before = _publish_errors()
+    env.kafka.pause()
+    try:
+        for i in range(5):
+            await order_service.create_order(creator, 100 + i)
+
+        async def given_up() -> bool:
+            return _publish_errors() > errors_before
+
+        await wait_until(given_up, 60, "the relay to give a batch up while the broker is frozen")
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 5
+    finally:
+        env.kafka.resume()
+    await env.wait_outbox_drained()
+    records = await env.read_topic(ORDER, expect=25, timeout=60)
+    check_stream(records, await outbox_event_ids(env))
+
+
+def _publish_errors() -> float:
+    """The in-process order relay's failed cycles so far (relay_publish_errors_total)."""
+    return REGISTRY.get_sample_value("relay_publish_errors_total", {"relay": "order"}) or 0.0
 
 
 async def _backlog(env: Env, orders: int) -> None:
@@ -173,16 +200,16 @@ async def test_relay_publishing_when_postgres_crashes_goes_on_after_it_restarts(
     await holder.fetchval("SELECT id FROM outbox ORDER BY id OFFSET 1000 LIMIT 1 FOR UPDATE")
     relay.start()
 
-    async def mark_waits() -> bool:
+    async def delete_waits() -> bool:
         return bool(
             await pool.fetchval(
                 """SELECT count(*) FROM pg_stat_activity
                    WHERE datname = current_database() AND wait_event_type = 'Lock'
-                     AND query LIKE 'UPDATE outbox SET published_at%'"""
+                     AND query LIKE 'DELETE FROM outbox%'"""
             )
         )
 
-    await wait_until(mark_waits, 60, "the relay to be in the middle of a batch")
+    await wait_until(delete_waits, 60, "the relay to be in the middle of a batch")
     await _restart_postgres(env)
     await _backlog(env, 10)  # written after the restart
     await env.wait_outbox_drained(timeout=120)
@@ -239,7 +266,7 @@ async def test_a_broker_that_stops_answering_mid_batch_holds_no_transaction_and_
         assert "batch given up" in first.log_file.read_text(errors="replace")
         assert open_transactions == 0
         assert first.stop(timeout=15), "the relay did not stop on SIGTERM while Kafka was not answering"
-        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 300
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 300
     finally:
         env.kafka.resume()
     await env.wait_outbox_drained(timeout=120)

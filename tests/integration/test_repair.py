@@ -128,13 +128,13 @@ async def test_resync_restores_tampered_rows_and_deletes_what_is_gone(env: Env) 
     assert (await _reconcile(env))[0] == 0
 
     # --all, in batches: every entity once more, nothing changes.
+    await env.journal_outbox("goods")
     outbox = await env.pool("goods")
-    before = await outbox.fetchval("SELECT count(*) FROM outbox")
     result = await command(env, "goods", "resync", "--all", "--batch-size", "7")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"resynced {len(goods_ids)} goods(s)")
     resynced = await outbox.fetchval(
-        "SELECT count(*) FROM outbox WHERE payload->>'event_type' = 'goods.resynced' AND id > $1", before
+        "SELECT count(*) FROM outbox_journal WHERE payload->>'event_type' = 'goods.resynced'"
     )
     assert resynced == len(goods_ids)
     await _settle(env)
@@ -238,12 +238,17 @@ async def test_resync_waits_for_the_relay_and_fails_clearly_when_none_publishes(
     )
     assert stalled.returncode == 1
     assert "the outbox holds 30 unpublished events and no relay publishes them" in stalled.stderr
+    await env.journal_outbox("goods")  # from here: the 20 snapshots of the second resync
     env.start_relay("goods")
     done = await command(env, "goods", "resync", "--all", "--batch-size", "5", "--max-backlog", "25")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("resynced 20 goods(s)")
     outbox = await env.pool("goods")
-    assert await outbox.fetchval("SELECT count(*) FROM outbox WHERE payload->>'event_type' = 'goods.resynced'") == 30
+    assert (
+        await outbox.fetchval("SELECT count(*) FROM outbox_journal WHERE payload->>'event_type' = 'goods.resynced'")
+        == 20
+    )
+    await env.wait_outbox_drained()  # the 10 of the stalled run and the 20 published
 
 
 async def test_resync_all_while_writes_go_on_never_lets_a_snapshot_undo_a_change(env: Env) -> None:
