@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from aiokafka import ConsumerRecord
 
 from tests.harness import GOODS, ORDER, Env
@@ -18,6 +19,13 @@ from tests.integration.test_order_api import parse_time
 from tests.integration.test_outbox_events import wait_for_outbox
 
 PER_CLIENT = 50
+
+
+@pytest.fixture(autouse=True)
+async def _journal(env: Env) -> None:
+    """wait_for_outbox counts the events written in the outbox journal."""
+    await env.journal_outbox("order")
+    await env.journal_outbox("goods")
 
 
 def events_of(messages: list[ConsumerRecord], aggregate_id: int) -> list[dict[str, Any]]:
