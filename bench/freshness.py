@@ -24,6 +24,7 @@ import httpx
 from tqdm import tqdm
 
 from devstack.processes import ManagedProcess
+from shared.outbox import UNPUBLISHED_SQL
 
 from .config import Scale
 from .env import BenchStack, log
@@ -119,7 +120,7 @@ async def sample_lag(bs: BenchStack, prefix: str, group: str, stop: asyncio.Even
         while not stop.is_set():
             sample = {"t": round(time.monotonic() - started, 2)}
             for db in ("orders", "goods"):
-                sample[f"outbox_{db}"] = int(await conns[db].fetchval("SELECT count(*) FROM outbox"))
+                sample[f"outbox_{db}"] = int(await conns[db].fetchval(UNPUBLISHED_SQL))
             applied = int(
                 await conns["order_history"].fetchval(
                     "SELECT coalesce(sum(next_offset), 0) FROM consumer_positions WHERE consumer_group = $1", group

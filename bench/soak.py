@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import subprocess
 import time
@@ -50,8 +51,8 @@ from .env import BenchStack, log
 from .freshness import start_services, visible
 from .projection import reset_read_model
 from .report import Report, Section, fmt
-from .stats import children_of, median, percentile, ratio, rss_mib
-from .writes import parse_wrk, wrk_argv
+from .stats import median, percentile, ratio, rss_mib
+from .writes import lua_done, parse_wrk, wrk_argv
 
 MAX_CONNECTIONS = {"order": 32, "goods": 32, "history": 8}
 PACED_CONNECTIONS = {"order": 16, "goods": 16, "history": 4}
@@ -65,7 +66,7 @@ FLAT_TOLERANCE = 1.25
 
 # Counts answers by class in each thread; done() adds them up (wrk runs
 # response() in the threads' Lua states, done() in the main one).
-_LUA_COMMON = r"""
+_LUA_COUNT_ANSWERS = r"""
 wrk.headers["Content-Type"] = "application/json"
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -78,21 +79,15 @@ function response(status, headers, body)
   elseif status == 404 then answered_404 = answered_404 + 1
   else answered_other = answered_other + 1 end
 end
-function done(summary, latency, requests)
-  local ok, nf, other = 0, 0, 0
+"""
+_LUA_DONE = lua_done(
+    prelude="""  local ok, nf, other = 0, 0, 0
   for _, t in ipairs(threads) do
     ok = ok + t:get("answered_ok"); nf = nf + t:get("answered_404"); other = other + t:get("answered_other")
   end
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "connect_errors": %d, "read_errors": %d, ' ..
-    '"write_errors": %d, "status_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
-    '"p999_us": %d, "max_us": %d, "mean_us": %.1f, "ok": %d, "not_found": %d, "other": %d}\n',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
-    latency.max, latency.mean, ok, nf, other))
-end
-"""
+""",
+    extra={"ok": "ok", "not_found": "nf", "other": "other"},
+)
 
 _REQUESTS = {
     # 60% create, 25% change of user, 15% delete
@@ -147,7 +142,7 @@ def lua_script(api: str, max_order: int, max_goods: int, seed: int, delay_ms: fl
     """The mixed load of one API; ids drawn from those created so far; `delay_ms` paces each connection."""
     constants = f"SEED = {seed}\nUSERS = {USERS}\nMAX_ORDER = {max(1, max_order)}\nMAX_GOODS = {max(1, max_goods)}\n"
     delay = f"function delay() return {delay_ms:.3f} end\n" if delay_ms > 0 else ""
-    return constants + _LUA_COMMON + _REQUESTS[api] + delay
+    return constants + _LUA_COUNT_ANSWERS + _REQUESTS[api] + delay + _LUA_DONE
 
 
 @dataclass
@@ -176,6 +171,10 @@ class Window:
 
     def most(self, key: str) -> float:
         return max((float(s[key]) for s in self.samples), default=math.nan)
+
+    def writes_p99(self) -> float:
+        """The worse of the two write APIs' p99 (ms)."""
+        return max(self.p("order", "p99"), self.p("goods", "p99"))
 
     def unexpected(self) -> int:
         return sum(int(w["other"]) + int(w["errors"]) - int(w["status_errors"]) for w in self.wrk.values())
@@ -385,7 +384,7 @@ class Soak:
                 ends = await kafka.end_offsets(tps)
                 sample["consumer_lag"] = int(sum(ends.values())) - applied
                 sample["rss_mib"] = {
-                    name: round(sum(rss_mib(pid) for pid in self._tree(p)), 1) for name, p in self.procs.items()
+                    name: round(sum(rss_mib(pid) for pid in self.bs.tree_pids(p)), 1) for name, p in self.procs.items()
                 }
                 w.samples.append(sample)
                 with contextlib.suppress(TimeoutError):
@@ -396,11 +395,6 @@ class Soak:
             await kafka.stop()
             for conn in conns.values():
                 await conn.close()
-
-    @staticmethod
-    def _tree(proc: ManagedProcess) -> list[int]:
-        pid = proc.pid()
-        return [] if pid is None else [pid, *children_of(pid)]
 
     async def _probe(self, w: Window, stop: asyncio.Event) -> None:
         """Every PROBE_EVERY_S (or when the last probe ends): create an order, then time until the
@@ -480,20 +474,7 @@ def _report(section: Section, report: Report, windows: list[Window], scale: Scal
         HEADERS,
         [w.row() for w in windows],
     )
-    section.data["windows"] = [
-        {
-            "phase": w.phase,
-            "index": w.index,
-            "started_s": w.started,
-            "wrk": w.wrk,
-            "samples": w.samples,
-            "freshness_ms": w.freshness_ms,
-            "autovacuums": w.autovacuums,
-            "wal_mib": w.wal_mib,
-            "checkpoints": w.checkpoints,
-        }
-        for w in windows
-    ]
+    section.data["windows"] = [dataclasses.asdict(w) for w in windows]
     plot = _plot(windows, results_dir, report)
     if plot is not None:
         section.note(f"Plot: `{plot.name}` beside this report.")
@@ -518,7 +499,7 @@ def _report(section: Section, report: Report, windows: list[Window], scale: Scal
     if fixed:
         for label, key in (("writes p99", "write"), ("freshness p99", "fresh")):
             values = [_p99_of(w, key) for w in fixed]
-            # Halves, not single windows: one window's p99 jumps by half on this machine; a trend moves the median.
+            # Halves, not single windows: one window's p99 is noisy on these machines; a trend moves the median.
             half = len(values) // 2
             spread = ratio(median(values[-half:]), median(values[:half])) if half else math.nan
             report.goal(
@@ -551,9 +532,7 @@ def _report(section: Section, report: Report, windows: list[Window], scale: Scal
 
 
 def _p99_of(w: Window, key: str) -> float:
-    if key == "fresh":
-        return percentile(w.freshness_ms, 99)
-    return max(w.p("order", "p99"), w.p("goods", "p99"))
+    return percentile(w.freshness_ms, 99) if key == "fresh" else w.writes_p99()
 
 
 def _plot(windows: list[Window], results_dir: Path, report: Report) -> Path | None:
@@ -573,7 +552,7 @@ def _plot(windows: list[Window], results_dir: Path, report: Report) -> Path | No
         if not ws:
             continue
         x = [minutes[id(w)] for w in ws]
-        writes_p99 = [max(w.p("order", "p99"), w.p("goods", "p99")) for w in ws]
+        writes_p99 = [w.writes_p99() for w in ws]
         rss = [max(w.samples[-1]["rss_mib"].values(), default=math.nan) if w.samples else math.nan for w in ws]
         axes[0][0].plot(x, [w.rps("order", "goods") for w in ws], marker=marker, label=f"{phase}: writes/s")
         axes[0][1].plot(x, writes_p99, marker=marker, label=f"{phase}: writes")

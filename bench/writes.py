@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from devstack.processes import ManagedProcess
 from shared.events import OrderData, new_event
+from shared.outbox import UNPUBLISHED_SQL
 
 from .config import Scale
 from .env import BenchStack, log
@@ -35,18 +36,32 @@ from .profile import Profiler
 from .report import Report, Section, fmt
 from .stats import CpuMeter, median, percentile, ratio
 
-LUA_DONE = r"""
-done = function(summary, latency, requests)
-  local e = summary.errors
+
+def lua_done(prelude: str = "", extra: dict[str, str] | None = None) -> str:
+    """wrk's done(): the BENCH_JSON line parse_wrk reads, with wrk's summary and `extra`
+    integer fields (JSON name -> Lua expression), computed after the Lua `prelude`."""
+    extra = extra or {}
+    names = "".join(f', "{name}": %d' for name in extra)
+    values = "".join(f", {expression}" for expression in extra.values())
+    return (
+        "\ndone = function(summary, latency, requests)\n"
+        + prelude
+        + """  local e = summary.errors
   io.write(string.format(
     'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "connect_errors": %d, "read_errors": %d, ' ..
     '"write_errors": %d, "status_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
-    '"p999_us": %d, "max_us": %d, "mean_us": %.1f}\n',
+    '"p999_us": %d, "max_us": %d, "mean_us": %.1f"""
+        + names
+        + """}\\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
-    latency.max, latency.mean))
-end
-"""
+    latency.max, latency.mean"""
+        + values
+        + "))\nend\n"
+    )
+
+
+LUA_DONE = lua_done()
 
 
 def lua_script(service: str, max_order_id: int, delay_ms: float = 0.0) -> str:
@@ -121,7 +136,7 @@ async def wait_with_progress(
 async def outbox_backlog(bs: BenchStack, database: str) -> int:
     conn = await bs.connect(database)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+        return int(await conn.fetchval(UNPUBLISHED_SQL))
     finally:
         await conn.close()
 
@@ -140,7 +155,7 @@ async def run_wrk_with_backlog(
         samples: list[int] = []
 
         async def sample_backlog() -> None:
-            samples.append(int(await conn.fetchval("SELECT count(*) FROM outbox")))
+            samples.append(int(await conn.fetchval(UNPUBLISHED_SQL)))
 
         await wait_with_progress(proc, seconds, desc, sample_backlog)
         stopped = time.monotonic()
@@ -149,10 +164,10 @@ async def run_wrk_with_backlog(
         wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (
             children_before.ru_utime + children_before.ru_stime
         )
-        backlog_at_stop = int(await conn.fetchval("SELECT count(*) FROM outbox"))
+        backlog_at_stop = int(await conn.fetchval(UNPUBLISHED_SQL))
         drained_after: float | None = None
         while time.monotonic() - stopped < 60:
-            if int(await conn.fetchval("SELECT count(*) FROM outbox")) == 0:
+            if int(await conn.fetchval(UNPUBLISHED_SQL)) == 0:
                 drained_after = time.monotonic() - stopped
                 break
             await asyncio.sleep(0.02)

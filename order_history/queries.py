@@ -5,9 +5,10 @@ the threshold N (`band`, a stored goods_count_band(goods_count): 12 bands,
 migrations 0008 and 0009). Within one band an index is already in the page's
 order, so the statement is a UNION ALL of one index range per band, which
 PostgreSQL merges in that order (Merge Append) and cuts at OFFSET + LIMIT rows.
-The band that holds N + 1 is filtered by `goods_count > N`, read from the table
-(no index names goods_count, so that most count changes are HOT updates: see
-migration 0009). Which index serves which combination:
+When the band that holds N + 1 also holds counts at or below N, it is filtered
+by `goods_count > N`, read from the table (no index names goods_count, so that
+most count changes are HOT updates: see migration 0009). Which index serves
+which combination:
 
 | user_id | created range | sort        | read                                                        |
 |---------|---------------|-------------|-------------------------------------------------------------|
@@ -17,8 +18,8 @@ migration 0009). Which index serves which combination:
 | given   | any           | -created_at | orders_listed_by_user_created, backwards                    |
 | given   | any           | id          | orders_listed_by_user_created, a window sorted by id        |
 
-The ranges read index entries only (index-only scans: every list index holds
-created_at and id); the page's L rows are then read by id. So the cost is one
+The ranges read index entries only (index-only scans: each list index holds
+the sort keys of the pages it serves); the page's L rows are then read by id. So the cost is one
 index descent per band plus O + L index entries and L rows (and, in a boundary
 band that also holds counts at or below N, the rows it skips, read for their
 goods_count); independent of the number of orders and goods. A cursor
@@ -38,6 +39,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import Literal
 
 import asyncpg
 
@@ -70,7 +72,7 @@ _COLUMNS = "id, user_id, created_at, goods_count"
 _BY_ID = "id"
 _NEWEST_FIRST = "created_at DESC, id DESC"
 _OLDEST_FIRST = "created_at, id"
-# What a page's order needs of an index entry (every list index holds created_at and id).
+# What a page's order needs of an index entry (each list index holds those of the pages it serves).
 _KEYS = {_BY_ID: "id", _NEWEST_FIRST: "created_at, id", _OLDEST_FIRST: "created_at, id"}
 
 
@@ -111,7 +113,7 @@ class _Shape:
     order: str = _BY_ID  # the order of the rows: _BY_ID, _NEWEST_FIRST or _OLDEST_FIRST
     page: str = "LIMIT {limit} OFFSET {offset}"
     filtered: bool = True  # the first band holds counts at or below the threshold: goods_count > {threshold}
-    select: str = "joined"  # "joined": keys cut to the page, then rows by id; "keys": keys only; "rows": rows
+    select: Literal["joined", "keys", "rows"] = "joined"  # keys cut to the page, then rows by id; keys; rows
 
 
 def band_of(count: int) -> int:

@@ -12,7 +12,8 @@ NOTIFY_CHANNEL = "outbox"
 
 # The backlog: the relay deletes what it published, so every row is unpublished;
 # the oldest by id (ids follow commit order closely enough for an age).
-BACKLOG_SQL = """SELECT (SELECT count(*) FROM outbox) AS unpublished,
+UNPUBLISHED_SQL = "SELECT count(*) FROM outbox"
+BACKLOG_SQL = f"""SELECT ({UNPUBLISHED_SQL}) AS unpublished,
        (SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox ORDER BY id LIMIT 1) AS oldest_age"""
 
 

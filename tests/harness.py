@@ -33,9 +33,14 @@ from order_history.api import create_app as create_history_app
 from order_history.runner import HistoryConsumer
 from order_history.settings import Settings as HistorySettings
 from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS, dlq_topic
+from shared.outbox import UNPUBLISHED_SQL
 from shared.relay import OutboxRelay
 
 _counter = itertools.count(1)
+# Env.journal_outbox's trigger, function and table; also before creating them (a test that died may have left them).
+_DROP_JOURNAL = """DROP TRIGGER IF EXISTS outbox_journal ON outbox; DROP FUNCTION IF EXISTS outbox_journal();
+    DROP TABLE IF EXISTS outbox_journal;
+"""
 
 
 @dataclass
@@ -203,9 +208,8 @@ class Env:
         `outbox_journal`: what the tests compare Kafka with (the relay deletes what it published)."""
         await self.as_owner(
             service,
-            """DROP TRIGGER IF EXISTS outbox_journal ON outbox; DROP FUNCTION IF EXISTS outbox_journal();
-               DROP TABLE IF EXISTS outbox_journal;
-               CREATE TABLE outbox_journal (LIKE outbox);
+            _DROP_JOURNAL
+            + """CREATE TABLE outbox_journal (LIKE outbox);
                CREATE FUNCTION outbox_journal() RETURNS trigger LANGUAGE plpgsql
                    SECURITY DEFINER SET search_path = public AS $$
                BEGIN
@@ -217,11 +221,7 @@ class Env:
         )
 
         async def drop() -> None:
-            await self.as_owner(
-                service,
-                """DROP TRIGGER outbox_journal ON outbox; DROP FUNCTION outbox_journal();
-                   DROP TABLE outbox_journal""",
-            )
+            await self.as_owner(service, _DROP_JOURNAL)
 
         self._closers.append(drop)
 
@@ -320,7 +320,7 @@ class Env:
         async def drained() -> bool:
             for service in ("order", "goods"):
                 pool = await self.pool(service)
-                if await pool.fetchval("SELECT count(*) FROM outbox"):
+                if await pool.fetchval(UNPUBLISHED_SQL):
                     return False
             return True
 

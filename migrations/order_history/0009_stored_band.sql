@@ -5,9 +5,9 @@
 -- a row without touching its indexes (HOT) only when no column any index names
 -- (as a key, an INCLUDE column or in its WHERE) changes and the row's page has
 -- room. Up to migration 0008 every list index named goods_count, so every count
--- change wrote a new entry into each of the table's seven or so indexes; the two
--- of migration 0008 made the consumer's database time a fifth longer
--- (docs/benchmarks.md, "The consumer's cost of the list's filters").
+-- change wrote a new entry into each of the table's seven or so indexes, and the
+-- two of migration 0008 made that the consumer's largest cost (docs/benchmarks.md,
+-- "The consumer's cost of the list's filters").
 --
 -- Now the indexes name `band` (goods_count_band(goods_count), stored), and the
 -- table leaves room in each page for the new version of its rows. The id sort
