@@ -194,8 +194,7 @@ class BenchStack:
         return [] if pid is None else [pid, *children_of(pid)]
 
     def kafka_pids(self) -> list[int]:
-        pid = self.stack.kafka.process.pid()
-        return [] if pid is None else [pid]
+        return self.stack.kafka.pids()
 
     # -- Kafka -----------------------------------------------------------------
     async def create_topics(self, prefix: str) -> None:

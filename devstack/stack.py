@@ -15,7 +15,7 @@ from pathlib import Path
 
 from devstack.databases import DATABASES
 from devstack.errors import StackError
-from devstack.kafka import KafkaBroker
+from devstack.kafka import KafkaCluster
 from devstack.postgres import PostgresServer
 from devstack.processes import ManagedProcess, port_is_free, run, stop_by_pid_file
 from devstack.progress import say, step
@@ -31,6 +31,12 @@ class StackConfig:
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_partitions: int = 3
+    # KAFKA_BROKERS=3: a KRaft cluster of three nodes, node i on kafka_port + 2i and kafka_controller_port + 2i.
+    kafka_brokers: int = 1
+    # Explicit (client, controller) ports per node instead (the test stacks' free ports).
+    kafka_node_ports: tuple[tuple[int, int], ...] = ()
+    # (SASL_PLAINTEXT, SASL_SSL) listener ports per node: the test stack's authenticated listeners (none by default).
+    kafka_sasl_ports: tuple[tuple[int, int], ...] = ()
     order_port: int = 8080
     goods_port: int = 8081
     history_port: int = 8082
@@ -44,6 +50,15 @@ class StackConfig:
     fast_pg: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.kafka_brokers not in (1, 3):
+            raise StackError(f"KAFKA_BROKERS must be 1 or 3, got {self.kafka_brokers}")
+
+    def kafka_ports(self) -> list[tuple[int, int]]:
+        if self.kafka_node_ports:
+            return list(self.kafka_node_ports)
+        return [(self.kafka_port + 2 * i, self.kafka_controller_port + 2 * i) for i in range(self.kafka_brokers)]
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StackConfig:
         def num(name: str, default: int) -> int:
@@ -55,12 +70,15 @@ class StackConfig:
             except ValueError as exc:
                 raise StackError(f"{name} must be a whole number, got {raw!r}") from exc
 
+        state_dir = Path(env.get("STACK_DIR") or REPO / ".devstack")
         return cls(
-            state_dir=Path(env.get("STACK_DIR") or REPO / ".devstack"),
+            state_dir=state_dir,
             pg_port=num("PG_PORT", 5432),
             kafka_port=num("KAFKA_PORT", 9092),
             kafka_controller_port=num("KAFKA_CONTROLLER_PORT", 9093),
             kafka_partitions=num("KAFKA_PARTITIONS", 3),
+            # Unless told otherwise, `make down`, `status` and `up` go on with the Kafka this stack was made with.
+            kafka_brokers=num("KAFKA_BROKERS", remembered_kafka_nodes(state_dir) or 1),
             order_port=num("ORDER_PORT", 8080),
             goods_port=num("GOODS_PORT", 8081),
             history_port=num("ORDER_HISTORY_PORT", 8082),
@@ -70,6 +88,14 @@ class StackConfig:
             consumers=num("ORDER_HISTORY_CONSUMERS", 1),
             prometheus_port=num("PROMETHEUS_PORT", 9090) if env.get("PROMETHEUS", "0") not in ("", "0") else 0,
         )
+
+
+def remembered_kafka_nodes(state_dir: Path) -> int | None:
+    """How many Kafka nodes the stack in `state_dir` was started with, if it was."""
+    try:
+        return int((state_dir / "kafka-nodes").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def kafka_libs_dir() -> Path:
@@ -86,12 +112,14 @@ class Stack:
         self.postgres = PostgresServer(
             data_dir=root / "pgdata", port=config.pg_port, log_file=self.logs / "postgres.log", fast=config.fast_pg
         )
-        self.kafka = KafkaBroker(
-            home=root / "kafka",
+        ports = config.kafka_ports()
+        self.kafka = KafkaCluster.on_ports(
+            # A cluster keeps its nodes apart from the single node's data: their logs are different histories.
+            home=root / ("kafka" if len(ports) == 1 else "kafka-cluster"),
             libs_dir=kafka_libs_dir(),
-            port=config.kafka_port,
-            controller_port=config.kafka_controller_port,
+            ports=ports,
             partitions=config.kafka_partitions,
+            sasl_ports=config.kafka_sasl_ports,
         )
         self.prometheus = PrometheusServer(home=root / "prometheus", port=config.prometheus_port or 9090)
 
@@ -171,9 +199,22 @@ class Stack:
 
     # -- lifecycle -----------------------------------------------------------
     def start_infrastructure(self) -> None:
+        self._check_kafka_history()
         self.postgres.start()
         self.postgres.create_databases()
         self.kafka.start()
+
+    def _check_kafka_history(self) -> None:
+        """The read model's positions are offsets of one Kafka's logs: refuse to pair it with the other."""
+        nodes = len(self.kafka.nodes)
+        before = remembered_kafka_nodes(self.config.state_dir)
+        if before is not None and (self.config.state_dir / "pgdata").exists() and before != nodes:
+            raise StackError(
+                f"this stack's databases were filled through a Kafka of {before} node(s), not {nodes}: "
+                f"run `make clean` before switching, or keep KAFKA_BROKERS={before}"
+            )
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.config.state_dir / "kafka-nodes").write_text(f"{nodes}\n")
 
     def migrate(self) -> None:
         with step("applying migrations"):
@@ -229,6 +270,10 @@ class Stack:
             say("stopping prometheus")
         self.prometheus.stop()
         self.kafka.stop()
+        # Nodes of the other layout (KAFKA_BROKERS changed while they ran), or a test session's cluster.
+        for pattern in ("kafka/kafka.pid", "kafka-cluster/node-*/kafka.pid", "cluster/kafka-cluster/node-*/kafka.pid"):
+            for pid_file in sorted(self.config.state_dir.glob(pattern)):
+                stop_by_pid_file(pid_file, timeout=30)
         self.postgres.stop()
 
     def clean(self) -> None:
@@ -239,14 +284,18 @@ class Stack:
         for path in (
             root / "pgdata",
             root / "kafka",
+            root / "kafka-cluster",
+            root / "kafka-nodes",
             root / "prometheus",
             self.logs,
             self.run_dir,
             self.postgres.relocated_to,
         ):
-            if path is not None and path.exists():
+            if path is not None and path.is_dir():
                 say(f"deleting {path}")
                 shutil.rmtree(path)
+            elif path is not None:
+                path.unlink(missing_ok=True)
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -258,7 +307,8 @@ class Stack:
             "kafka": {
                 "bootstrap": self.kafka.bootstrap,
                 "running": self.kafka.running(),
-                "pid": self.kafka.process.pid(),
+                "nodes": len(self.kafka.nodes),
+                "pids": self.kafka.pids(),
             },
         }
         if self.prometheus.running():
@@ -279,7 +329,13 @@ class Stack:
         print(f"  goods API          http://127.0.0.1:{c.goods_port}/docs")
         print(f"  order-history API  http://127.0.0.1:{c.history_port}/v1/order-history")
         print(f"  PostgreSQL         127.0.0.1:{c.pg_port} (databases orders, goods, order_history)")
-        print(f"  Kafka              {self.kafka.bootstrap} (topics order.events, goods.events)")
+        k = self.kafka
+        print(f"  Kafka              {k.bootstrap} (topics order.events, goods.events)")
+        if len(k.nodes) > 1:
+            print(
+                f"                     {len(k.nodes)} nodes, replication factor {k.replication_factor}, "
+                f"min.insync.replicas {k.min_insync_replicas}"
+            )
         if c.prometheus_port:
             print(f"  Prometheus         {self.prometheus.url}/alerts (rules: deploy/prometheus/alerts.yml)")
         print(f"  logs               {self.logs}/")

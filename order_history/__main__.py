@@ -18,6 +18,7 @@ from order_history.runner import HistoryConsumer
 from order_history.settings import Settings
 from shared.backoff import Backoff
 from shared.entrypoints import at_least, run_api, run_migrations, supervise
+from shared.kafka import KafkaRefused
 from shared.logs import configure_logging
 from shared.metrics import serve as serve_metrics
 
@@ -42,6 +43,9 @@ async def run_consumer(settings: Settings, instance: str) -> int:
             try:
                 await consumer.start()
                 break
+            except KafkaRefused:  # waiting cannot fix credentials
+                await consumer.close()
+                raise
             except Exception as exc:  # Kafka or the database not up yet
                 log.warning("consumer cannot start yet, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await consumer.close()

@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from shared.http.metrics import MULTIPROC_ENV
+from shared.kafka import KafkaRefused
 from shared.logs import configure_logging, logging_config
 from shared.metrics import serve as serve_metrics
 from shared.migrations import migrate
@@ -88,6 +89,9 @@ async def supervise(main: Coroutine[Any, Any, None], request_stop: Callable[[], 
     stopper.cancel()
     if task in done:
         error = task.exception()
+        if isinstance(error, KafkaRefused):  # a setting to fix, not a bug: its message says which
+            log.critical(f"{what} stopped: {error}")
+            return 1
         log.critical(f"{what} main loop ended on its own; exiting with status 1", exc_info=error)
         return 1
     request_stop()

@@ -1,8 +1,9 @@
 """Kafka clients as every process of the project builds them, and how they are let go.
 
 One place for the connection and security settings (`client_options`), for
-the producer's delivery guarantees (`producer`), and for closing a producer
-whose broker does not answer (`close_producer`).
+telling a refusal from an outage (`KafkaRefused`), for the producer's delivery
+guarantees (`producer`), and for closing a producer whose broker does not
+answer (`close_producer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.structs import RecordMetadata
 
 from shared.settings import CommonSettings
@@ -24,6 +34,47 @@ log = logging.getLogger(__name__)
 
 class DeliveryTimeout(KafkaTimeoutError):  # type: ignore[misc]
     """Kafka did not acknowledge a batch within the delivery timeout."""
+
+
+class KafkaRefused(Exception):
+    """The brokers answer but refuse this client: wrong credentials, SASL mechanism or CA.
+
+    Retrying cannot help, so a process stops on it with this message (as Kafka's
+    own clients do on an AuthenticationException). aiokafka itself reports it
+    only as "Unable to bootstrap", which reads like an outage.
+    """
+
+
+# What a broker that answers says when it will not take this client's identity.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+    ssl.SSLCertVerificationError,  # a broker certificate that the CA file does not vouch for
+)
+
+
+async def raise_if_refused(settings: CommonSettings) -> None:
+    """After a failed start: raise KafkaRefused if a bootstrap broker refuses this client; else return
+    (the brokers are down or unreachable, which is worth waiting out)."""
+    options = client_options(settings)
+    options.pop("bootstrap_servers")
+    for host, port, _ in collect_hosts(settings.kafka_bootstrap_servers, randomize=False):
+        try:
+            conn = await create_conn(host, port, request_timeout_ms=settings.kafka_request_timeout_ms, **options)
+        except _REFUSALS as exc:
+            who = f"user {settings.kafka_sasl_username!r}, " if settings.kafka_sasl_username else ""
+            raise KafkaRefused(
+                f"Kafka at {host}:{port} refused this client ({who}{settings.kafka_security_protocol}"
+                f"{', ' + settings.kafka_sasl_mechanism if 'SASL' in settings.kafka_security_protocol else ''}): "
+                f"{type(exc).__name__}: {exc}; check KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE"
+            ) from exc
+        except (OSError, KafkaConnectionError, TimeoutError):
+            continue
+        conn.close()
+        return
 
 
 def client_options(settings: CommonSettings) -> dict[str, Any]:
@@ -62,8 +113,10 @@ async def start_producer(settings: CommonSettings, client_id: str, **overrides: 
     try:
         async with asyncio.timeout(settings.kafka_request_timeout_ms / 1000 + 5):
             await started.start()
-    except BaseException:
+    except BaseException as exc:
         await close_producer(started)
+        if isinstance(exc, KafkaConnectionError):
+            await raise_if_refused(settings)
         raise
     return started
 

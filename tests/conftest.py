@@ -38,6 +38,7 @@ def _new_stack() -> Stack:
             pg_port=free_port(),
             kafka_port=free_port(),
             kafka_controller_port=free_port(),
+            kafka_sasl_ports=((free_port(), free_port()),),  # SASL_PLAINTEXT and SASL_SSL (test_kafka_security)
             order_port=free_port(),
             goods_port=free_port(),
             history_port=free_port(),

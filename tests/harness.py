@@ -22,7 +22,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 
-from devstack.kafka import KafkaBroker
+from devstack.kafka import KafkaCluster
 from devstack.processes import ManagedProcess
 from devstack.stack import REPO, Stack
 from goods.api import create_app as create_goods_app
@@ -56,7 +56,7 @@ class Env:
 
     # -- addresses -------------------------------------------------------------
     @property
-    def kafka(self) -> KafkaBroker:
+    def kafka(self) -> KafkaCluster:
         return self.stack.kafka
 
     @property
