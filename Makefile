@@ -40,7 +40,7 @@ status: ## show what runs, with PIDs and log files
 
 clean: ## stop and delete all local data and logs (also a cluster kept under /var/tmp)
 	@if [ -x $(PY) ]; then $(PY) -m devstack clean; fi
-	rm -rf .devstack/pgdata .devstack/kafka .devstack/kafka-cluster .devstack/kafka-nodes .devstack/logs .devstack/run .devstack/test-*
+	rm -rf .devstack/pgdata .devstack/kafka .devstack/kafka-cluster .devstack/kafka-nodes .devstack/pgdata-replica .devstack/pg-replica-port .devstack/logs .devstack/run .devstack/test-*
 
 test: ## install what is missing and run the whole test suite against fresh servers
 	@bash devstack/install-system.sh --test

@@ -51,6 +51,8 @@ class PostgresServer:
     log_file: Path
     fast: bool = False  # fsync off: only for throwaway test clusters
     extra_settings: dict[str, str] = field(default_factory=dict)
+    # Set: this server is a hot standby streaming from `primary`, made by pg_basebackup on first start.
+    primary: PostgresServer | None = None
 
     def __post_init__(self) -> None:
         self.bindir = find_bindir()
@@ -124,6 +126,9 @@ class PostgresServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._own(self.data_dir)
         self.data_dir.chmod(0o700)
+        if self.primary is not None:
+            self._copy_primary(self.primary)
+            return
         pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
         pwfile.write_text(SUPERUSER_PASSWORD + "\n")
         self._own(pwfile)
@@ -148,6 +153,21 @@ class PostgresServer:
         finally:
             pwfile.unlink(missing_ok=True)
 
+    def _copy_primary(self, primary: PostgresServer) -> None:
+        """A base backup of `primary` that starts as its streaming standby (-R: standby.signal, primary_conninfo)."""
+        if not primary.running():
+            raise StackError(f"the replica's primary on port {primary.port} is not running")
+        with step(f"copying the primary (port {primary.port}) into {self.data_dir} with pg_basebackup"):
+            run(
+                self._argv(
+                    "pg_basebackup",
+                    *("-h", "127.0.0.1", "-p", str(primary.port), "-U", SUPERUSER),
+                    *("-D", str(self.data_dir), "-R", "-X", "stream", "-c", "fast"),
+                ),
+                "pg_basebackup",
+                env={**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD},
+            )
+
     def settings(self) -> dict[str, str]:
         values = {
             "port": str(self.port),
@@ -158,6 +178,9 @@ class PostgresServer:
             "max_locks_per_transaction": "256",
             "timezone": "UTC",
         }
+        if self.primary is not None:
+            # The primary's vacuum waits for the replica's queries instead of cancelling them.
+            values["hot_standby_feedback"] = "on"
         if self.fast:
             values.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
         values.update(self.extra_settings)

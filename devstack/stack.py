@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 class StackConfig:
     state_dir: Path = REPO / ".devstack"
     pg_port: int = 5432
+    # PG_REPLICA=1: a hot standby of the cluster on this port, which the order-history API queries (0: none).
+    pg_replica_port: int = 0
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_partitions: int = 3
@@ -74,11 +76,15 @@ class StackConfig:
         return cls(
             state_dir=state_dir,
             pg_port=num("PG_PORT", 5432),
+            # As Kafka's nodes: once started with a replica, the stack keeps it until PG_REPLICA=0 or `make clean`.
+            pg_replica_port=num("PG_REPLICA_PORT", 5433)
+            if env.get("PG_REPLICA", "") not in ("", "0")
+            else (0 if env.get("PG_REPLICA") == "0" else remembered(state_dir, "pg-replica-port") or 0),
             kafka_port=num("KAFKA_PORT", 9092),
             kafka_controller_port=num("KAFKA_CONTROLLER_PORT", 9093),
             kafka_partitions=num("KAFKA_PARTITIONS", 3),
             # Unless told otherwise, `make down`, `status` and `up` go on with the Kafka this stack was made with.
-            kafka_brokers=num("KAFKA_BROKERS", remembered_kafka_nodes(state_dir) or 1),
+            kafka_brokers=num("KAFKA_BROKERS", remembered(state_dir, "kafka-nodes") or 1),
             order_port=num("ORDER_PORT", 8080),
             goods_port=num("GOODS_PORT", 8081),
             history_port=num("ORDER_HISTORY_PORT", 8082),
@@ -90,10 +96,10 @@ class StackConfig:
         )
 
 
-def remembered_kafka_nodes(state_dir: Path) -> int | None:
-    """How many Kafka nodes the stack in `state_dir` was started with, if it was."""
+def remembered(state_dir: Path, name: str) -> int | None:
+    """What the stack in `state_dir` was started with: "kafka-nodes" (how many), "pg-replica-port"."""
     try:
-        return int((state_dir / "kafka-nodes").read_text().strip())
+        return int((state_dir / name).read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -111,6 +117,17 @@ class Stack:
         self.run_dir = root / "run"
         self.postgres = PostgresServer(
             data_dir=root / "pgdata", port=config.pg_port, log_file=self.logs / "postgres.log", fast=config.fast_pg
+        )
+        self.replica = (
+            PostgresServer(
+                data_dir=root / "pgdata-replica",
+                port=config.pg_replica_port,
+                log_file=self.logs / "postgres-replica.log",
+                fast=config.fast_pg,
+                primary=self.postgres,
+            )
+            if config.pg_replica_port
+            else None
         )
         ports = config.kafka_ports()
         self.kafka = KafkaCluster.on_ports(
@@ -131,7 +148,7 @@ class Stack:
             env[f"{db.service}_DATABASE_URL"] = db.writer.url(db.name, c.pg_port)
             env[f"{db.service}_OWNER_DATABASE_URL"] = db.owner.url(db.name, c.pg_port)
         history = DATABASES[-1]
-        env["ORDER_HISTORY_QUERY_DATABASE_URL"] = history.reader.url(history.name, c.pg_port)
+        env["ORDER_HISTORY_QUERY_DATABASE_URL"] = history.reader.url(history.name, c.pg_replica_port or c.pg_port)
         for db in DATABASES[:2]:  # what reconcile reads the command databases as
             env[f"ORDER_HISTORY_{db.service}_READER_DATABASE_URL"] = db.reader.url(db.name, c.pg_port)
         env |= {
@@ -202,12 +219,15 @@ class Stack:
         self._check_kafka_history()
         self.postgres.start()
         self.postgres.create_databases()
+        if self.replica is not None:
+            self.replica.start()
+            (self.config.state_dir / "pg-replica-port").write_text(f"{self.config.pg_replica_port}\n")
         self.kafka.start()
 
     def _check_kafka_history(self) -> None:
         """The read model's positions are offsets of one Kafka's logs: refuse to pair it with the other."""
         nodes = len(self.kafka.nodes)
-        before = remembered_kafka_nodes(self.config.state_dir)
+        before = remembered(self.config.state_dir, "kafka-nodes")
         if before is not None and (self.config.state_dir / "pgdata").exists() and before != nodes:
             raise StackError(
                 f"this stack's databases were filled through a Kafka of {before} node(s), not {nodes}: "
@@ -270,6 +290,8 @@ class Stack:
             say("stopping prometheus")
         self.prometheus.stop()
         self.kafka.stop()
+        if self.replica is not None:
+            self.replica.stop()
         # Nodes of the other layout (KAFKA_BROKERS changed while they ran), or a test session's cluster.
         for pattern in ("kafka/kafka.pid", "kafka-cluster/node-*/kafka.pid", "cluster/kafka-cluster/node-*/kafka.pid"):
             for pid_file in sorted(self.config.state_dir.glob(pattern)):
@@ -283,13 +305,16 @@ class Stack:
         root = self.config.state_dir
         for path in (
             root / "pgdata",
+            root / "pgdata-replica",
             root / "kafka",
             root / "kafka-cluster",
             root / "kafka-nodes",
+            root / "pg-replica-port",
             root / "prometheus",
             self.logs,
             self.run_dir,
             self.postgres.relocated_to,
+            None if self.replica is None else self.replica.relocated_to,
         ):
             if path is not None and path.is_dir():
                 say(f"deleting {path}")
@@ -311,6 +336,12 @@ class Stack:
                 "pids": self.kafka.pids(),
             },
         }
+        if self.replica is not None:
+            out["postgres-replica"] = {
+                "port": self.config.pg_replica_port,
+                "running": self.replica.running(),
+                "pid": self.replica.postmaster_pid(),
+            }
         if self.prometheus.running():
             out["prometheus"] = {"url": self.prometheus.url, "pid": self.prometheus.process.pid()}
         ports = self.api_ports()
@@ -329,6 +360,8 @@ class Stack:
         print(f"  goods API          http://127.0.0.1:{c.goods_port}/docs")
         print(f"  order-history API  http://127.0.0.1:{c.history_port}/v1/order-history")
         print(f"  PostgreSQL         127.0.0.1:{c.pg_port} (databases orders, goods, order_history)")
+        if c.pg_replica_port:
+            print(f"  PostgreSQL replica 127.0.0.1:{c.pg_replica_port} (hot standby; the order-history API reads here)")
         k = self.kafka
         print(f"  Kafka              {k.bootstrap} (topics order.events, goods.events)")
         if len(k.nodes) > 1:

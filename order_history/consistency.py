@@ -9,6 +9,12 @@ notification checks the tokens of every waiting request in one query, waking
 those that are reflected. It also checks every FALLBACK_INTERVAL while any
 request waits, so a lost notification (its connection was down) delays a
 request, never strands it. No request polls the database on its own.
+
+On a streaming replica (ORDER_HISTORY_QUERY_DATABASE_URL names a hot
+standby) there is nothing to LISTEN to: a standby cannot LISTEN, and the
+primary's notification would come before the replica has replayed the change
+anyway. What counts there is the replica's own state, so the watch checks it
+every STANDBY_INTERVAL while any request waits, still in one query for all.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 CHANNEL: Final = "read_model_applied"
 _LISTEN_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
 FALLBACK_INTERVAL: Final = 0.25
+STANDBY_INTERVAL: Final = 0.02
 
 # The tokens the read model does not reflect yet.
 _PENDING = """SELECT t.entity, t.id, t.version
@@ -64,6 +71,7 @@ class ReadModelWatch:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self.on_standby = False  # the query database is a replica in recovery: no LISTEN, shorter checks
 
     async def wait(self, tokens: Sequence[Token], timeout: float) -> list[Token]:
         """Wait up to `timeout` seconds until the read model reflects `tokens`; what is still pending."""
@@ -92,13 +100,21 @@ class ReadModelWatch:
         self._changed.set()
 
     async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
+        if self.on_standby or (self._listener is not None and not self._listener.is_closed()):
             return
+        listener: asyncpg.Connection[asyncpg.Record] | None = None
         try:
-            self._listener = await asyncpg.connect(self.listen_dsn, timeout=5)
-            await self._listener.add_listener(CHANNEL, self._notified)
+            listener = await asyncpg.connect(self.listen_dsn, timeout=5)
+            if await listener.fetchval("SELECT pg_is_in_recovery()"):
+                self.on_standby = True
+                log.info("the query database is a standby: waiting requests check its replay")
+                await listener.close()
+                return
+            await listener.add_listener(CHANNEL, self._notified)
+            self._listener = listener
         except _LISTEN_ERRORS as exc:
-            self._listener = None
+            if listener is not None:
+                listener.terminate()
             log.warning("cannot listen for applied events", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _run(self) -> None:
@@ -106,7 +122,7 @@ class ReadModelWatch:
         while self.waiters:
             await self._listen()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), FALLBACK_INTERVAL)
+                await asyncio.wait_for(self._changed.wait(), STANDBY_INTERVAL if self.on_standby else FALLBACK_INTERVAL)
             self._changed.clear()
             waiting = list(self.waiters)
             tokens = sorted({t for w in waiting for t in w.tokens})
