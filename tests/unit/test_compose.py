@@ -21,10 +21,12 @@ import pytest
 import yaml
 
 from devstack.databases import init_sql
+from devstack.kafka import KafkaCluster
 from devstack.stack import REPO, Stack, StackConfig
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 POSTGRES_INIT = REPO / "docker" / "postgres-init.sql"
+CLUSTER_ENV = REPO / "docker" / "cluster.env"
 
 # Set on an app container without being in service_env(): both are read by shared/settings.py.
 EXTRA_ALLOWED = frozenset({"KAFKA_TOPIC_PREFIX", "LOG_LEVEL"})
@@ -60,17 +62,24 @@ def run_compose(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def env_file(path: Path) -> dict[str, str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 @functools.cache
-def load_compose() -> dict[str, Any]:
-    """The file as compose sees it (`docker-compose config`), or as PyYAML reads it without the binary.
+def load_compose(cluster: bool = False) -> dict[str, Any]:
+    """The file as compose sees it (`docker-compose config`; with `cluster`, with docker/cluster.env),
+    or as PyYAML reads it after the same ${NAME:-default} substitution, without the binary.
 
     Cached: callers must not change what it returns.
     """
     binary = compose_binary()
     if binary is None:
-        text = COMPOSE_FILE.read_text()
+        values = env_file(CLUSTER_ENV) if cluster else {}
+        text = re.sub(r"(?<!\$)\$\{(\w+):-([^}]*)\}", lambda m: values.get(m[1], m[2]), COMPOSE_FILE.read_text())
     else:
-        result = run_compose(binary, "config")
+        result = run_compose(binary, *(["--env-file", str(CLUSTER_ENV)] if cluster else []), "config")
         assert result.returncode == 0, result.stderr
         text = result.stdout
     loaded = yaml.safe_load(text)
@@ -78,8 +87,10 @@ def load_compose() -> dict[str, Any]:
     return loaded
 
 
-def local_env() -> dict[str, str]:
-    return Stack(StackConfig()).service_env()
+def local_env(cluster: bool = False) -> dict[str, str]:
+    """`make up`'s environment; with `cluster`, `make up KAFKA_BROKERS=3 PG_REPLICA=1`'s."""
+    config = StackConfig(kafka_brokers=3, pg_replica_port=5433) if cluster else StackConfig()
+    return Stack(config).service_env()
 
 
 def env_of(service: Mapping[str, Any]) -> dict[str, str]:
@@ -185,3 +196,61 @@ def test_compose_creates_the_topics_of_the_event_catalogue() -> None:
     match = re.search(r"for topic in ([^;]+);", text)
     assert match is not None, "docker-compose.yml has no `for topic in ...;` loop"
     assert match.group(1).split() == list(TOPICS)
+
+
+def kafka_nodes(services: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    return {name: env_of(svc) for name, svc in services.items() if str(svc.get("image", "")).startswith("apache/kafka")
+            and "KAFKA_NODE_ID" in env_of(svc)}  # fmt: skip
+
+
+def in_profile(service: Mapping[str, Any]) -> bool:
+    return "cluster" in (service.get("profiles") or [])
+
+
+def test_cluster_profile_is_the_local_three_node_stack_with_a_replica() -> None:
+    services = load_compose(cluster=True)["services"]
+    local = local_env(cluster=True)
+    assert env_problems(services, local) == []
+    nodes = kafka_nodes(services)
+    assert sorted(nodes) == ["kafka", "kafka-2", "kafka-3"]
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in nodes.values()) == [1, 2, 3]
+    voters = {f"{env['KAFKA_NODE_ID']}@{name}:9093" for name, env in nodes.items()}
+    bootstrap = {f"{name}:9092" for name in nodes}
+    for name, env in nodes.items():
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092", name
+    for name in APP_SERVICES:
+        env = env_of(services[name])
+        assert set(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == bootstrap, name
+        assert len(local["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == len(bootstrap)
+        for key in (k for k in local if k.endswith("_DATABASE_URL")):
+            expected = local[key].replace("@127.0.0.1:5432/", "@postgres:5432/")
+            expected = expected.replace("@127.0.0.1:5433/", "@postgres-replica:5432/")
+            assert env.get(key) == expected, f"{name}: {key}"
+    assert "@postgres-replica:5432/" in env_of(services["order-history-api"])["ORDER_HISTORY_QUERY_DATABASE_URL"]
+    replica = services["postgres-replica"]
+    assert "pg_basebackup -h postgres " in " ".join(replica["command"]) and in_profile(replica)
+    assert any("postgres-replication.sh" in str(m) for m in services["postgres"]["volumes"])
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["one node", "cluster profile"])
+def test_kafka_nodes_have_the_local_brokers_settings(cluster: bool) -> None:
+    """Every broker setting devstack gives its nodes (replication factor and min.insync.replicas included),
+    as the apache/kafka image's KAFKA_* variables, with the same values."""
+    services = load_compose(cluster)["services"]
+    count = 3 if cluster else 1
+    ports = [(9092 + 2 * i, 9093 + 2 * i) for i in range(count)]
+    settings = KafkaCluster.on_ports(REPO / "unused", REPO / "unused", ports).broker_settings()
+    settings.pop("controller.quorum.voters")  # addresses differ: checked above
+    active = {n: env for n, env in kafka_nodes(services).items() if cluster or not in_profile(services[n])}
+    assert len(active) == count
+    for name, env in active.items():
+        for key, value in settings.items():
+            assert env.get("KAFKA_" + key.upper().replace(".", "_")) == value, f"{name}: {key}"
+
+
+def test_only_the_cluster_profile_starts_the_extra_nodes_and_the_replica() -> None:
+    services = load_compose()["services"]
+    extra = {name for name, svc in services.items() if in_profile(svc)}
+    assert extra == {"kafka-2", "kafka-3", "postgres-replica"}
+    assert "COMPOSE_PROFILES" in env_file(CLUSTER_ENV) and env_file(CLUSTER_ENV)["COMPOSE_PROFILES"] == "cluster"
