@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only query,projection,write,freshness,rebuild,reconcile,soak]`."""
+"""`python -m bench [--quick] [--only query,projection,write,freshness,rebuild,reconcile,soak,scaleout,memory]`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from .config import FULL, QUICK, Scale
 from .env import BenchStack, log, pg_settings_of
 from .report import RESULTS_DIR, Report
 
-MEASUREMENTS = ("query", "projection", "write", "freshness", "rebuild", "reconcile", "soak")
-# The soak takes 15 minutes of its own: only when asked for (--only soak).
-DEFAULT = MEASUREMENTS[:-1]
+MEASUREMENTS = ("query", "projection", "write", "freshness", "rebuild", "reconcile", "soak", "scaleout", "memory")
+# Only when asked for (--only ...): the soak and the memory run take 15 and 40 minutes of their own,
+# and the scale-out is about several machines, measured on one.
+DEFAULT = MEASUREMENTS[:-3]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(DEFAULT),
-        help=f"comma-separated subset of {', '.join(MEASUREMENTS)} (default: all but soak, in that order)",
+        help=f"comma-separated subset of {', '.join(MEASUREMENTS)} "
+        "(default: all but soak, scaleout and memory, in that order)",
     )
     parser.add_argument(
         "--fast-pg", action="store_true", help="PostgreSQL with fsync off (default: durable, as `make up`)"
@@ -78,7 +80,7 @@ def scale_of(args: argparse.Namespace) -> Scale:
 
 
 async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Report) -> None:
-    from . import freshness, projection, query, rebuild, reconcile, soak, writes
+    from . import freshness, memory, projection, query, rebuild, reconcile, scaleout, soak, writes
 
     context: dict[str, float] = {}
     for name in args.only:
@@ -96,8 +98,12 @@ async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Re
             await rebuild.run(bs, scale, report)
         elif name == "reconcile":
             await reconcile.run(bs, scale, report)
-        else:
+        elif name == "soak":
             await soak.run(bs, scale, report, args.results)
+        elif name == "scaleout":
+            await scaleout.run(bs, scale, report)
+        else:
+            await memory.run(bs, scale, report)
         bs.stop_processes()
         report.environment.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
 

@@ -47,6 +47,13 @@ class Scale:
     soak_max_windows: int = 6
     soak_fixed_windows: int = 8
     soak_fixed_fraction: float = 0.5
+    # 7. scale-out: events of the apply-rate runs; the paced rate and the time after each change of the group
+    scaleout_events: int = 600_000
+    scaleout_rate: int = 2000
+    scaleout_settle_seconds: float = 20.0
+    # 8. memory: one consumer on a paced stream for this long
+    memory_minutes: float = 40.0
+    memory_rate: int = 3000
 
 
 FULL = Scale(
@@ -90,4 +97,8 @@ QUICK = Scale(
     soak_window_seconds=20.0,
     soak_max_windows=3,
     soak_fixed_windows=5,
+    scaleout_events=150_000,
+    scaleout_rate=1000,
+    scaleout_settle_seconds=15.0,
+    memory_minutes=4.0,
 )

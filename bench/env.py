@@ -197,8 +197,9 @@ class BenchStack:
         return self.stack.kafka.pids()
 
     # -- Kafka -----------------------------------------------------------------
-    async def create_topics(self, prefix: str) -> None:
-        """A measurement's topics; the first time, also the broker's offsets topic.
+    async def create_topics(self, prefix: str, partitions: int | None = None) -> None:
+        """A measurement's topics (`partitions` each, default the stack's); the first time, also the
+        broker's offsets topic.
 
         A new broker creates `__consumer_offsets` when the first consumer group
         looks for its coordinator; until then that consumer is refused and
@@ -207,7 +208,7 @@ class BenchStack:
         any measurement starts a consumer.
         """
         names = [prefix + t for t in TOPICS] + [prefix + dlq_topic(t) for t in TOPICS]
-        await self.stack.kafka.ensure_topics(names)
+        await self.stack.kafka.ensure_topics(names, partitions=partitions)
         if not self.groups_ready:
             with step("a consumer group joins once, so that the new broker has its offsets topic"):
                 await self._join_once(names[0], f"{prefix}warm-up")

@@ -172,7 +172,10 @@ class Generator:
         return counts
 
 
-async def produce(bs: BenchStack, prefix: str, events: int) -> tuple[Generator, dict[str, Any]]:
+async def produce(
+    bs: BenchStack, prefix: str, events: int, partitions: int | None = None
+) -> tuple[Generator, dict[str, Any]]:
+    """`events` of a new Generator's stream into the prefix's topics of `partitions` (default: the stack's)."""
     gen = Generator()
     producer = AIOKafkaProducer(
         bootstrap_servers=bs.stack.kafka.bootstrap,
@@ -184,7 +187,7 @@ async def produce(bs: BenchStack, prefix: str, events: int) -> tuple[Generator, 
     )
     await producer.start()
     partitioner = DefaultPartitioner()
-    partitions = list(range(bs.config.kafka_partitions))
+    all_partitions = list(range(partitions or bs.config.kafka_partitions))
     started = time.monotonic()
     try:
         # One batch builder per topic-partition, partitioned by key exactly as
@@ -197,7 +200,7 @@ async def produce(bs: BenchStack, prefix: str, events: int) -> tuple[Generator, 
                 event = gen.next(i)
                 topic = prefix + event.topic
                 key, value = event.key, event.to_json()
-                part = partitioner(key, partitions, partitions)
+                part = partitioner(key, all_partitions, all_partitions)
                 batch = batches.get((topic, part))
                 if batch is None:
                     batch = batches[(topic, part)] = producer.create_batch()
@@ -226,7 +229,7 @@ async def produce(bs: BenchStack, prefix: str, events: int) -> tuple[Generator, 
     }
 
 
-async def end_offsets(bs: BenchStack, prefix: str) -> int:
+async def end_offsets(bs: BenchStack, prefix: str, partitions: int | None = None) -> int:
     """Sum of the end offsets of the prefix's event topics: the number of events in them."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -236,7 +239,7 @@ async def end_offsets(bs: BenchStack, prefix: str) -> int:
         tps = [
             TopicPartition(prefix + t, p)
             for t in ("order.events", "goods.events")
-            for p in range(bs.config.kafka_partitions)
+            for p in range(partitions or bs.config.kafka_partitions)
         ]
         ends = await consumer.end_offsets(tps)
         return int(sum(ends.values()))

@@ -381,11 +381,15 @@ class KafkaCluster:
                 raise StackError(f"Kafka did not open {node.bootstrap} in time; see {node.process.log_file}")
             time.sleep(0.2)
 
-    async def ensure_topics(self, topics: Sequence[str], deadline: float | None = None) -> None:
+    async def ensure_topics(
+        self, topics: Sequence[str], deadline: float | None = None, partitions: int | None = None
+    ) -> None:
+        """Create those of `topics` that do not exist, with `partitions` (default: the cluster's) each."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
         deadline = deadline or time.monotonic() + 60
+        partitions = partitions or self.partitions
         configs = {
             # Event topics keep everything: the read model can be rebuilt from them.
             "retention.ms": "-1",
@@ -399,13 +403,13 @@ class KafkaCluster:
                 missing = [t for t in topics if t not in existing]
                 if missing:
                     response = await admin.create_topics(
-                        [NewTopic(t, self.partitions, self.replication_factor, topic_configs=configs) for t in missing]
+                        [NewTopic(t, partitions, self.replication_factor, topic_configs=configs) for t in missing]
                     )
                     for topic, code, *_ in getattr(response, "topic_errors", []):
                         if code not in (0, TopicAlreadyExistsError.errno):
                             raise KafkaError(f"create topic {topic}: error {code}")
                     say(
-                        f"created topics {', '.join(missing)} with {self.partitions} partitions, "
+                        f"created topics {', '.join(missing)} with {partitions} partitions, "
                         f"replication factor {self.replication_factor}"
                     )
                 return
