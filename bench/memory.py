@@ -3,9 +3,10 @@
 The soak saw the consumer's RSS rise by a few MiB over 14 minutes. This runs
 one consumer process for `memory_minutes` on a paced stream of mixed events
 (the projection's Generator, `memory_rate` per second, so that the read model
-grows as in production) and samples, every SAMPLE_S seconds, its resident size
-and the part of it that is anonymous memory (the heap: Python objects, C
-buffers, allocator arenas; the rest is mapped code and libraries). The report
+grows as in production), scrapes its /metrics as Prometheus would, and
+samples, every SAMPLE_S seconds, its resident size and the part of it that is
+anonymous memory (the heap: Python objects, C buffers, allocator arenas; the
+rest is mapped code and libraries). The report
 gives the size at marks through the run and the growth per minute in each
 quarter: memory that levels off grows less in each quarter than in the one
 before, a leak grows alike in all four.
@@ -14,11 +15,15 @@ before, a leak grows alike in all four.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+
+from devstack.processes import free_port
 
 from .config import Scale
 from .env import BenchStack, log, step
@@ -39,6 +44,11 @@ def anonymous_mib(pid: int) -> float:
     except (OSError, ValueError, IndexError):
         pass
     return 0.0
+
+
+def scrape(port: int) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        response.read()
 
 
 def slope(samples: list[dict[str, float]], start: float, end: float, key: str) -> float:
@@ -63,7 +73,8 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     await producer.start()
     stop = asyncio.Event()
     load = asyncio.create_task(paced(producer, prefix, gen, scale.memory_rate, stop))
-    proc = bs.process("memory-consumer", ["order_history", "consumer"], prefix, ORDER_HISTORY_METRICS_PORT="0")
+    port = free_port()
+    proc = bs.process("memory-consumer", ["order_history", "consumer"], prefix, ORDER_HISTORY_METRICS_PORT=str(port))
     samples: list[dict[str, float]] = []
     started = time.monotonic()
     try:
@@ -75,6 +86,8 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
                 if proc.exited_early():
                     raise RuntimeError(f"the consumer exited; last lines of {proc.log_file}:\n{proc.tail()}")
                 pid = proc.pid()
+                with contextlib.suppress(OSError):  # scraped as Prometheus would, in case that holds memory
+                    await asyncio.to_thread(scrape, port)
                 if pid is not None:
                     samples.append(
                         {"minute": elapsed / 60, "rss_mib": rss_mib(pid), "anonymous_mib": anonymous_mib(pid)}
@@ -86,7 +99,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
         await producer.stop()
         proc.stop(timeout=10)
     total = scale.memory_minutes
-    marks = [1.0, total / 4, total / 2, 3 * total / 4, total]
+    marks = sorted({1.0, total / 4, total / 2, 3 * total / 4, total})
     rows: list[list[object]] = []
     for mark in marks:
         nearest = min(samples, key=lambda s: abs(s["minute"] - mark))
@@ -98,7 +111,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     )
     quarters: list[list[object]] = []
     for q in range(4):
-        start, end = max(1.0, q * total / 4), (q + 1) * total / 4
+        start, end = max(0.5, q * total / 4), (q + 1) * total / 4  # without the first 30 s: the start
         quarters.append(
             [
                 f"{start:.0f}–{end:.0f}",
