@@ -73,13 +73,20 @@ class StackConfig:
                 raise StackError(f"{name} must be a whole number, got {raw!r}") from exc
 
         state_dir = Path(env.get("STACK_DIR") or REPO / ".devstack")
+
+        def replica_port() -> int:
+            # As Kafka's nodes: once started with a replica, the stack keeps it until PG_REPLICA=0 or `make clean`.
+            wanted = env.get("PG_REPLICA", "")
+            if wanted == "0":
+                return 0
+            if wanted:
+                return num("PG_REPLICA_PORT", 5433)
+            return remembered(state_dir, "pg-replica-port") or 0
+
         return cls(
             state_dir=state_dir,
             pg_port=num("PG_PORT", 5432),
-            # As Kafka's nodes: once started with a replica, the stack keeps it until PG_REPLICA=0 or `make clean`.
-            pg_replica_port=num("PG_REPLICA_PORT", 5433)
-            if env.get("PG_REPLICA", "") not in ("", "0")
-            else (0 if env.get("PG_REPLICA") == "0" else remembered(state_dir, "pg-replica-port") or 0),
+            pg_replica_port=replica_port(),
             kafka_port=num("KAFKA_PORT", 9092),
             kafka_controller_port=num("KAFKA_CONTROLLER_PORT", 9093),
             kafka_partitions=num("KAFKA_PARTITIONS", 3),
@@ -118,17 +125,15 @@ class Stack:
         self.postgres = PostgresServer(
             data_dir=root / "pgdata", port=config.pg_port, log_file=self.logs / "postgres.log", fast=config.fast_pg
         )
-        self.replica = (
-            PostgresServer(
-                data_dir=root / "pgdata-replica",
-                port=config.pg_replica_port,
-                log_file=self.logs / "postgres-replica.log",
-                fast=config.fast_pg,
-                primary=self.postgres,
-            )
-            if config.pg_replica_port
-            else None
+        # The replica's server, configured or not: `down` and `clean` also stop and delete one started before.
+        self.replica_server = PostgresServer(
+            data_dir=root / "pgdata-replica",
+            port=config.pg_replica_port or 5433,
+            log_file=self.logs / "postgres-replica.log",
+            fast=config.fast_pg,
+            primary=self.postgres,
         )
+        self.replica = self.replica_server if config.pg_replica_port else None
         ports = config.kafka_ports()
         self.kafka = KafkaCluster.on_ports(
             # A cluster keeps its nodes apart from the single node's data: their logs are different histories.
@@ -219,16 +224,20 @@ class Stack:
         self._check_kafka_history()
         self.postgres.start()
         self.postgres.create_databases()
+        remembered_replica = self.config.state_dir / "pg-replica-port"
         if self.replica is not None:
             self.replica.start()
-            (self.config.state_dir / "pg-replica-port").write_text(f"{self.config.pg_replica_port}\n")
+            remembered_replica.write_text(f"{self.config.pg_replica_port}\n")
+        else:
+            self.replica_server.stop()  # PG_REPLICA=0 after a replica: the API no longer reads it
+            remembered_replica.unlink(missing_ok=True)
         self.kafka.start()
 
     def _check_kafka_history(self) -> None:
         """The read model's positions are offsets of one Kafka's logs: refuse to pair it with the other."""
         nodes = len(self.kafka.nodes)
         before = remembered(self.config.state_dir, "kafka-nodes")
-        if before is not None and (self.config.state_dir / "pgdata").exists() and before != nodes:
+        if before is not None and self.postgres.initialised() and before != nodes:
             raise StackError(
                 f"this stack's databases were filled through a Kafka of {before} node(s), not {nodes}: "
                 f"run `make clean` before switching, or keep KAFKA_BROKERS={before}"
@@ -290,8 +299,7 @@ class Stack:
             say("stopping prometheus")
         self.prometheus.stop()
         self.kafka.stop()
-        if self.replica is not None:
-            self.replica.stop()
+        self.replica_server.stop()
         # Nodes of the other layout (KAFKA_BROKERS changed while they ran), or a test session's cluster.
         for pattern in ("kafka/kafka.pid", "kafka-cluster/node-*/kafka.pid", "cluster/kafka-cluster/node-*/kafka.pid"):
             for pid_file in sorted(self.config.state_dir.glob(pattern)):
@@ -314,7 +322,7 @@ class Stack:
             self.logs,
             self.run_dir,
             self.postgres.relocated_to,
-            None if self.replica is None else self.replica.relocated_to,
+            self.replica_server.relocated_to,
         ):
             if path is not None and path.is_dir():
                 say(f"deleting {path}")

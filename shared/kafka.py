@@ -21,6 +21,7 @@ from aiokafka.errors import (
     AuthenticationMethodNotSupported,
     IllegalSaslStateError,
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
@@ -71,7 +72,7 @@ async def raise_if_refused(settings: CommonSettings) -> None:
                 f"{', ' + settings.kafka_sasl_mechanism if 'SASL' in settings.kafka_security_protocol else ''}): "
                 f"{type(exc).__name__}: {exc}; check KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE"
             ) from exc
-        except (OSError, KafkaConnectionError, TimeoutError):
+        except (OSError, KafkaError, TimeoutError):  # not a refusal: the start's own error stands
             continue
         conn.close()
         return
