@@ -438,6 +438,8 @@ class HistoryConsumer:
             records, decoded = fetched
             for lane, tps in lanes.route({tp: len(m) for tp, m in records.items()}, open_lanes).items():
                 queues[lane].put_nowait(Part.of({tp: records[tp] for tp in tps}, {tp: decoded[tp] for tp in tps}))
+            # Not kept while the next fetch waits: once applied, a batch's records and events go.
+            del fetched, records, decoded
 
     async def _lane(self, lanes: Lanes, queue: asyncio.Queue[Part | None], room: asyncio.Event) -> None:
         """Apply one lane's parts in order; return when told to stop, or when a part is given up."""
@@ -450,6 +452,8 @@ class HistoryConsumer:
                 applied = await self._apply_with_retry(part)
             finally:
                 lanes.done(part.sizes())
+            # Nor while the lane waits for its next part: an idle consumer would hold its last batch.
+            del part
             if not applied:
                 return
 
