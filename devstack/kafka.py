@@ -412,6 +412,7 @@ class KafkaCluster:
                         f"created topics {', '.join(missing)} with {partitions} partitions, "
                         f"replication factor {self.replication_factor}"
                     )
+                    await self._wait_led(missing, partitions, deadline)
                 return
             except TopicAlreadyExistsError:
                 return
@@ -421,6 +422,23 @@ class KafkaCluster:
                 await asyncio.sleep(0.5)
             finally:
                 await admin.close()
+
+    async def _wait_led(self, topics: Sequence[str], partitions: int, deadline: float) -> None:
+        """Until every node's metadata names a leader for each partition of the new topics: a creation
+        is acknowledged by the controller before the other nodes know of it."""
+        from aiokafka.errors import KafkaError
+
+        want = {(t, p) for t in topics for p in range(partitions)}
+        while True:
+            try:
+                led = {tp for tp, p in (await self.describe(topics)).items() if p["leader"] >= 0}
+                if want <= led:
+                    return
+            except KafkaError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"the new topics {', '.join(topics)} have no leader for every partition in time")
+            await asyncio.sleep(0.2)
 
     async def describe(self, topics: Sequence[str]) -> dict[tuple[str, int], dict[str, Any]]:
         """(topic, partition) → {"leader": node id, "replicas": [...], "isr": [...]}, as the cluster sees it."""

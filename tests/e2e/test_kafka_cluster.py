@@ -26,6 +26,7 @@ import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,7 +77,13 @@ async def cluster_env(cluster_stack: Stack) -> AsyncIterator[Env]:
 async def topic_settings(env: Env) -> dict[str, tuple[int, str]]:
     """Per event topic of this test: (replicas of its first partition, min.insync.replicas)."""
     names = [env.topic(t) for t in TOPICS]
-    partitions = await env.kafka.describe(names)
+    partitions: dict[tuple[str, int], dict[str, Any]] = {}
+
+    async def described() -> bool:  # the node that answers may learn of new topics a moment later
+        partitions.update(await env.kafka.describe(names))
+        return all((n, 0) in partitions for n in names)
+
+    await wait_until(described, 60, "the test's topics in the cluster's metadata")
     admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
     await admin.start()
     try:
@@ -124,8 +131,16 @@ async def kafka_progressed(env: Env, load: Load) -> None:
 
 
 async def leader_of(env: Env, topic: str, partition: int) -> KafkaNode:
-    described = await env.kafka.describe([env.topic(topic)])
-    return env.kafka.node(described[(env.topic(topic), partition)]["leader"])
+    leader = -1
+
+    async def elected() -> bool:
+        nonlocal leader
+        described = await env.kafka.describe([env.topic(topic)])
+        leader = described.get((env.topic(topic), partition), {}).get("leader", -1)
+        return bool(leader >= 0)
+
+    await wait_until(elected, 60, f"a leader of {topic}[{partition}]")
+    return env.kafka.node(leader)
 
 
 @pytest.mark.slow
