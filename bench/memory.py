@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import time
 import urllib.request
-from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -30,20 +28,14 @@ from .env import BenchStack, log, step
 from .projection import Generator, reset_read_model
 from .report import Report, Section
 from .scaleout import paced
-from .stats import rss_mib
+from .stats import proc_mib, rss_mib
 
 SAMPLE_S = 10.0
 
 
 def anonymous_mib(pid: int) -> float:
-    """Anonymous resident memory of a process in MiB (/proc/<pid>/smaps_rollup; 0 if gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Anonymous:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
+    """Anonymous resident memory of a process in MiB (0 if it is gone)."""
+    return proc_mib(pid, "smaps_rollup", "Anonymous")
 
 
 def scrape(port: int) -> None:
@@ -123,5 +115,4 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     section.data["samples"] = samples
     section.data["events"] = sent
     log(f"memory: {rows}; quarters {quarters}")
-    result: dict[str, Any] = {"rows": rows, "quarters": quarters}
-    section.data["summary"] = result
+    section.data["summary"] = {"rows": rows, "quarters": quarters}

@@ -26,9 +26,11 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
@@ -160,7 +162,7 @@ class _Group:
 
     bs: BenchStack
     prefix: str
-    conn: Any  # asyncpg.Connection of the read database
+    conn: asyncpg.Connection  # of the read database
     load: asyncio.Task[int]
     positions: _Positions = field(default_factory=_Positions)
     procs: list[ManagedProcess] = field(default_factory=list)
@@ -184,7 +186,7 @@ class _Group:
             self.positions.samples.append((time.monotonic(), now))
             await asyncio.sleep(SAMPLE)
 
-    async def change(self, what: str, make: Any, settle: float) -> None:
+    async def change(self, what: str, make: Callable[[], object], settle: float) -> None:
         self.changes.append((what, time.monotonic(), time.time()))
         make()
         await self.sample_for(settle)

@@ -99,15 +99,20 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process in MiB (0 if it is gone)."""
+def proc_mib(pid: int, file: str, field: str) -> float:
+    """A "Field:  N kB" line of /proc/<pid>/<file>, in MiB (0 if the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
     return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB (0 if it is gone)."""
+    return proc_mib(pid, "status", "VmRSS")
 
 
 def children_of(parent: int) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 from devstack.errors import StackError
 from devstack.processes import free_port, pid_alive
 from devstack.stack import REPO, Stack, StackConfig
-from tests.harness import Env, new_prefix, truncate_all
+from tests.harness import Env, fresh_env
 
 
 def _stop_abandoned_test_stacks() -> None:
@@ -80,10 +80,5 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture
 async def env(stack: Stack) -> AsyncIterator[Env]:
     """Clean databases and this test's own topics."""
-    env = Env(stack=stack, prefix=new_prefix())
-    await truncate_all(env)
-    await env.create_topics()
-    try:
+    async with fresh_env(stack) as env:
         yield env
-    finally:
-        await env.close()

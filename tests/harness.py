@@ -370,6 +370,18 @@ async def truncate_all(env: Env) -> None:
         await env.as_owner(service, f"TRUNCATE {tables} RESTART IDENTITY")
 
 
+@asynccontextmanager
+async def fresh_env(stack: Stack) -> AsyncIterator[Env]:
+    """One test's Env on `stack`: clean databases and topics of its own; closed after."""
+    env = Env(stack=stack, prefix=new_prefix())
+    await truncate_all(env)
+    await env.create_topics()
+    try:
+        yield env
+    finally:
+        await env.close()
+
+
 def new_prefix() -> str:
     return f"t{os.getpid()}-{next(_counter)}-"
 

@@ -184,7 +184,8 @@ async def test_chaos_loses_nothing_and_clients_see_only_clean_answers(env: Env, 
         await chaos(env, tmp_path)
 
 
-async def chaos(env: Env, tmp_path: Path) -> None:
+async def start_every_process(env: Env) -> dict[str, ManagedProcess]:
+    """The three APIs, both relays and the consumer as real processes, ready."""
     processes = {
         "order-api": env.process("order-api", "order", "api"),
         "goods-api": env.process("goods-api", "goods", "api"),
@@ -196,6 +197,31 @@ async def chaos(env: Env, tmp_path: Path) -> None:
     for proc in processes.values():
         proc.start()
     await wait_ready(env)
+    return processes
+
+
+@contextlib.asynccontextmanager
+async def running_load(env: Env, workers: int = 12) -> AsyncIterator[Load]:
+    """`workers` clients of the processes' APIs writing and reading without pause, until the block ends."""
+    config = env.stack.config
+    timeout = httpx.Timeout(30.0)
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.order_port}", timeout=timeout) as order,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.goods_port}", timeout=timeout) as goods,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.history_port}", timeout=timeout) as history,
+    ):
+        load = Load(order, goods, history)
+        tasks = [asyncio.create_task(load.worker(seed)) for seed in range(workers)]
+        try:
+            yield load
+        finally:
+            load.stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*tasks)
+
+
+async def chaos(env: Env, tmp_path: Path) -> None:
+    processes = await start_every_process(env)
     config = env.stack.config
     ports = {"order-api": config.order_port, "goods-api": config.goods_port, "history-api": config.history_port}
 
@@ -247,28 +273,16 @@ async def chaos(env: Env, tmp_path: Path) -> None:
         Fault("read database refuses sessions", read_database_outage),
         Fault("command database refuses sessions", command_database_outage),
     ]
-    timeout = httpx.Timeout(30.0)
     made: Counter[str] = Counter()
-    async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.order_port}", timeout=timeout) as order,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.goods_port}", timeout=timeout) as goods,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.history_port}", timeout=timeout) as history,
-    ):
-        load = Load(order, goods, history)
-        workers = [asyncio.create_task(load.worker(seed)) for seed in range(12)]
-        try:
-            for _ in range(ROUNDS):
-                for fault in faults:
-                    await load.progressed()
-                    all_alive(processes, tmp_path)
-                    await fault.make()
-                    made[fault.name] += 1
-            await load.progressed()
-            all_alive(processes, tmp_path)
-        finally:
-            load.stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*workers)
+    async with running_load(env) as load:
+        for _ in range(ROUNDS):
+            for fault in faults:
+                await load.progressed()
+                all_alive(processes, tmp_path)
+                await fault.make()
+                made[fault.name] += 1
+        await load.progressed()
+        all_alive(processes, tmp_path)
     kills = sum(n for f in faults if f.kill9 for n in [made[f.name]])
     print(f"faults made: {dict(made)}; kill -9: {kills}; answers: {dict(load.outcomes)}")
     assert kills == ROUNDS * 8

@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -37,9 +36,9 @@ from devstack.kafka import KafkaNode
 from devstack.processes import free_port
 from devstack.stack import Stack
 from shared.events import ORDER_TOPIC, TOPICS
-from tests.e2e.test_chaos import Load, all_alive, assert_versions_match
-from tests.e2e.test_end_to_end import assert_read_model_matches_command_databases, wait_ready
-from tests.harness import Env, new_prefix, truncate_all, wait_until
+from tests.e2e.test_chaos import Load, all_alive, assert_versions_match, running_load, start_every_process
+from tests.e2e.test_end_to_end import assert_read_model_matches_command_databases
+from tests.harness import Env, fresh_env, wait_until
 
 KAFKA_PROGRESS = 100  # events Kafka must acknowledge while a node is down
 
@@ -65,13 +64,8 @@ def cluster_stack(stack: Stack) -> Iterator[Stack]:
 
 @pytest.fixture
 async def cluster_env(cluster_stack: Stack) -> AsyncIterator[Env]:
-    env = Env(stack=cluster_stack, prefix=new_prefix())
-    await truncate_all(env)
-    await env.create_topics()
-    try:
+    async with fresh_env(cluster_stack) as env:
         yield env
-    finally:
-        await env.close()
 
 
 async def topic_settings(env: Env) -> dict[str, tuple[int, str]]:
@@ -149,54 +143,31 @@ async def test_a_three_node_cluster_loses_no_accepted_write_when_nodes_die_or_re
 ) -> None:
     env = cluster_env
     assert set((await topic_settings(env)).values()) == {(3, "2")}
-    processes = {
-        "order-api": env.process("order-api", "order", "api"),
-        "goods-api": env.process("goods-api", "goods", "api"),
-        "history-api": env.process("history-api", "order_history", "api"),
-        "order-relay": env.process("order-relay", "order", "relay"),
-        "goods-relay": env.process("goods-relay", "goods", "relay"),
-        "consumer": env.process("consumer", "order_history", "consumer"),
-    }
-    for proc in processes.values():
-        proc.start()
-    await wait_ready(env)
-    config = env.stack.config
+    processes = await start_every_process(env)
     made: Counter[str] = Counter()
-    timeout = httpx.Timeout(30.0)
-    async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.order_port}", timeout=timeout) as order,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.goods_port}", timeout=timeout) as goods,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.history_port}", timeout=timeout) as history,
-    ):
-        load = Load(order, goods, history)
-        workers = [asyncio.create_task(load.worker(seed)) for seed in range(12)]
-        try:
-            await kafka_progressed(env, load)
-            killed: list[int] = []
-            for _ in range(2):  # kill -9 a partition's leader; the second time another node
-                victim = await leader_of(env, ORDER_TOPIC, 0)
-                if victim.node_id in killed:
-                    victim = next(n for n in env.kafka.nodes if n.node_id not in killed)
-                await asyncio.to_thread(victim.kill9)
-                killed.append(victim.node_id)
-                made["kill -9 a node"] += 1
-                await kafka_progressed(env, load)
-                all_alive(processes, tmp_path)
-                await asyncio.to_thread(env.kafka.start_node, victim)
-                await wait_in_sync(env)
-            for node in env.kafka.nodes:  # a rolling restart
-                await asyncio.to_thread(node.stop)
-                made["node stopped and started"] += 1
-                await kafka_progressed(env, load)
-                all_alive(processes, tmp_path)
-                await asyncio.to_thread(env.kafka.start_node, node)
-                await wait_in_sync(env)
+    killed: list[int] = []
+    async with running_load(env) as load:
+        await kafka_progressed(env, load)
+        for _ in range(2):  # kill -9 a partition's leader; the second time another node
+            victim = await leader_of(env, ORDER_TOPIC, 0)
+            if victim.node_id in killed:
+                victim = next(n for n in env.kafka.nodes if n.node_id not in killed)
+            await asyncio.to_thread(victim.kill9)
+            killed.append(victim.node_id)
+            made["kill -9 a node"] += 1
             await kafka_progressed(env, load)
             all_alive(processes, tmp_path)
-        finally:
-            load.stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*workers)
+            await asyncio.to_thread(env.kafka.start_node, victim)
+            await wait_in_sync(env)
+        for node in env.kafka.nodes:  # a rolling restart
+            await asyncio.to_thread(node.stop)
+            made["node stopped and started"] += 1
+            await kafka_progressed(env, load)
+            all_alive(processes, tmp_path)
+            await asyncio.to_thread(env.kafka.start_node, node)
+            await wait_in_sync(env)
+        await kafka_progressed(env, load)
+        all_alive(processes, tmp_path)
     print(f"faults made: {dict(made)}; nodes killed: {killed}; answers: {dict(load.outcomes)}")
     assert made == {"kill -9 a node": 2, "node stopped and started": 3} and len(set(killed)) == 2
     for name, proc in processes.items():  # kept by pytest for a look after a failure

@@ -20,6 +20,13 @@ from devstack.processes import free_port, pid_alive, port_is_free
 from devstack.stack import REPO
 
 
+def run_devstack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m devstack ARGS` with `env`, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 async def readers_on(port: int) -> int:
     """Sessions of the order-history API's read-only role on the server at `port`."""
     conn = await asyncpg.connect(f"postgresql://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres")
@@ -57,9 +64,7 @@ def test_up_twice_then_down_leaves_nothing_running() -> None:
     env = {**os.environ, "STACK_DIR": str(state_dir), "PROMETHEUS": "1", **{k: str(v) for k, v in ports.items()}}
 
     def devstack(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "devstack", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-        )
+        return run_devstack(env, *args)
 
     try:
         up = devstack("up")
@@ -124,14 +129,7 @@ def test_a_three_node_kafka_and_a_replica_up_then_down() -> None:
     env = {**os.environ, "STACK_DIR": str(state_dir), **{k: str(v) for k, v in given.items()}}
 
     def devstack(*args: str, **more: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "devstack", *args],
-            cwd=REPO,
-            env={**env, **more},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return run_devstack({**env, **more}, *args)
 
     try:
         up = devstack("up", KAFKA_BROKERS="3", PG_REPLICA="1")
