@@ -20,7 +20,7 @@ from order_history.positions import Positions
 from order_history.settings import Settings
 from shared.backoff import Backoff
 from shared.events import TOPICS
-from shared.kafka import client_options
+from shared.kafka import KafkaRefused, client_options, start_client
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,19 @@ def _fail(message: str) -> int:
     return 1
 
 
+# Why a command could not check the group or read the logs (Kafka down, or refusing this client).
+_CANNOT: tuple[type[Exception], ...] = (OperationError, KafkaRefused, KafkaError)
+
+
+def _cannot(exc: Exception) -> int:
+    return _fail(str(exc) if isinstance(exc, OperationError | KafkaRefused) else f"{type(exc).__name__}: {exc}")
+
+
 async def group_members(settings: Settings) -> int:
     """How many consumers are in the group now (0 if the group is empty or unknown)."""
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms)
     try:
-        await admin.start()
+        await start_client(admin, settings)
         # A group the broker has not seen yet may have no coordinator for a moment
         # (a new broker creates its offsets topic first): a retriable error.
         backoff = Backoff(0.2, 2.0)
@@ -70,8 +78,8 @@ async def reset(settings: Settings) -> int:
     """Empty the read model and its positions: the consumers then rebuild it from the topics."""
     try:
         await _require_stopped(settings)
-    except OperationError as exc:
-        return _fail(str(exc))
+    except _CANNOT as exc:
+        return _cannot(exc)
     conn = await asyncpg.connect(settings.owner_database_url)
     try:
         await conn.execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
@@ -85,7 +93,7 @@ async def log_bounds(settings: Settings, *topics: str) -> tuple[dict[TopicPartit
     """(log start, log end) of every partition of `topics` (their Kafka names), through one client."""
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     try:
-        await consumer.start()
+        await start_client(consumer, settings)
         tps: list[TopicPartition] = []
         for topic in topics:
             partitions = consumer.partitions_for_topic(topic) or set()
@@ -106,8 +114,8 @@ async def reset_positions(settings: Settings, topic: str, to: str, partitions: l
     try:
         await _require_stopped(settings)
         starts, ends = await log_bounds(settings, settings.kafka_topic_prefix + topic)
-    except OperationError as exc:
-        return _fail(str(exc))
+    except _CANNOT as exc:
+        return _cannot(exc)
     chosen = starts if to == "start" else ends
     offsets = {tp: off for tp, off in chosen.items() if partitions is None or tp.partition in partitions}
     if not offsets:

@@ -45,6 +45,7 @@ from order_history.settings import Settings
 from shared import progress
 from shared.database import WAIT_OUT_ERRORS
 from shared.events import TOPICS
+from shared.kafka import KafkaRefused
 from shared.migrations import migrate
 
 NEXT: Final = "read_model_next"
@@ -285,7 +286,14 @@ async def _hand_over(
     )
 
 
-_FAILURES: tuple[type[Exception], ...] = (*WAIT_OUT_ERRORS, KafkaError, RebuildError, OperationError, TimeoutError)
+_FAILURES: tuple[type[Exception], ...] = (
+    *WAIT_OUT_ERRORS,
+    KafkaError,
+    KafkaRefused,
+    RebuildError,
+    OperationError,
+    TimeoutError,
+)
 
 
 async def run(settings: Settings, switch_lag: int, keep_old: bool) -> int:

@@ -23,6 +23,7 @@ from order_history.positions import Positions
 from order_history.settings import Settings
 from shared.database import WAIT_OUT_ERRORS
 from shared.events import TOPICS
+from shared.kafka import KafkaRefused
 
 _READ_MODEL = """SELECT
     (SELECT count(*) FROM dead_letters) AS dead_letters,
@@ -104,7 +105,7 @@ async def status(settings: Settings, as_json: bool) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         report = await gather(settings)
-    except (*WAIT_OUT_ERRORS, KafkaError, OperationError) as exc:
+    except (*WAIT_OUT_ERRORS, KafkaError, KafkaRefused, OperationError) as exc:
         print(f"error: cannot read the status: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2) if as_json else render(report))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.conn import collect_hosts, create_conn
@@ -108,16 +108,28 @@ def producer(settings: CommonSettings, client_id: str, **overrides: Any) -> AIOK
     return AIOKafkaProducer(**options)
 
 
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(client: _Startable, settings: CommonSettings) -> None:
+    """Start any aiokafka client (producer, consumer, admin); KafkaRefused if the brokers
+    refuse it, else the start's own error (closing the client is the caller's)."""
+    try:
+        await client.start()
+    except KafkaConnectionError:
+        await raise_if_refused(settings)
+        raise
+
+
 async def start_producer(settings: CommonSettings, client_id: str, **overrides: Any) -> AIOKafkaProducer:
     """A started producer; its start is bounded by the request timeout."""
     started = producer(settings, client_id, **overrides)
     try:
         async with asyncio.timeout(settings.kafka_request_timeout_ms / 1000 + 5):
-            await started.start()
-    except BaseException as exc:
+            await start_client(started, settings)
+    except BaseException:
         await close_producer(started)
-        if isinstance(exc, KafkaConnectionError):
-            await raise_if_refused(settings)
         raise
     return started
 

@@ -4,7 +4,9 @@ The session's broker has a SASL_PLAINTEXT and a SASL_SSL listener besides its
 PLAINTEXT one (devstack: PLAIN and SCRAM accounts, a CA made by openssl).
 Events must flow through them with each mechanism; a wrong password or an
 untrusted CA must stop a relay or a consumer with a message that says so,
-within a bounded time, instead of retrying "Unable to bootstrap" forever.
+within a bounded time, instead of retrying "Unable to bootstrap" forever; an
+operator command that reads Kafka must say so too, and exit 1 without a
+traceback.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ async def test_events_flow_through_an_authenticated_listener(env: Env, protocol:
         await wait_until(listed, 30, "the order and its two goods in the read model")
 
 
+# The processes, and the operator commands that talk to Kafka (each checks Kafka before it changes anything).
+REFUSED_COMMANDS = (
+    ("order", "relay"),
+    ("order_history", "consumer"),
+    ("order_history", "status"),
+    ("order_history", "rebuild"),
+    ("order_history", "reset-positions", "order.events", "--to", "end"),
+)
+
+
 @pytest.mark.parametrize(
     ("case", "protocol", "password", "ca", "reason"),
     [
@@ -70,9 +82,9 @@ async def test_a_refused_client_stops_with_a_clear_error(
     async with env.client("order") as order:  # a row for the relay: it connects to Kafka when it has work
         assert (await order.post("/v1/order", json={"user_id": 1})).status_code == 201
     settings = as_environment(secured(env, protocol, "SCRAM-SHA-256", password=password, ca=ca))
-    for service in (("order", "relay"), ("order_history", "consumer")):
-        done = await command(env, *service, **settings)  # a hang fails here, after command's timeout
+    for args in REFUSED_COMMANDS:
+        done = await command(env, *args, **settings)  # a hang fails here, after command's timeout
         output = done.stdout + done.stderr
-        assert done.returncode == 1, f"{case}: {service} exited {done.returncode}:\n{output[-3000:]}"
-        assert "refused this client" in output and reason in output, f"{case}: {service}:\n{output[-3000:]}"
+        assert done.returncode == 1, f"{case}: {args} exited {done.returncode}:\n{output[-3000:]}"
+        assert "refused this client" in output and reason in output, f"{case}: {args}:\n{output[-3000:]}"
         assert "Traceback" not in output
