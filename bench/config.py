@@ -54,6 +54,8 @@ class Scale:
     # 8. memory: one consumer on a paced stream for this long
     memory_minutes: float = 40.0
     memory_rate: int = 3000
+    # the consumer's extra environment, "NAME=VALUE,NAME=VALUE" (e.g. MALLOC_ARENA_MAX=2): allocator variants
+    memory_env: str = ""
 
 
 FULL = Scale(

@@ -31,11 +31,38 @@ from .scaleout import paced
 from .stats import proc_mib, rss_mib
 
 SAMPLE_S = 10.0
+KEYS = ("rss_mib", "anonymous_mib", "heap_mib")
 
 
 def anonymous_mib(pid: int) -> float:
     """Anonymous resident memory of a process in MiB (0 if it is gone)."""
     return proc_mib(pid, "smaps_rollup", "Anonymous")
+
+
+def heap_mib(pid: int) -> float:
+    """Resident size of the [heap] mapping in MiB: glibc's main arena, grown by brk.
+
+    The rest of the anonymous memory is mmap'd: pymalloc's arenas and large
+    blocks. Which of the two grows tells fragmentation of small C allocations
+    from Python objects kept alive.
+    """
+    inside = False
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                if line[0] in "0123456789abcdef" and " " in line and "-" in line.split(" ", 1)[0]:
+                    inside = line.rstrip().endswith("[heap]")
+                elif inside and line.startswith("Rss:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def extra_env(spec: str) -> dict[str, str]:
+    """ "A=1,B=2" as a dict; empty for ""."""
+    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def scrape(port: int) -> None:
@@ -66,7 +93,10 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     stop = asyncio.Event()
     load = asyncio.create_task(paced(producer, prefix, gen, scale.memory_rate, stop))
     port = free_port()
-    proc = bs.process("memory-consumer", ["order_history", "consumer"], prefix, ORDER_HISTORY_METRICS_PORT=str(port))
+    env = extra_env(scale.memory_env)
+    proc = bs.process(
+        "memory-consumer", ["order_history", "consumer"], prefix, ORDER_HISTORY_METRICS_PORT=str(port), **env
+    )
     samples: list[dict[str, float]] = []
     started = time.monotonic()
     try:
@@ -82,7 +112,12 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
                     await asyncio.to_thread(scrape, port)
                 if pid is not None:
                     samples.append(
-                        {"minute": elapsed / 60, "rss_mib": rss_mib(pid), "anonymous_mib": anonymous_mib(pid)}
+                        {
+                            "minute": elapsed / 60,
+                            "rss_mib": rss_mib(pid),
+                            "anonymous_mib": anonymous_mib(pid),
+                            "heap_mib": heap_mib(pid),
+                        }
                     )
                 await asyncio.sleep(SAMPLE_S)
     finally:
@@ -95,23 +130,20 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     rows: list[list[object]] = []
     for mark in marks:
         nearest = min(samples, key=lambda s: abs(s["minute"] - mark))
-        rows.append([round(nearest["minute"], 1), round(nearest["rss_mib"], 1), round(nearest["anonymous_mib"], 1)])
+        rows.append([round(nearest["minute"], 1), *(round(nearest[key], 1) for key in KEYS)])
+    variant = f", environment {scale.memory_env}" if scale.memory_env else ""
     section.table(
-        f"Resident size of the consumer; {sent:,} events at {scale.memory_rate:,} events/s",
-        ["minute", "RSS MiB", "anonymous MiB"],
+        f"Resident size of the consumer; {sent:,} events at {scale.memory_rate:,} events/s{variant}",
+        ["minute", "RSS MiB", "anonymous MiB", "[heap] MiB"],
         rows,
     )
     quarters: list[list[object]] = []
     for q in range(4):
         start, end = max(0.5, q * total / 4), (q + 1) * total / 4  # without the first 30 s: the start
-        quarters.append(
-            [
-                f"{start:.0f}–{end:.0f}",
-                round(slope(samples, start, end, "rss_mib"), 3),
-                round(slope(samples, start, end, "anonymous_mib"), 3),
-            ]
-        )
-    section.table("Growth per quarter (least squares), MiB per minute", ["minutes", "RSS", "anonymous"], quarters)
+        quarters.append([f"{start:.0f}–{end:.0f}"] + [round(slope(samples, start, end, key), 3) for key in KEYS])
+    section.table(
+        "Growth per quarter (least squares), MiB per minute", ["minutes", "RSS", "anonymous", "[heap]"], quarters
+    )
     section.data["samples"] = samples
     section.data["events"] = sent
     log(f"memory: {rows}; quarters {quarters}")
