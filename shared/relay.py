@@ -118,6 +118,8 @@ class OutboxRelay:
             await self._wait(self.settings.relay_poll_interval)
             return
         self._set_db(True)
+        # Kafka as soon as it leads, not at its first row: a refused login stops it at its start.
+        await self._ensure_producer()
         # Cleared before reading: a NOTIFY that arrives while we publish wakes the next wait.
         self._wake.clear()
         count = await self._publish_batch(work)

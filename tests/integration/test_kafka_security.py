@@ -79,8 +79,6 @@ REFUSED_COMMANDS = (
 async def test_a_refused_client_stops_with_a_clear_error(
     env: Env, case: str, protocol: str, password: str, ca: bool, reason: str
 ) -> None:
-    async with env.client("order") as order:  # a row for the relay: it connects to Kafka when it has work
-        assert (await order.post("/v1/order", json={"user_id": 1})).status_code == 201
     settings = as_environment(secured(env, protocol, "SCRAM-SHA-256", password=password, ca=ca))
     for args in REFUSED_COMMANDS:
         done = await command(env, *args, **settings)  # a hang fails here, after command's timeout
