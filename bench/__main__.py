@@ -103,7 +103,7 @@ async def run(args: argparse.Namespace, scale: Scale, bs: BenchStack, report: Re
         elif name == "scaleout":
             await scaleout.run(bs, scale, report)
         else:
-            await memory.run(bs, scale, report)
+            await memory.run(bs, scale, report, args.results)
         bs.stop_processes()
         report.environment.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
 

@@ -3,23 +3,29 @@
 The soak saw the consumer's RSS rise by a few MiB over 14 minutes. This runs
 one consumer process for `memory_minutes` on a paced stream of mixed events
 (the projection's Generator, `memory_rate` per second, so that the read model
-grows as in production), scrapes its /metrics as Prometheus would, and
-samples, every SAMPLE_S seconds, its resident size and the part of it that is
-anonymous memory (the heap: Python objects, C buffers, allocator arenas; the
-rest is mapped code and libraries). The report
-gives the size at marks through the run and the growth per minute in each
-quarter: memory that levels off grows less in each quarter than in the one
-before, a leak grows alike in all four.
+grows as in production), scrapes its /metrics as Prometheus would (keeping its
+lag and how many large parts it applied), and samples, every SAMPLE_S
+seconds, its resident size, the part of it that is anonymous memory (Python
+objects, C buffers, allocator arenas; the rest is mapped code and libraries)
+and the part of that in glibc's main arena ([heap]). The report gives the size
+at marks through the run and the growth per minute in each quarter: memory
+that levels off grows less in each quarter than in the one before, a leak
+grows alike in all four. A PNG plot goes beside the report. `memory_env` runs
+the consumer with more environment (allocator variants, e.g.
+MALLOC_ARENA_MAX=2 or PYTHONMALLOC=malloc).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import urllib.request
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import free_port
 
@@ -31,6 +37,8 @@ from .scaleout import paced
 from .stats import proc_mib, rss_mib
 
 SAMPLE_S = 10.0
+LARGE_PART = 2500  # a bucket of consumer_batch_events
+START_MINUTES = 0.5  # the process starting and its first fetches: left out of slopes and plots
 KEYS = ("rss_mib", "anonymous_mib", "heap_mib")
 
 
@@ -65,9 +73,22 @@ def extra_env(spec: str) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in pairs}
 
 
-def scrape(port: int) -> None:
+def scrape(port: int) -> dict[str, float]:
+    """The consumer's /metrics, read as Prometheus would: its lag (summed over partitions) and how
+    many parts so far held more than LARGE_PART events (a lagging consumer fetches larger batches,
+    and the allocator keeps what the largest one needed)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        response.read()
+        text = response.read().decode()
+    lag = parts = small = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "consumer_lag_events":
+                lag += sample.value
+            elif sample.name == "consumer_batch_events_count":
+                parts = sample.value
+            elif sample.name == "consumer_batch_events_bucket" and sample.labels.get("le") == str(float(LARGE_PART)):
+                small = sample.value
+    return {"lag": lag, "large_parts": parts - small}
 
 
 def slope(samples: list[dict[str, float]], start: float, end: float, key: str) -> float:
@@ -81,7 +102,7 @@ def slope(samples: list[dict[str, float]], start: float, end: float, key: str) -
     return sum((x - mean_x) * (y - mean_y) for x, y in window) / var if var else float("nan")
 
 
-async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
+async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -> None:
     section = Section("memory", f"The consumer's memory over {scale.memory_minutes:.0f} minutes")
     report.sections.append(section)
     prefix = f"bench-mem-{int(time.time())}-"
@@ -108,8 +129,9 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
                 if proc.exited_early():
                     raise RuntimeError(f"the consumer exited; last lines of {proc.log_file}:\n{proc.tail()}")
                 pid = proc.pid()
+                scraped = {"lag": math.nan, "large_parts": math.nan}
                 with contextlib.suppress(OSError):  # scraped as Prometheus would, in case that holds memory
-                    await asyncio.to_thread(scrape, port)
+                    scraped = await asyncio.to_thread(scrape, port)
                 if pid is not None:
                     samples.append(
                         {
@@ -117,6 +139,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
                             "rss_mib": rss_mib(pid),
                             "anonymous_mib": anonymous_mib(pid),
                             "heap_mib": heap_mib(pid),
+                            **scraped,
                         }
                     )
                 await asyncio.sleep(SAMPLE_S)
@@ -125,6 +148,12 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
         sent = await load
         await producer.stop()
         proc.stop(timeout=10)
+    _report(section, samples, sent, scale, report, results_dir)
+
+
+def _report(
+    section: Section, samples: list[dict[str, float]], sent: int, scale: Scale, report: Report, results_dir: Path
+) -> None:
     total = scale.memory_minutes
     marks = sorted({1.0, total / 4, total / 2, 3 * total / 4, total})
     rows: list[list[object]] = []
@@ -139,12 +168,56 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     )
     quarters: list[list[object]] = []
     for q in range(4):
-        start, end = max(0.5, q * total / 4), (q + 1) * total / 4  # without the first 30 s: the start
+        start, end = max(START_MINUTES, q * total / 4), (q + 1) * total / 4
         quarters.append([f"{start:.0f}–{end:.0f}"] + [round(slope(samples, start, end, key), 3) for key in KEYS])
     section.table(
         "Growth per quarter (least squares), MiB per minute", ["minutes", "RSS", "anonymous", "[heap]"], quarters
     )
     section.data["samples"] = samples
     section.data["events"] = sent
+    image = plot(samples, results_dir / f"{report.started:%Y%m%dT%H%M%S}-{report.scale}-memory.png", scale)
+    if image is not None:
+        section.note(f"Plot: `{image.name}` beside this report.")
     log(f"memory: {rows}; quarters {quarters}")
     section.data["summary"] = {"rows": rows, "quarters": quarters}
+
+
+def plot(samples: list[dict[str, float]], path: Path, scale: Scale) -> Path | None:
+    """Memory, lag and large parts over the run as a PNG (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("memory: matplotlib is not installed, no plot")
+        return None
+    samples = [s for s in samples if s["minute"] >= START_MINUTES]
+    minutes = [s["minute"] for s in samples]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    for key, label in zip(KEYS, ("RSS", "anonymous", "[heap] (glibc main arena)"), strict=True):
+        top.plot(minutes, [s.get(key, math.nan) for s in samples], label=label)
+    top.set_ylabel("MiB")
+    top.set_title(
+        f"The consumer's memory at {scale.memory_rate:,} events/s{', ' + scale.memory_env if scale.memory_env else ''}"
+    )
+    bottom.plot(minutes, [s.get("lag", math.nan) for s in samples], label="lag (events)")
+    twin = bottom.twinx()
+    twin.plot(
+        minutes,
+        [s.get("large_parts", math.nan) for s in samples],
+        color="tab:red",
+        label=f"parts > {LARGE_PART} events (cumulative)",
+    )
+    bottom.set_ylabel("events")
+    twin.set_ylabel("parts")
+    bottom.set_xlabel("minutes")
+    for ax in (top, bottom, twin):
+        ax.legend(loc="upper left" if ax is not twin else "upper right", fontsize=8)
+    top.grid(True, alpha=0.3)
+    bottom.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
