@@ -201,6 +201,7 @@ class OutboxRelay:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             self._producer = await start_producer(self.settings, client_id=f"outbox-relay-{self.name}")
+            self._set_kafka(True)
         return self._producer
 
     async def _drop_producer(self) -> None:
@@ -245,7 +246,7 @@ class OutboxRelay:
                 log.info("kafka reachable, publishing", extra={"relay": self.name})
             else:
                 log.warning(
-                    "kafka unreachable or too slow, batch given up; retrying with backoff",
+                    "kafka unreachable or too slow (a batch in flight is given up); retrying with backoff",
                     extra={"relay": self.name, "error": _describe(error)},
                 )
             self._kafka_ok = ok
