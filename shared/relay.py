@@ -246,7 +246,7 @@ class OutboxRelay:
                 log.info("kafka reachable, publishing", extra={"relay": self.name})
             else:
                 log.warning(
-                    "kafka unreachable or too slow (a batch in flight is given up); retrying with backoff",
+                    "kafka unreachable or too slow, batch given up; retrying with backoff",
                     extra={"relay": self.name, "error": _describe(error)},
                 )
             self._kafka_ok = ok
