@@ -54,6 +54,10 @@ class Scale:
     # 8. memory: one consumer on a paced stream for this long
     memory_minutes: float = 40.0
     memory_rate: int = 3000
+    # catch-ups in the run's second half: the consumer stopped (SIGSTOP) this long, under the
+    # session timeout, then left to apply the backlog in batches as large as they come
+    memory_pauses: int = 4
+    memory_pause_seconds: float = 8.0
     # the consumer's extra environment, "NAME=VALUE,NAME=VALUE" (e.g. MALLOC_ARENA_MAX=2): allocator variants
     memory_env: str = ""
 
@@ -103,4 +107,5 @@ QUICK = Scale(
     scaleout_rate=1000,
     scaleout_settle_seconds=15.0,
     memory_minutes=4.0,
+    memory_pauses=2,
 )

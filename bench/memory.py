@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -27,7 +29,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.processes import free_port
+from devstack.processes import ManagedProcess, free_port
 
 from .config import Scale
 from .env import BenchStack, log, step
@@ -102,6 +104,31 @@ def slope(samples: list[dict[str, float]], start: float, end: float, key: str) -
     return sum((x - mean_x) * (y - mean_y) for x, y in window) / var if var else float("nan")
 
 
+def pause_minutes(scale: Scale) -> list[float]:
+    """When the catch-ups start: spread over the run's second half, the first half steady."""
+    total, n = scale.memory_minutes, scale.memory_pauses
+    return [total / 2 + (i + 0.5) * total / 2 / n for i in range(n)] if n else []
+
+
+async def catch_ups(
+    proc: ManagedProcess, scale: Scale, started: float, paused: asyncio.Event, pauses: list[float]
+) -> None:
+    """Stop the consumer for memory_pause_seconds at each of pause_minutes, then let it catch up."""
+    for minute in pause_minutes(scale):
+        await asyncio.sleep(max(0.0, started + minute * 60 - time.monotonic()))
+        pid = proc.pid()
+        if pid is None:
+            return  # the sampling loop reports a consumer that exited
+        os.kill(pid, signal.SIGSTOP)
+        paused.set()
+        pauses.append((time.monotonic() - started) / 60)
+        try:
+            await asyncio.sleep(scale.memory_pause_seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            paused.clear()
+
+
 async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -> None:
     section = Section("memory", f"The consumer's memory over {scale.memory_minutes:.0f} minutes")
     report.sections.append(section)
@@ -119,19 +146,29 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
         "memory-consumer", ["order_history", "consumer"], prefix, ORDER_HISTORY_METRICS_PORT=str(port), **env
     )
     samples: list[dict[str, float]] = []
+    paused = asyncio.Event()
+    pauses: list[float] = []  # minutes at which the consumer was stopped
     started = time.monotonic()
+    catching_up: asyncio.Task[None] | None = None
     try:
-        with step(f"one consumer for {scale.memory_minutes:.0f} min at {scale.memory_rate:,} events/s"):
+        with step(
+            f"one consumer for {scale.memory_minutes:.0f} min at {scale.memory_rate:,} events/s, "
+            f"{scale.memory_pauses} catch-up(s) after {scale.memory_pause_seconds:.0f} s stopped"
+        ):
             proc.start()
+            catching_up = asyncio.create_task(catch_ups(proc, scale, started, paused, pauses))
             while (elapsed := time.monotonic() - started) < scale.memory_minutes * 60:
                 if load.done():
                     load.result()  # the producer failed: say why
                 if proc.exited_early():
                     raise RuntimeError(f"the consumer exited; last lines of {proc.log_file}:\n{proc.tail()}")
                 pid = proc.pid()
+                if catching_up.done():
+                    catching_up.result()  # stopping or resuming failed: say why
                 scraped = {"lag": math.nan, "large_parts": math.nan}
-                with contextlib.suppress(OSError):  # scraped as Prometheus would, in case that holds memory
-                    scraped = await asyncio.to_thread(scrape, port)
+                if not paused.is_set():  # a stopped process cannot answer
+                    with contextlib.suppress(OSError):  # scraped as Prometheus would, in case that holds memory
+                        scraped = await asyncio.to_thread(scrape, port)
                 if pid is not None:
                     samples.append(
                         {
@@ -144,15 +181,27 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
                     )
                 await asyncio.sleep(SAMPLE_S)
     finally:
+        if catching_up is not None:
+            catching_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await catching_up
+        if paused.is_set() and (pid := proc.pid()) is not None:
+            os.kill(pid, signal.SIGCONT)
         stop.set()
         sent = await load
         await producer.stop()
         proc.stop(timeout=10)
-    _report(section, samples, sent, scale, report, results_dir)
+    _report(section, samples, pauses, sent, scale, report, results_dir)
 
 
 def _report(
-    section: Section, samples: list[dict[str, float]], sent: int, scale: Scale, report: Report, results_dir: Path
+    section: Section,
+    samples: list[dict[str, float]],
+    pauses: list[float],
+    sent: int,
+    scale: Scale,
+    report: Report,
+    results_dir: Path,
 ) -> None:
     total = scale.memory_minutes
     marks = sorted({1.0, total / 4, total / 2, 3 * total / 4, total})
@@ -173,17 +222,33 @@ def _report(
     section.table(
         "Growth per quarter (least squares), MiB per minute", ["minutes", "RSS", "anonymous", "[heap]"], quarters
     )
+    if pauses:
+        section.table(
+            f"Catch-ups: the consumer stopped for {scale.memory_pause_seconds:.0f} s (a backlog of about "
+            f"{scale.memory_rate * scale.memory_pause_seconds:,.0f} events), then left to apply it; sizes in MiB "
+            f"just before the stop and {AFTER_S:.0f} s after the resume",
+            [
+                "minute",
+                f"parts > {LARGE_PART:,} events so far",
+                "RSS before",
+                "RSS after",
+                "[heap] before",
+                "[heap] after",
+            ],
+            [catch_up_row(samples, minute, scale.memory_pause_seconds) for minute in pauses],
+        )
     section.data["samples"] = samples
+    section.data["pauses"] = pauses
     section.data["events"] = sent
-    image = plot(samples, results_dir / f"{report.started:%Y%m%dT%H%M%S}-{report.scale}-memory.png", scale)
+    image = plot(samples, pauses, results_dir / f"{report.started:%Y%m%dT%H%M%S}-{report.scale}-memory.png", scale)
     if image is not None:
         section.note(f"Plot: `{image.name}` beside this report.")
     log(f"memory: {rows}; quarters {quarters}")
     section.data["summary"] = {"rows": rows, "quarters": quarters}
 
 
-def plot(samples: list[dict[str, float]], path: Path, scale: Scale) -> Path | None:
-    """Memory, lag and large parts over the run as a PNG (None without matplotlib)."""
+def plot(samples: list[dict[str, float]], pauses: list[float], path: Path, scale: Scale) -> Path | None:
+    """Memory, lag and large parts over the run, the catch-ups marked, as a PNG (None without matplotlib)."""
     try:
         import matplotlib
 
@@ -214,6 +279,9 @@ def plot(samples: list[dict[str, float]], path: Path, scale: Scale) -> Path | No
     bottom.set_xlabel("minutes")
     for ax in (top, bottom, twin):
         ax.legend(loc="upper left" if ax is not twin else "upper right", fontsize=8)
+    for minute in pauses:
+        for ax in (top, bottom):
+            ax.axvline(minute, color="grey", linestyle="--", linewidth=0.8)
     top.grid(True, alpha=0.3)
     bottom.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -221,3 +289,22 @@ def plot(samples: list[dict[str, float]], path: Path, scale: Scale) -> Path | No
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+AFTER_S = 60.0
+
+
+def catch_up_row(samples: list[dict[str, float]], minute: float, pause_s: float) -> list[object]:
+    before = [s for s in samples if s["minute"] < minute]
+    resumed = minute + pause_s / 60
+    after = [s for s in samples if resumed <= s["minute"] <= resumed + AFTER_S / 60]
+    if not before or not after:
+        return [round(minute, 1), "–", "–", "–", "–", "–"]
+    return [
+        round(minute, 1),
+        next((int(s["large_parts"]) for s in reversed(after) if not math.isnan(s["large_parts"])), "–"),
+        round(before[-1]["rss_mib"], 1),
+        round(after[-1]["rss_mib"], 1),
+        round(before[-1]["heap_mib"], 1),
+        round(after[-1]["heap_mib"], 1),
+    ]
