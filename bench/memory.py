@@ -10,7 +10,11 @@ objects, C buffers, allocator arenas; the rest is mapped code and libraries)
 and the part of that in glibc's main arena ([heap]). The report gives the size
 at marks through the run and the growth per minute in each quarter: memory
 that levels off grows less in each quarter than in the one before, a leak
-grows alike in all four. A PNG plot goes beside the report. `memory_env` runs
+grows alike in all four. In the second half the consumer is stopped
+`memory_pauses` times for `memory_pause_seconds` (SIGSTOP, under the session
+timeout) and then catches up in batches as large as they come: memory held
+after the largest batch so far is a bound, memory that grows again after every
+catch-up is not. A PNG plot goes beside the report. `memory_env` runs
 the consumer with more environment (allocator variants, e.g.
 MALLOC_ARENA_MAX=2 or PYTHONMALLOC=malloc).
 """
@@ -176,6 +180,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
                             "rss_mib": rss_mib(pid),
                             "anonymous_mib": anonymous_mib(pid),
                             "heap_mib": heap_mib(pid),
+                            "peak_mib": proc_mib(pid, "status", "VmHWM"),
                             **scraped,
                         }
                     )
@@ -208,11 +213,13 @@ def _report(
     rows: list[list[object]] = []
     for mark in marks:
         nearest = min(samples, key=lambda s: abs(s["minute"] - mark))
-        rows.append([round(nearest["minute"], 1), *(round(nearest[key], 1) for key in KEYS)])
+        rows.append(
+            [round(nearest["minute"], 1), *(round(nearest[key], 1) for key in KEYS), round(nearest["peak_mib"], 1)]
+        )
     variant = f", environment {scale.memory_env}" if scale.memory_env else ""
     section.table(
         f"Resident size of the consumer; {sent:,} events at {scale.memory_rate:,} events/s{variant}",
-        ["minute", "RSS MiB", "anonymous MiB", "[heap] MiB"],
+        ["minute", "RSS MiB", "anonymous MiB", "[heap] MiB", "peak RSS so far MiB"],
         rows,
     )
     quarters: list[list[object]] = []
@@ -234,6 +241,7 @@ def _report(
                 "RSS after",
                 "[heap] before",
                 "[heap] after",
+                "peak RSS after",
             ],
             [catch_up_row(samples, minute, scale.memory_pause_seconds) for minute in pauses],
         )
@@ -299,7 +307,7 @@ def catch_up_row(samples: list[dict[str, float]], minute: float, pause_s: float)
     resumed = minute + pause_s / 60
     after = [s for s in samples if resumed <= s["minute"] <= resumed + AFTER_S / 60]
     if not before or not after:
-        return [round(minute, 1), "–", "–", "–", "–", "–"]
+        return [round(minute, 1), "–", "–", "–", "–", "–", "–"]
     return [
         round(minute, 1),
         next((int(s["large_parts"]) for s in reversed(after) if not math.isnan(s["large_parts"])), "–"),
@@ -307,4 +315,5 @@ def catch_up_row(samples: list[dict[str, float]], minute: float, pause_s: float)
         round(after[-1]["rss_mib"], 1),
         round(before[-1]["heap_mib"], 1),
         round(after[-1]["heap_mib"], 1),
+        round(after[-1]["peak_mib"], 1),
     ]
