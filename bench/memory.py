@@ -243,7 +243,10 @@ def _report(
                 "[heap] after",
                 "peak RSS after",
             ],
-            [catch_up_row(samples, minute, scale.memory_pause_seconds) for minute in pauses],
+            [
+                catch_up_row(samples, minute, scale.memory_pause_seconds, until)
+                for minute, until in zip(pauses, [*pauses[1:], math.inf], strict=True)
+            ],
         )
     section.data["samples"] = samples
     section.data["pauses"] = pauses
@@ -302,10 +305,12 @@ def plot(samples: list[dict[str, float]], pauses: list[float], path: Path, scale
 AFTER_S = 60.0
 
 
-def catch_up_row(samples: list[dict[str, float]], minute: float, pause_s: float) -> list[object]:
+def catch_up_row(samples: list[dict[str, float]], minute: float, pause_s: float, until: float) -> list[object]:
+    """The sizes before the stop at `minute` and up to AFTER_S after the resume (never past `until`,
+    the next stop)."""
     before = [s for s in samples if s["minute"] < minute]
     resumed = minute + pause_s / 60
-    after = [s for s in samples if resumed <= s["minute"] <= resumed + AFTER_S / 60]
+    after = [s for s in samples if resumed <= s["minute"] <= min(resumed + AFTER_S / 60, until)]
     if not before or not after:
         return [round(minute, 1), "–", "–", "–", "–", "–", "–"]
     return [
