@@ -58,8 +58,9 @@ class Scale:
     # session timeout, then left to apply the backlog in batches as large as they come
     memory_pauses: int = 4
     memory_pause_seconds: float = 8.0
-    # the consumer's extra environment, "NAME=VALUE,NAME=VALUE" (e.g. MALLOC_ARENA_MAX=2): allocator variants
-    memory_env: str = ""
+    # the consumer's extra environment in the projection and memory runs, "NAME=VALUE,NAME=VALUE"
+    # (e.g. ORDER_HISTORY_BATCH_MAX_RECORDS=5000 or MALLOC_ARENA_MAX=2): settings and allocator variants
+    consumer_env: str = ""
 
 
 FULL = Scale(

@@ -36,6 +36,14 @@ def pg_settings_of(items: list[str]) -> dict[str, str]:
     return settings
 
 
+def extra_env(spec: str) -> dict[str, str]:
+    """`--set consumer_env=A=1,B=2` as a dict of environment variables; empty for ""."""
+    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise SystemExit(f"consumer_env {spec!r}: expected NAME=VALUE,NAME=VALUE")
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
 @dataclass
 class BenchStack:
     stack: Stack

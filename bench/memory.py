@@ -14,8 +14,8 @@ grows alike in all four. In the second half the consumer is stopped
 `memory_pauses` times for `memory_pause_seconds` (SIGSTOP, under the session
 timeout) and then catches up in batches as large as they come: memory held
 after the largest batch so far is a bound, memory that grows again after every
-catch-up is not. A PNG plot goes beside the report. `memory_env` runs
-the consumer with more environment (allocator variants, e.g.
+catch-up is not. A PNG plot goes beside the report. `consumer_env` runs
+the consumer with more environment (settings or allocator variants, e.g.
 MALLOC_ARENA_MAX=2 or PYTHONMALLOC=malloc).
 """
 
@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.processes import ManagedProcess, free_port
 
 from .config import Scale
-from .env import BenchStack, log, step
+from .env import BenchStack, extra_env, log, step
 from .projection import Generator, reset_read_model
 from .report import Report, Section
 from .scaleout import paced
@@ -71,12 +71,6 @@ def heap_mib(pid: int) -> float:
     except (OSError, ValueError, IndexError):
         pass
     return 0.0
-
-
-def extra_env(spec: str) -> dict[str, str]:
-    """ "A=1,B=2" as a dict; empty for ""."""
-    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
-    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -145,7 +139,7 @@ async def run(bs: BenchStack, scale: Scale, report: Report, results_dir: Path) -
     stop = asyncio.Event()
     load = asyncio.create_task(paced(producer, prefix, gen, scale.memory_rate, stop))
     port = free_port()
-    env = extra_env(scale.memory_env)
+    env = extra_env(scale.consumer_env)
     proc = bs.process(
         "memory-consumer", ["order_history", "consumer"], prefix, ORDER_HISTORY_METRICS_PORT=str(port), **env
     )
@@ -216,7 +210,7 @@ def _report(
         rows.append(
             [round(nearest["minute"], 1), *(round(nearest[key], 1) for key in KEYS), round(nearest["peak_mib"], 1)]
         )
-    variant = f", environment {scale.memory_env}" if scale.memory_env else ""
+    variant = f", environment {scale.consumer_env}" if scale.consumer_env else ""
     section.table(
         f"Resident size of the consumer; {sent:,} events at {scale.memory_rate:,} events/s{variant}",
         ["minute", "RSS MiB", "anonymous MiB", "[heap] MiB", "peak RSS so far MiB"],
@@ -274,9 +268,8 @@ def plot(samples: list[dict[str, float]], pauses: list[float], path: Path, scale
     for key, label in zip(KEYS, ("RSS", "anonymous", "[heap] (glibc main arena)"), strict=True):
         top.plot(minutes, [s.get(key, math.nan) for s in samples], label=label)
     top.set_ylabel("MiB")
-    top.set_title(
-        f"The consumer's memory at {scale.memory_rate:,} events/s{', ' + scale.memory_env if scale.memory_env else ''}"
-    )
+    variant = f", {scale.consumer_env}" if scale.consumer_env else ""
+    top.set_title(f"The consumer's memory at {scale.memory_rate:,} events/s{variant}")
     bottom.plot(minutes, [s.get("lag", math.nan) for s in samples], label="lag (events)")
     twin = bottom.twinx()
     twin.plot(

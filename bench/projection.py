@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import random
 import subprocess
 import sys
@@ -42,10 +43,10 @@ from shared.events import (
 )
 
 from .config import Scale
-from .env import BenchStack, log, step
+from .env import BenchStack, extra_env, log, step
 from .profile import Profiler
 from .report import Report, Section, fmt
-from .stats import CpuMeter, median, ratio
+from .stats import CpuMeter, median, proc_mib, ratio
 
 BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -290,9 +291,18 @@ async def verify(bs: BenchStack, gen: Generator) -> dict[str, Any]:
 
 
 async def run_consumer_trial(
-    bs: BenchStack, prefix: str, group: str, total: int, timeout: float, profile_to: Path | None, trial: int
+    bs: BenchStack,
+    prefix: str,
+    group: str,
+    total: int,
+    timeout: float,
+    profile_to: Path | None,
+    trial: int,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    proc = bs.process(f"consumer-{trial}", ["order_history", "consumer"], prefix, ORDER_HISTORY_CONSUMER_GROUP=group)
+    proc = bs.process(
+        f"consumer-{trial}", ["order_history", "consumer"], prefix, ORDER_HISTORY_CONSUMER_GROUP=group, **(env or {})
+    )
     conn = await bs.connect("order_history")
     meter = CpuMeter(
         {"consumer": lambda: [p for p in [proc.pid()] if p], "postgres": bs.postgres_pids, "kafka": bs.kafka_pids}
@@ -327,11 +337,15 @@ async def run_consumer_trial(
                 bar.update(now_applied - applied)
                 applied = now_applied
         done = time.monotonic()
+        pid = proc.pid()
         result = {
             "events": total,
             "seconds_from_start": done - started,
             "seconds_from_first_batch": done - (first or done),
             "cpu_percent_of_one_core": meter.stop(),
+            # A cold start from a backlog fills every lane and fetch buffer all the way:
+            # the most memory the consumer's settings let it hold in flight.
+            "peak_mib": proc_mib(pid, "status", "VmHWM") if pid else 0.0,
         }
         if profiler is not None:
             result["profile_top"] = profiler.finish()
@@ -341,7 +355,7 @@ async def run_consumer_trial(
     return result
 
 
-def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
+def run_worker(args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "bench.workers", *args],
@@ -350,6 +364,7 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
         timeout=timeout,
         cwd=REPO,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     wall = time.monotonic() - started
     if out.returncode != 0:
@@ -419,7 +434,14 @@ async def _consumer_trial(
     if trial == 0:
         await bs.reset_statement_stats()
     result = await run_consumer_trial(
-        bs, stream.prefix, group, stream.total, scale.projection_timeout_s, profile_to, trial
+        bs,
+        stream.prefix,
+        group,
+        stream.total,
+        scale.projection_timeout_s,
+        profile_to,
+        trial,
+        extra_env(scale.consumer_env),
     )
     check = await verify(bs, stream.gen)
     result["check"] = check
@@ -435,11 +457,12 @@ async def _consumer_trial(
 
 def _raw_trials(scale: Scale, stream: _Stream, trial: int, trials: _Trials) -> None:
     """The raw reader with decode_event; in the first trial also with orjson.loads."""
+    env = extra_env(scale.consumer_env)  # the same fetch settings as the consumer
     with step(f"raw read + decode_event trial {trial + 1}"):
-        trials.raw.append(run_worker(_raw_args(stream, "decode"), scale.projection_timeout_s))
+        trials.raw.append(run_worker(_raw_args(stream, "decode"), scale.projection_timeout_s, env))
     if trial == 0:
         with step("raw read + orjson.loads"):
-            trials.json.append(run_worker(_raw_args(stream, "json"), scale.projection_timeout_s))
+            trials.json.append(run_worker(_raw_args(stream, "json"), scale.projection_timeout_s, env))
 
 
 async def _naive_trial(bs: BenchStack, scale: Scale, stream: _Stream, trials: _Trials) -> None:
@@ -549,7 +572,7 @@ def _report_rates(section: Section, scale: Scale, stream: _Stream, trials: _Tria
     return c_e2e, r_e2e, n_steady
 
 
-def _report_notes(section: Section, bs: BenchStack, stream: _Stream, trials: _Trials) -> None:
+def _report_notes(section: Section, bs: BenchStack, stream: _Stream, trials: _Trials, consumer_env: str) -> None:
     """Notes on the stream, the method, the checks and CPU; the profile and statement tables."""
     produced = stream.produced
     section.note(
@@ -568,6 +591,13 @@ def _report_notes(section: Section, bs: BenchStack, stream: _Stream, trials: _Tr
     )
     section.note(
         f"CPU during the consumer trials (% of one core): {[t['cpu_percent_of_one_core'] for t in trials.consumer]}"
+    )
+    section.note(
+        "Peak resident memory (VmHWM, MiB) from a cold start on the whole backlog: consumer "
+        f"{[round(t['peak_mib'], 1) for t in trials.consumer]}, raw read + decode_event "
+        f"{[round(t['peak_mib'], 1) for t in trials.raw]}"
+        + (f"; consumer environment {consumer_env}" if consumer_env else "")
+        + "."
     )
     if trials.consumer and trials.consumer[0].get("profile_top"):
         section.table(
@@ -623,5 +653,5 @@ async def run(
     stream = await _produce_stream(bs, scale, section)
     trials = await _measure_trials(bs, scale, report, stream, profile, results_dir)
     c_e2e, r_e2e, n_steady = _report_rates(section, scale, stream, trials)
-    _report_notes(section, bs, stream, trials)
+    _report_notes(section, bs, stream, trials, scale.consumer_env)
     _report_goals(report, c_e2e, r_e2e, n_steady, trials.checks)

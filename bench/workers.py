@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -26,19 +27,23 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from order_history.positions import Positions
 from order_history.projections import apply_batch, reduce_events
+from order_history.settings import Settings
 from shared.events import TOPICS, decode_event
+
+from .stats import proc_mib
 
 
 def _consumer(bootstrap: str, topics: list[str]) -> AIOKafkaConsumer:
-    # The real consumer's fetch settings (order_history/runner.py), without a group.
+    # The real consumer's fetch settings (from the same environment), without a group.
+    settings = Settings()
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
+        max_partition_fetch_bytes=settings.partition_fetch_max_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
     )
 
 
@@ -68,7 +73,15 @@ async def raw(bootstrap: str, prefix: str, expect: int, parse: str, timeout: flo
         done = time.monotonic()
         await consumer.stop()
     first = first or done
-    return {"events": count, "seconds_from_start": done - started, "seconds_from_first": done - first, "parse": parse}
+    return {
+        "events": count,
+        "seconds_from_start": done - started,
+        "seconds_from_first": done - first,
+        "parse": parse,
+        # beside the consumer's: what aiokafka's fetch buffers and the decoding hold without lanes
+        # (VmHWM starts afresh at exec; getrusage's ru_maxrss would carry the forking bench's)
+        "peak_mib": proc_mib(os.getpid(), "status", "VmHWM"),
+    }
 
 
 async def naive(bootstrap: str, prefix: str, dsn: str, group: str, seconds: float) -> dict[str, Any]:
