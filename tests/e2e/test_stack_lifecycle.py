@@ -19,6 +19,13 @@ from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD
 from devstack.processes import free_port, pid_alive, port_is_free
 from devstack.stack import REPO
 
+SERVICE_PORTS = ("ORDER_PORT", "GOODS_PORT", "ORDER_HISTORY_PORT")
+
+
+def free_ports(*names: str) -> dict[str, int]:
+    """A free loopback port for each of the stack's port settings `names`."""
+    return {name: free_port() for name in names}
+
 
 def run_devstack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m devstack ARGS` with `env`, to its end."""
@@ -49,18 +56,16 @@ def pids_of(status: dict[str, object]) -> list[int]:
 @pytest.mark.slow
 def test_up_twice_then_down_leaves_nothing_running() -> None:
     state_dir = REPO / ".devstack" / f"test-lifecycle-{free_port()}"
-    ports = {
-        "PG_PORT": free_port(),
-        "KAFKA_PORT": free_port(),
-        "KAFKA_CONTROLLER_PORT": free_port(),
-        "ORDER_PORT": free_port(),
-        "GOODS_PORT": free_port(),
-        "ORDER_HISTORY_PORT": free_port(),
-        "ORDER_RELAY_METRICS_PORT": free_port(),
-        "GOODS_RELAY_METRICS_PORT": free_port(),
-        "ORDER_HISTORY_METRICS_PORT": free_port(),
-        "PROMETHEUS_PORT": free_port(),
-    }
+    ports = free_ports(
+        "PG_PORT",
+        "KAFKA_PORT",
+        "KAFKA_CONTROLLER_PORT",
+        *SERVICE_PORTS,
+        "ORDER_RELAY_METRICS_PORT",
+        "GOODS_RELAY_METRICS_PORT",
+        "ORDER_HISTORY_METRICS_PORT",
+        "PROMETHEUS_PORT",
+    )
     env = {**os.environ, "STACK_DIR": str(state_dir), "PROMETHEUS": "1", **{k: str(v) for k, v in ports.items()}}
 
     def devstack(*args: str) -> subprocess.CompletedProcess[str]:
@@ -113,16 +118,10 @@ def test_a_three_node_kafka_and_a_replica_up_then_down() -> None:
     """`make up KAFKA_BROKERS=3 PG_REPLICA=1`: three Kafka nodes and a hot standby that the
     order-history API reads; remembered by `status` and `down`; one node refused afterwards."""
     state_dir = REPO / ".devstack" / f"test-cluster-{free_port()}"
-    ports = {
-        "PG_PORT": free_port(),
-        "PG_REPLICA_PORT": free_port(),
-        "ORDER_PORT": free_port(),
-        "GOODS_PORT": free_port(),
-        "ORDER_HISTORY_PORT": free_port(),
-        "ORDER_RELAY_METRICS_PORT": 0,
-        "GOODS_RELAY_METRICS_PORT": 0,
-        "ORDER_HISTORY_METRICS_PORT": 0,
-    }
+    # no metrics ports: this test is about the cluster
+    ports = free_ports("PG_PORT", "PG_REPLICA_PORT", *SERVICE_PORTS) | dict.fromkeys(
+        ("ORDER_RELAY_METRICS_PORT", "GOODS_RELAY_METRICS_PORT", "ORDER_HISTORY_METRICS_PORT"), 0
+    )
     # Node i listens on KAFKA_PORT + 2i and KAFKA_CONTROLLER_PORT + 2i: six ports in a row, free now.
     base = next(p for p in range(20000, 60000, 8) if all(port_is_free(p + i) for i in range(6)))
     given = {"KAFKA_PORT": base, "KAFKA_CONTROLLER_PORT": base + 1, **ports}
