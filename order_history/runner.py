@@ -151,8 +151,8 @@ class HistoryConsumer:
             # Positions come from the read database; a fetch outside the log is an
             # error to stop on, never a reason to jump elsewhere (see `misfits`).
             auto_offset_reset="none",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=s.partition_fetch_max_bytes,
+            fetch_max_bytes=s.fetch_max_bytes,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=min(1000, s.session_timeout_ms // 3),
             max_poll_interval_ms=300000,

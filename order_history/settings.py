@@ -56,6 +56,17 @@ class Settings(CommonSettings):
         default=2, ge=1, le=16, description="lanes: transactions applied at once, each to its own partitions"
     )
     fetch_timeout_ms: int = Field(default=100, ge=1)
+    # With batch_max_records and apply_connections, these bound the consumer's
+    # memory in a catch-up: aiokafka holds one fetched response per partition
+    # beside the lanes' parts. Kafka's own 1 MiB per partition costs no
+    # throughput here and holds far less than 4 MiB did (docs/benchmarks.md,
+    # "The consumer's memory from a cold start").
+    fetch_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="bytes of messages one fetch from Kafka may return"
+    )
+    partition_fetch_max_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="bytes of one partition's messages one fetch may return"
+    )
     # The prefetcher takes this many messages from aiokafka at a time, decodes them,
     # then lets the loop run (to send the current batch's next statement), so that
     # Python's work on the next batch and PostgreSQL's on the current one overlap
