@@ -38,7 +38,7 @@ from devstack.processes import ManagedProcess, free_port
 from .config import Scale
 from .env import BenchStack, extra_env, log, step
 from .projection import Generator, reset_read_model
-from .report import Report, Section
+from .report import Report, Section, pyplot
 from .scaleout import paced
 from .stats import proc_mib, rss_mib
 
@@ -254,13 +254,8 @@ def _report(
 
 def plot(samples: list[dict[str, float]], pauses: list[float], path: Path, scale: Scale) -> Path | None:
     """Memory, lag and large parts over the run, the catch-ups marked, as a PNG (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("memory: matplotlib is not installed, no plot")
+    plt = pyplot("memory")
+    if plt is None:
         return None
     samples = [s for s in samples if s["minute"] >= START_MINUTES]
     minutes = [s["minute"] for s in samples]

@@ -11,7 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .env import log
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def pyplot(what: str) -> Any | None:
+    """matplotlib's pyplot drawing to files (the Agg backend: no display), or None, said in the
+    log, where matplotlib is not installed (it comes with the dev extras)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log(f"{what}: matplotlib is not installed, no plot")
+        return None
+    return plt
 
 
 def fmt(value: object, digits: int = 2) -> str:

@@ -50,7 +50,7 @@ from .config import Scale
 from .env import BenchStack, log
 from .freshness import start_services, visible
 from .projection import reset_read_model
-from .report import Report, Section, fmt
+from .report import Report, Section, fmt, pyplot
 from .stats import median, percentile, ratio, rss_mib
 from .writes import lua_done, parse_wrk, wrk_argv
 
@@ -537,13 +537,8 @@ def _p99_of(w: Window, key: str) -> float:
 
 def _plot(windows: list[Window], results_dir: Path, report: Report) -> Path | None:
     """The windows' figures over time as a PNG beside the report (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("soak: matplotlib is not installed, no plot")
+    plt = pyplot("soak")
+    if plt is None:
         return None
     fig, axes = plt.subplots(3, 2, figsize=(13, 11), sharex=False)
     minutes = {id(w): (w.started + w.seconds) / 60 for w in windows}
