@@ -426,7 +426,13 @@ def _raw_args(stream: _Stream, parse: str) -> list[str]:
 
 
 async def _consumer_trial(
-    bs: BenchStack, scale: Scale, stream: _Stream, trial: int, profile_to: Path | None, trials: _Trials
+    bs: BenchStack,
+    scale: Scale,
+    stream: _Stream,
+    trial: int,
+    profile_to: Path | None,
+    trials: _Trials,
+    env: dict[str, str],
 ) -> None:
     """One trial of the real consumer from an empty read model, then the check of the read model it built."""
     await reset_read_model(bs)
@@ -441,7 +447,7 @@ async def _consumer_trial(
         scale.projection_timeout_s,
         profile_to,
         trial,
-        extra_env(scale.consumer_env),
+        env,
     )
     check = await verify(bs, stream.gen)
     result["check"] = check
@@ -455,9 +461,9 @@ async def _consumer_trial(
     )
 
 
-def _raw_trials(scale: Scale, stream: _Stream, trial: int, trials: _Trials) -> None:
-    """The raw reader with decode_event; in the first trial also with orjson.loads."""
-    env = extra_env(scale.consumer_env)  # the same fetch settings as the consumer
+def _raw_trials(scale: Scale, stream: _Stream, trial: int, trials: _Trials, env: dict[str, str]) -> None:
+    """The raw reader with decode_event (in the first trial also with orjson.loads), with the
+    consumer's environment: the same fetch settings."""
     with step(f"raw read + decode_event trial {trial + 1}"):
         trials.raw.append(run_worker(_raw_args(stream, "decode"), scale.projection_timeout_s, env))
     if trial == 0:
@@ -496,10 +502,11 @@ async def _measure_trials(
     """Side by side: each trial runs the real consumer, then the raw reader; the naive consumer last."""
     trials = _Trials()
     stamp = f"{report.started:%Y%m%dT%H%M%S}-{scale.name}"
+    env = extra_env(scale.consumer_env)
     for trial in range(scale.projection_trials):
         profile_to = results_dir / f"{stamp}-consumer-pyspy.txt" if profile and results_dir and trial == 0 else None
-        await _consumer_trial(bs, scale, stream, trial, profile_to, trials)
-        _raw_trials(scale, stream, trial, trials)
+        await _consumer_trial(bs, scale, stream, trial, profile_to, trials, env)
+        _raw_trials(scale, stream, trial, trials, env)
     await _naive_trial(bs, scale, stream, trials)
     return trials
 
