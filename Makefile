@@ -51,9 +51,10 @@ test: ## install what is missing and run the whole test suite against fresh serv
 test-fast: $(STAMP) ## the suite without the slow fault-injection tests
 	@$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow"'
 
-chaos: ## the longer fault and fuzz runs: 3 chaos rounds (24 kill -9, broker stopped 30 s), >= 1,000 fuzzed requests per API
-	@CHAOS_ROUNDS=3 CHAOS_BROKER_STOP=30 FUZZ_MAX_EXAMPLES=100 FUZZ_MIN_REQUESTS=1000 $(MAKE) --no-print-directory test \
-		PYTEST_ARGS='-s tests/e2e/test_chaos.py tests/e2e/test_fuzz_apis.py tests/integration/test_hostile_events.py'
+chaos: ## the longer fault and fuzz runs: 3 chaos rounds (24 kill -9, broker stopped 30 s), >= 1,000 fuzzed requests per API, 1,000 fuzzed batches of Kafka records
+	@CHAOS_ROUNDS=3 CHAOS_BROKER_STOP=30 FUZZ_MAX_EXAMPLES=100 FUZZ_MIN_REQUESTS=1000 \
+		WIRE_FUZZ_EXAMPLES=1000 WIRE_FUZZ_SEED=$${WIRE_FUZZ_SEED:-$$(date +%s)} $(MAKE) --no-print-directory test \
+		PYTEST_ARGS='-s tests/e2e/test_chaos.py tests/e2e/test_fuzz_apis.py tests/e2e/test_wire_fuzz.py tests/integration/test_hostile_events.py tests/integration/test_wire_records.py'
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

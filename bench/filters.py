@@ -23,8 +23,8 @@ from urllib.parse import urlencode
 import asyncpg
 from tqdm import tqdm
 
+from devstack.stack import CURSOR_KEY
 from order_history import cursors, queries
-from order_history.settings import Settings
 
 from .config import LIMIT, SKEW, USER_MAX_ORDERS, Scale
 from .plans import Recorder, explain
@@ -223,7 +223,7 @@ async def _plain(conn: asyncpg.Connection, case_list: list[Case], runs: int) -> 
 async def run(conn: asyncpg.Connection, client: HttpClient, scale: Scale, report: Report, results_dir: Path) -> None:
     """Measurement 1b on measurement 1's read model and API: check, warm up, time, plain plans, report."""
     section = report.section("filters", "1b. Filters, sorts and cursors: GET /v1/order-history beside the plain plan")
-    key = Settings().cursor_key.get_secret_value().encode()  # the bench API runs with the default settings
+    key = CURSOR_KEY.encode()  # the bench API runs with the stack's settings
     users = await _users(conn)
     listed = await conn.fetchval("SELECT count(*) FROM orders WHERE known AND NOT deleted AND goods_count > 0")
     depth = 900_000 if listed > 900_000 else int(listed * 0.9)

@@ -23,6 +23,11 @@ from devstack.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The order-history API's cursor key on this machine's stacks (`make up`, tests, benchmarks): a key of
+# their own, so that the API's warning about the public development key shows only where one serves
+# without a key set. It is no secret either: these stacks listen on loopback only.
+CURSOR_KEY = "devstack-cursor-key"
+
 
 @dataclass
 class StackConfig:
@@ -166,6 +171,7 @@ class Stack:
             "ORDER_RELAY_METRICS_PORT": str(c.order_relay_metrics_port),
             "GOODS_RELAY_METRICS_PORT": str(c.goods_relay_metrics_port),
             "ORDER_HISTORY_METRICS_PORT": str(c.consumer_metrics_port),
+            "ORDER_HISTORY_CURSOR_KEY": CURSOR_KEY,
             "LOG_FORMAT": "json",
         }
         env.update(c.extra_env)

@@ -59,7 +59,14 @@ async def run_consumer(settings: Settings, instance: str) -> int:
         status = await supervise(start_then_run(), consumer.request_stop, "order-history consumer")
     finally:
         await consumer.stop()
-    log.info("consumer stopped", extra={"events": consumer.total.events, "poison": consumer.total.poison})
+    log.info(
+        "consumer stopped",
+        extra={
+            "events": consumer.total.events,
+            "dead_lettered": consumer.total.dead_lettered,
+            "parked": consumer.total.parked,
+        },
+    )
     return status
 
 
@@ -97,13 +104,24 @@ def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     rebuild_parser.add_argument("--keep-old", action="store_true", help="keep the old model as read_model_retired")
     dlq_parser = commands.add_parser(
-        "dlq", parents=[common], help="dead letters: list, show, replay (apply again), purge"
+        "dlq", parents=[common], help="dead letters and parked records: list, show, replay, purge; skip a record"
     )
     dlq_actions = dlq_parser.add_subparsers(dest="action", required=True, metavar="action")
     dlq_list = dlq_actions.add_parser("list", help="every dead letter: id, time, event type, reason")
     dlq_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     dlq_show = dlq_actions.add_parser("show", help="one dead letter whole, its message included (JSON)")
     dlq_show.add_argument("ids", nargs="+", metavar="ID", help="TOPIC:PARTITION:OFFSET, as `dlq list` shows it")
+    dlq_skip = dlq_actions.add_parser(
+        "skip",
+        help="park the one record that holds a partition and move the partition on past it",
+        description="Park the record at OFFSET of TOPIC's PARTITION (as `status` names a stuck partition: its "
+        "position is OFFSET) in the dead_letters table, and move the partition's position past it, in one "
+        "transaction. Refused unless that record is the next one to apply. Safe while the consumers run.",
+    )
+    dlq_skip.add_argument("topic", help="the topic, as `status` shows it (e.g. goods.events)")
+    dlq_skip.add_argument("partition", type=at_least(0), help="the partition")
+    dlq_skip.add_argument("offset", type=at_least(0), help="the offset of the record holding the partition")
+    dlq_skip.add_argument("--reason", help="a note recorded with it (who, why)")
     for action, what in (
         ("replay", "decode and apply dead letters again (after a fix or an upcaster); remove those that apply"),
         ("purge", "remove dead letters (the DLQ topic keeps its copies)"),
@@ -160,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "rebuild":
         configure_logging("WARNING", settings.log_format)
         sys.exit(asyncio.run(rebuild.run(settings, args.switch_lag, args.keep_old)))
+    elif args.command == "dlq" and args.action == "skip":
+        sys.exit(asyncio.run(dlq.skip(settings, args.topic, args.partition, args.offset, args.reason)))
     elif args.command == "dlq":
         ids = getattr(args, "ids", [])
         every = getattr(args, "all", False)

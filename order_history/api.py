@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, replace
 from typing import Annotated
 
@@ -11,13 +12,15 @@ from fastapi.responses import Response
 
 from order_history import cursors, queries
 from order_history.consistency import ReadModelWatch
-from order_history.schemas import HistoryPage, HistoryQuery, OrderHistoryDetail
-from order_history.settings import Settings
+from order_history.schemas import GOODS_LIMIT, MAX_GOODS_LIMIT, HistoryPage, HistoryQuery, OrderHistoryDetail
+from order_history.settings import DEV_CURSOR_KEY, Settings
 from shared import consistency
 from shared.events import MAX_ID
 from shared.http.app import create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES, ApiError, NotYetConsistent, NotYetConsistentBody
 from shared.refusals import NotFound
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/order-history", tags=["order-history"])
 
@@ -51,11 +54,25 @@ async def list_order_history(params: Annotated[HistoryQuery, Query()], request: 
     return json_response(HistoryPage(data=items, next_cursor=next_cursor))
 
 
-@router.get("/{order_id}", response_model=OrderHistoryDetail, responses=_RESPONSES, openapi_extra=_WAITING)
-async def get_order_history(order_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request) -> Response:
+@router.get(
+    "/{order_id}",
+    response_model=OrderHistoryDetail,
+    responses=_RESPONSES,
+    openapi_extra=_WAITING,
+    summary="One order, its goods count, and a page of its goods by id (the next page by `goods_after`)",
+)
+async def get_order_history(
+    order_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    request: Request,
+    goods_limit: Annotated[int, Query(ge=1, le=MAX_GOODS_LIMIT, description="most goods in `goods`")] = GOODS_LIMIT,
+    goods_after: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="`goods_next` of the previous page: the goods with a greater id"),
+    ] = None,
+) -> Response:
     await reflect_tokens(request)
     async with pool_of(request).acquire() as conn:
-        detail = await queries.order_detail(conn, order_id)
+        detail = await queries.order_detail(conn, order_id, goods_limit, goods_after or 0)
     if detail is None:
         raise NotFound("order", order_id)
     return json_response(detail)
@@ -88,6 +105,17 @@ class Listing:
         except cursors.BadCursor as exc:
             raise ApiError(422, "invalid_cursor", f"cursor {exc}", "cursor") from None
         return replace(query, after=after)
+
+
+def _listing(settings: Settings) -> Listing:
+    """The list's settings, at startup; a warning if anyone could sign its cursors."""
+    key = settings.cursor_key.get_secret_value()
+    if key == DEV_CURSOR_KEY:
+        log.warning(
+            "cursors are signed with the public development key, so anyone can forge them: "
+            "set ORDER_HISTORY_CURSOR_KEY to a secret of your own, the same on every API instance"
+        )
+    return Listing(cursor_key=key.encode(), skew=dt.timedelta(seconds=settings.created_at_skew))
 
 
 def _in_utc(at: dt.datetime | None) -> dt.datetime | None:
@@ -131,9 +159,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         session_settings=queries.SESSION_SETTINGS,
         state=lambda pool: {
             "watch": ReadModelWatch(pool, settings.query_database_url),
-            "listing": Listing(
-                cursor_key=settings.cursor_key.get_secret_value().encode(),
-                skew=dt.timedelta(seconds=settings.created_at_skew),
-            ),
+            "listing": _listing(settings),
         },
     )

@@ -5,15 +5,16 @@
   the batch statement with the tracked-positions CTEs (positions.TRACKED_CTES).
   If any of that does not hold it changes nothing and says so.
 - **checked**: locks the part's positions, skips the messages below them,
-  dead-letters the poison ones, applies the rest by upserts, advances the
-  positions, all in one transaction.
-- **isolating**: the database refused the part's data (REFUSED_DATA_ERRORS):
-  each message is applied alone (checked), and those the database refuses are
-  dead-lettered with its words, so one bad event neither stops nor hides the
-  others.
+  dead-letters or parks the rejected ones (dead_letters.py), applies the rest
+  by upserts, advances the positions, all in one transaction.
+- **isolating**: the database refused the part's data (REFUSED_DATA_ERRORS),
+  or the consumer failed on it in a way it did not foresee: each message is
+  applied alone (checked), and those that fail alone are dead-lettered with the
+  reason, so one bad record neither stops nor hides the others.
 
-`decide` is what a lane does after an error: isolate, retry, or give the part
-up (the consumer then re-reads from the stored positions); never skip.
+`decide` is what a lane does after an error: isolate, retry, park the dead
+letters Kafka would not take, or give the part up (the consumer then re-reads
+from the stored positions); never skip.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
-from order_history.dead_letters import DeadLetters
-from order_history.positions import TRACKED_CTES, TRACKED_PARAMS, Positions
+from order_history.dead_letters import DeadLetters, Rejected
+from order_history.positions import TRACKED_CTES, TRACKED_PARAMS, Positions, PositionsRetired
 from order_history.projections import (
     PreparedBatch,
     apply_prepared,
@@ -38,13 +40,14 @@ from order_history.projections import (
     reduce_events,
 )
 from shared import logs
-from shared.database import REFUSED_DATA_ERRORS
+from shared.database import REFUSED_DATA_ERRORS, WAIT_OUT_ERRORS
 from shared.events import Event
+from shared.kafka import DeliveryTimeout
 
 log = logging.getLogger(__name__)
 
-# Per partition, for each of its messages in order, the decoded event or the reason it is poison.
-Decoded = dict[TopicPartition, list["Event | str"]]
+# Per partition, for each of its messages in order, the decoded event or why it is rejected.
+Decoded = dict[TopicPartition, list["Event | Rejected"]]
 Records = dict[TopicPartition, list[ConsumerRecord]]
 
 _FAST = apply_sql(
@@ -58,6 +61,8 @@ class Part:
 
     `prepared` assumes every valid event of the part is new; the fast path uses
     it, the checked path prepares again when some of the part was applied before.
+    `broken`: preparing the part failed in a way the consumer did not foresee;
+    it is applied message by message (`Applier.isolating`), to find which.
     """
 
     records: Records
@@ -65,12 +70,16 @@ class Part:
     prepared: PreparedBatch
     applies: Applied  # what applying every valid event of the part applies
     resynced: bool  # snapshots among them: the checked path applies the part
+    broken: Exception | None = None
 
     @classmethod
     def of(cls, records: Records, decoded: Decoded) -> Part:
-        events = [o for tp in records for o in decoded[tp] if not isinstance(o, str)]
-        batch = reduce_events(events)
-        return cls(records, decoded, prepare(batch, insert_created=True), Applied.of(events), batch.has_resynced)
+        events = [o for tp in records for o in decoded[tp] if isinstance(o, Event)]
+        try:
+            batch = reduce_events(events)
+            return cls(records, decoded, prepare(batch, insert_created=True), Applied.of(events), batch.has_resynced)
+        except Exception as exc:  # any record may hold anything: never a reason to stop
+            return cls(records, decoded, prepare(reduce_events([])), Applied(), True, broken=exc)
 
     def __len__(self) -> int:
         return sum(map(len, self.records.values()))
@@ -90,7 +99,10 @@ class Applied:
     def of(cls, events: list[Event]) -> Applied:
         if not events:
             return cls()
-        return cls(Counter(e.event_type for e in events), max(e.occurred_at for e in events))
+        # An event from the future counts as applied now: else it would pin the read
+        # model's freshness at zero until its time came (up to the year 9999).
+        newest = min(max(e.occurred_at for e in events), dt.datetime.now(dt.UTC))
+        return cls(Counter(e.event_type for e in events), newest)
 
     def add(self, other: Applied) -> None:
         self.by_type.update(other.by_type)
@@ -103,30 +115,40 @@ class BatchStats:
     events: int = 0
     applied: int = 0
     skipped_seen: int = 0
-    poison: int = 0
+    dead_lettered: int = 0
+    parked: int = 0
     what: Applied = field(default_factory=Applied)
 
     def add(self, other: BatchStats) -> None:
         self.events += other.events
         self.applied += other.applied
         self.skipped_seen += other.skipped_seen
-        self.poison += other.poison
+        self.dead_lettered += other.dead_lettered
+        self.parked += other.parked
         self.what.add(other.what)
 
 
 class Decision(enum.Enum):
-    ISOLATE = "isolate"  # the database refused the data: apply event by event
+    ISOLATE = "isolate"  # the data was refused, or failed the consumer: apply event by event
     RETRY = "retry"  # the database's or Kafka's state: wait, then try again
+    PARK = "park"  # Kafka took no dead letter on the last tries: park them instead (and go on)
     GIVE_UP = "give_up"  # a long outage: drop the queued parts, re-read from the stored positions
 
 
 def decide(error: BaseException, attempt: int, attempts_before_giving_up: int = 3) -> Decision:
-    """What a lane does after `error` on the `attempt`-th try of a part (errors it does not know: raised)."""
+    """What a lane does after `error` on the `attempt`-th try of a part.
+
+    The database's and Kafka's states are waited out; anything else is about the
+    part's records (refused data, or an error nobody foresaw): isolated, so that
+    the record that causes it is dead-lettered and the others applied.
+    """
     if isinstance(error, REFUSED_DATA_ERRORS):
         return Decision.ISOLATE
-    if attempt >= attempts_before_giving_up:
-        return Decision.GIVE_UP
-    return Decision.RETRY
+    if isinstance(error, DeliveryTimeout):
+        return Decision.PARK if attempt >= attempts_before_giving_up else Decision.RETRY
+    if isinstance(error, (*WAIT_OUT_ERRORS, KafkaError, PositionsRetired)):
+        return Decision.GIVE_UP if attempt >= attempts_before_giving_up else Decision.RETRY
+    return Decision.ISOLATE
 
 
 class Applier:
@@ -135,11 +157,15 @@ class Applier:
         self.positions = positions
         self.dead_letters = dead_letters
 
-    async def apply(self, part: Part) -> BatchStats:
-        """Fast if it can, checked otherwise; REFUSED_DATA_ERRORS propagate (see `isolating`)."""
+    async def apply(self, part: Part, park_undelivered: bool = False) -> BatchStats:
+        """Fast if it can, checked otherwise; errors propagate (see `decide`)."""
+        if part.broken is not None:
+            raise part.broken
         stats = await self.fast(part)
         if stats is None:
-            stats = await self.checked(part.records, part.decoded, None if part.resynced else part.prepared)
+            stats = await self.checked(
+                part.records, part.decoded, None if part.resynced else part.prepared, park_undelivered=park_undelivered
+            )
         return stats
 
     async def fast(self, part: Part) -> BatchStats | None:
@@ -148,7 +174,7 @@ class Applier:
         One statement instead of five (BEGIN, lock, apply, advance, COMMIT) also
         saves the event-loop turns the prefetcher takes between them.
         """
-        if part.resynced or any(isinstance(o, str) for outcomes in part.decoded.values() for o in outcomes):
+        if part.resynced or any(isinstance(o, Rejected) for outcomes in part.decoded.values() for o in outcomes):
             return None
         first = {tp: messages[0].offset for tp, messages in part.records.items()}
         end = {tp: messages[-1].offset + 1 for tp, messages in part.records.items()}
@@ -165,19 +191,24 @@ class Applier:
         return BatchStats(events=len(part), applied=len(part), what=part.applies)
 
     async def checked(
-        self, records: Records, decoded: Decoded, prepared: PreparedBatch | None = None, refused: str | None = None
+        self,
+        records: Records,
+        decoded: Decoded,
+        prepared: PreparedBatch | None = None,
+        refused: Rejected | None = None,
+        park_undelivered: bool = False,
     ) -> BatchStats:
         """Apply messages in one transaction, skipping those below the stored positions.
 
         `prepared`: the parameters for when every valid event is new and none is a
         snapshot (else prepared here). With `refused`, every new message is
-        dead-lettered with that reason.
+        rejected so. `park_undelivered`: see DeadLetters.record.
         """
         stats = BatchStats()
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await self.positions.lock(conn, list(records))
             events: list[Event] = []
-            poison: list[tuple[ConsumerRecord, str]] = []
+            poison: list[tuple[ConsumerRecord, Rejected]] = []
             next_offsets: dict[TopicPartition, int] = {}
             for tp, messages in records.items():
                 floor = stored.get(tp, 0)
@@ -187,15 +218,15 @@ class Applier:
                         stats.skipped_seen += 1
                     elif refused is not None:
                         poison.append((message, refused))
-                    elif isinstance(outcome, str):
+                    elif isinstance(outcome, Rejected):
                         poison.append((message, outcome))
                     else:
                         events.append(outcome)
                 if messages:
                     next_offsets[tp] = max(floor, messages[-1].offset + 1)
             if poison:
-                await self.dead_letters.record(conn, poison)
-                stats.poison = len(poison)
+                recorded = await self.dead_letters.record(conn, poison, park_undelivered)
+                stats.dead_lettered, stats.parked = recorded.dead_lettered, recorded.parked
             batch = None
             if prepared is None or stats.skipped_seen or refused is not None:
                 batch = reduce_events(events)  # some were applied before: not the prefetched set
@@ -210,11 +241,17 @@ class Applier:
             await self.positions.advance(conn, next_offsets)
         return stats
 
-    async def isolating(self, records: Records, decoded: Decoded, error: Exception) -> BatchStats:
-        """The database refused a valid-looking part: apply its messages one by one and
-        dead-letter those it refuses."""
+    async def isolating(
+        self, records: Records, decoded: Decoded, error: Exception, park_undelivered: bool = False
+    ) -> BatchStats:
+        """The database refused a valid-looking part, or the consumer failed on it: apply its
+        messages one by one and dead-letter those that fail alone.
+
+        The database's and Kafka's states (WAIT_OUT_ERRORS, KafkaError) still propagate:
+        they say nothing about the message.
+        """
         log.warning(
-            "database refused a batch, applying it event by event",
+            "batch failed, applying it event by event",
             extra={"error": f"{type(error).__name__}: {error}", **offset_ranges(records)},
         )
         total = BatchStats()
@@ -222,10 +259,16 @@ class Applier:
             for message, outcome in zip(messages, decoded[tp], strict=True):
                 single, one = {tp: [message]}, {tp: [outcome]}
                 try:
-                    stats = await self.checked(single, one)
+                    stats = await self.checked(single, one, park_undelivered=park_undelivered)
                 except REFUSED_DATA_ERRORS as exc:
-                    reason = f"database refused the event: {type(exc).__name__}: {exc}"
-                    stats = await self.checked(single, one, refused=reason)
+                    refused = Rejected(f"database refused the event: {type(exc).__name__}: {exc}")
+                    stats = await self.checked(single, one, refused=refused, park_undelivered=park_undelivered)
+                except (*WAIT_OUT_ERRORS, KafkaError, PositionsRetired):
+                    raise
+                except Exception as exc:
+                    failed = Rejected(f"the consumer failed on it: {type(exc).__name__}: {exc}"[:2000])
+                    log.exception("unforeseen error on one record: rejecting it", extra=offset_ranges(single))
+                    stats = await self.checked(single, one, refused=failed, park_undelivered=park_undelivered)
                 total.add(stats)
         return total
 

@@ -52,6 +52,13 @@ def micros(at: dt.datetime) -> int:
     return (at - _EPOCH) // _MICROSECOND
 
 
+# The times a cursor may name: those a datetime holds, as every created_at read from the database does.
+# A valid tag proves only that someone who has the key made the cursor, and the development key is in
+# the source: what a cursor names is checked too, before it becomes a datetime or a query's parameter.
+_FIRST = micros(dt.datetime.min.replace(tzinfo=dt.UTC))
+_LAST = micros(dt.datetime.max.replace(tzinfo=dt.UTC))
+
+
 def fingerprint(*parts: object) -> bytes:
     """8 bytes that differ, but for a hash collision, between queries whose parts differ."""
     return hashlib.sha256(repr(parts).encode()).digest()[:8]
@@ -79,4 +86,6 @@ def decode(key: bytes, query: bytes, cursor: str) -> After:
         raise BadCursor("was made by another version of this service: start again without it")
     if made_for != query:
         raise BadCursor("was made for other filters or another sort: start again without it")
+    if last_id < 1 or not _FIRST <= at <= _LAST:  # no order's: encode() made no such cursor
+        raise BadCursor("is not a cursor this service made (it names no order)")
     return After(id=last_id, created_at=_EPOCH + at * _MICROSECOND)

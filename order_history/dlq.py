@@ -1,9 +1,18 @@
-"""`order-history dlq list|show|replay|purge`: the dead letters, read, applied again, removed.
+"""`order-history dlq list|show|replay|purge|skip`: dead letters and parked records, read, applied again,
+removed; and the operator's way out of a stuck partition.
 
 A dead letter is named by its origin, `TOPIC:PARTITION:OFFSET` (the Kafka
 topic, e.g. `goods.events:1:42`), and kept in the read database with its
 reason, time and raw message (order_history/dead_letters.py); the DLQ topic
-keeps its copy, which Kafka cannot delete one by one.
+keeps its copy, which Kafka cannot delete one by one. A parked record is a
+row of the same table that is not on the DLQ topic (`parked`), with what could
+be kept of it; the commands treat both alike.
+
+`skip TOPIC PARTITION OFFSET` parks the one record that holds a partition (the
+next one to apply, which the consumer keeps failing on) and moves the
+partition's position past it, in one transaction that holds the position row,
+so a consumer applying that partition meanwhile waits, then goes on after it.
+It refuses any other record: skipping is never a way to jump ahead.
 
 `replay` decodes each message again, with the codec of the code now deployed
 (new schema versions, upcasters), and applies it as the consumer applies a
@@ -16,6 +25,7 @@ stay, with the reason they fail now.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -25,17 +35,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
-from order_history.dead_letters import identity
+from order_history.dead_letters import RECORD, Rejected, identity, row, stand_in
+from order_history.operations import OperationError, log_bounds
 from order_history.positions import Positions
 from order_history.projections import apply_prepared, apply_resynced, prepare, reduce_events
 from order_history.settings import Settings
 from shared import progress
 from shared.database import REFUSED_DATA_ERRORS, WAIT_OUT_ERRORS
-from shared.events import Codec, PoisonMessage, decode_event
+from shared.events import TOPICS, Codec, PoisonMessage, decode_event
+from shared.kafka import KafkaRefused, client_options, start_client
 
-_COLUMNS = 'topic, partition, "offset", reason, recorded_at, message_key, message_value'
+_COLUMNS = (
+    'topic, partition, "offset", reason, recorded_at, message_key, message_value, parked, parked_reason, '
+    "key_size, value_size, value_sha256"
+)
 _ALL = f'SELECT {_COLUMNS} FROM dead_letters ORDER BY recorded_at, topic, partition, "offset"'
 _SOME = f"""SELECT {_COLUMNS} FROM dead_letters d
             JOIN unnest($1::text[], $2::integer[], $3::bigint[]) AS x(t, p, o)
@@ -69,19 +85,38 @@ class Origin:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A row of dead_letters: a dead letter, or (`parked_reason` set) a parked record."""
+
     origin: Origin
     reason: str
     recorded_at: dt.datetime
     key: bytes | None
-    value: bytes | None
+    value: bytes | None  # at most KEPT_VALUE_BYTES of it (see `truncated`)
+    parked_reason: str | None = None
+    value_size: int | None = None
+    value_sha256: bytes | None = None
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> DeadLetter:
         origin = Origin(row["topic"], row["partition"], row["offset"])
-        return cls(origin, row["reason"], row["recorded_at"], row["message_key"], row["message_value"])
+        return cls(
+            origin,
+            row["reason"],
+            row["recorded_at"],
+            row["message_key"],
+            row["message_value"],
+            row["parked_reason"] if row["parked"] else None,
+            row["value_size"],
+            row["value_sha256"],
+        )
+
+    @property
+    def truncated(self) -> bool:
+        """Only the head of the value was kept."""
+        return self.value is not None and self.value_size is not None and self.value_size > len(self.value)
 
     def identity(self) -> dict[str, str]:
-        return identity(self.value)
+        return {} if self.truncated else identity(self.value)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -91,11 +126,20 @@ class DeadLetter:
             "offset": self.origin.offset,
             "recorded_at": self.recorded_at.isoformat(),
             "reason": self.reason,
+            "parked": self.parked_reason is not None,
+            **({"parked_reason": self.parked_reason} if self.parked_reason is not None else {}),
             **self.identity(),
         }
 
     def whole(self) -> dict[str, Any]:
-        return {**self.summary(), "key": _text(self.key), "value": _text(self.value)}
+        return {
+            **self.summary(),
+            "key": _text(self.key),
+            "value": _text(self.value),
+            "value_size": self.value_size,
+            "value_truncated": self.truncated,
+            "value_sha256": None if self.value_sha256 is None else self.value_sha256.hex(),
+        }
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -132,11 +176,12 @@ async def _read(settings: Settings, ids: Sequence[Origin] | None) -> list[DeadLe
 
 
 def _table(letters: Sequence[DeadLetter]) -> str:
-    lines = [f"{'ID':<28} {'RECORDED':<20} {'EVENT':<16} REASON"]
+    lines = [f"{'ID':<28} {'KIND':<7} {'RECORDED':<20} {'EVENT':<16} REASON"]
     for d in letters:
-        event = d.identity().get("event_type", "-")
+        event = d.identity().get("event_type", "-")[:16]
         recorded = d.recorded_at.strftime("%Y-%m-%d %H:%M:%S")
-        lines.append(f"{d.origin!s:<28} {recorded:<20} {event:<16} {d.reason[:100]}")
+        kind = "dlq" if d.parked_reason is None else "parked"
+        lines.append(f"{d.origin!s:<28} {kind:<7} {recorded:<20} {event:<16} {d.reason[:100]}")
     return "\n".join(lines)
 
 
@@ -158,8 +203,8 @@ async def replay_letters(settings: Settings, ids: Sequence[Origin] | None, codec
         for letter in letters:
             o = letter.origin
             try:
-                if letter.value is None:
-                    raise PoisonMessage("the message was recorded without its value (before migration 0007)")
+                if letter.truncated:
+                    raise PoisonMessage(f"only the first {len(letter.value or b'')} bytes of its value were kept")
                 event = decode(letter.value, o.topic.removeprefix(settings.kafka_topic_prefix))
                 async with conn.transaction():
                     await positions.lock(conn, [TopicPartition(o.topic, o.partition)])
@@ -173,6 +218,10 @@ async def replay_letters(settings: Settings, ids: Sequence[Origin] | None, codec
                 outcome.refused.append((o, exc.reason))
             except REFUSED_DATA_ERRORS as exc:
                 outcome.refused.append((o, f"database refused the event: {type(exc).__name__}: {exc}"))
+            except WAIT_OUT_ERRORS:
+                raise
+            except Exception as exc:  # as the consumer: a verdict on this record, not the end of the command
+                outcome.refused.append((o, f"the consumer failed on it: {type(exc).__name__}: {exc}"[:2000]))
             bar.update(1)
         bar.close()
         for origin, reason in outcome.refused:
@@ -195,9 +244,101 @@ async def purge_letters(settings: Settings, ids: Sequence[Origin] | None) -> int
     return len(letters)
 
 
+_HOLDER = """SELECT next_offset FROM consumer_positions
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE"""
+_FIRST_POSITION = """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"""
+_MOVE_POSITION = """UPDATE consumer_positions SET next_offset = $4, updated_at = now()
+                    WHERE consumer_group = $1 AND topic = $2 AND partition = $3"""
+
+
+async def _read_record(settings: Settings, tp: TopicPartition, offset: int) -> tuple[ConsumerRecord, str | None]:
+    """The record at `offset` of `tp`; or a stand-in and why its content is unknown."""
+    unknown = stand_in(tp.topic, tp.partition, offset)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    try:
+        await start_client(consumer, settings)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        async with asyncio.timeout(settings.kafka_request_timeout_ms / 1000):
+            while True:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+                for message in got.get(tp, []):
+                    if message.offset == offset:
+                        return message, None
+                    return unknown, f"no record at this offset (the next is at {message.offset})"
+    except TimeoutError:
+        return unknown, "Kafka returned no record at this offset in time"
+    except KafkaRefused:
+        raise
+    except Exception as exc:  # the very record the consumer could not read, perhaps
+        return unknown, f"unreadable: {type(exc).__name__}: {exc}"[:2000]
+    finally:
+        await consumer.stop()
+
+
+async def skip_record(settings: Settings, topic: str, partition: int, offset: int, note: str | None) -> str:
+    """Park the record at `offset` that holds its partition and move the position past it; a summary."""
+    kafka_topics = [settings.kafka_topic_prefix + t for t in TOPICS]
+    if topic not in kafka_topics and settings.kafka_topic_prefix + topic in kafka_topics:
+        topic = settings.kafka_topic_prefix + topic
+    if topic not in kafka_topics:
+        raise DlqError(f"unknown topic {topic!r}; one of {', '.join(kafka_topics)}")
+    tp = TopicPartition(topic, partition)
+    try:
+        starts, ends = await log_bounds(settings, topic)
+    except OperationError as exc:
+        raise DlqError(str(exc)) from None
+    if tp not in ends:
+        raise DlqError(f"{topic} has no partition {partition}")
+    message, unknown = await _read_record(settings, tp, offset)
+    group = settings.consumer_group
+    conn = await _connect(settings)
+    try:
+        # A consumer applying this partition holds its position row: wait for it a little, not for ever.
+        await conn.execute("SET lock_timeout = '10s'")
+        async with conn.transaction():
+            stored = await conn.fetchval(_HOLDER, group, topic, partition)
+            holder = starts[tp] if stored is None else int(stored)
+            if offset != holder or offset >= ends[tp]:
+                where = f"{topic}[{partition}]"
+                if holder >= ends[tp]:
+                    raise DlqError(f"{where} holds nothing: every record up to its log end {ends[tp]} is applied")
+                raise DlqError(
+                    f"{where}: the record holding it is at offset {holder}, not {offset}; skip parks only that one"
+                )
+            reason = "skipped by an operator" + (f": {note}" if note else "")
+            parked = "an operator parked it (order-history dlq skip)" + (f"; {unknown}" if unknown else "")
+            await conn.execute(RECORD, *row(message, Rejected(reason), parked))
+            if stored is None:
+                if await conn.execute(_FIRST_POSITION, group, topic, partition, offset + 1) != "INSERT 0 1":
+                    raise DlqError(f"a consumer started on {topic}[{partition}] meanwhile: run skip again")
+            else:
+                await conn.execute(_MOVE_POSITION, group, topic, partition, offset + 1)
+    except asyncpg.LockNotAvailableError:
+        raise DlqError(f"a consumer held {topic}[{partition}] for 10 s: run skip again") from None
+    finally:
+        await conn.close()
+    size = "content unknown" if message.value is None and unknown else f"{len(message.value or b'')} bytes"
+    return f"parked {topic}:{partition}:{offset} ({size}); {topic}[{partition}] goes on from offset {offset + 1}"
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
+
+
+async def skip(settings: Settings, topic: str, partition: int, offset: int, note: str | None) -> int:
+    """The console command `order-history dlq skip`; its exit status."""
+    try:
+        print(await skip_record(settings, topic, partition, offset, note))
+    except DlqError as exc:
+        return _fail(str(exc))
+    except (KafkaError, KafkaRefused) as exc:
+        return _fail(f"cannot read Kafka: {type(exc).__name__}: {exc}")
+    except WAIT_OUT_ERRORS as exc:
+        return _fail(f"cannot reach the read database: {type(exc).__name__}: {exc}")
+    return 0
 
 
 async def run(settings: Settings, action: str, ids: Sequence[str], every: bool, as_json: bool) -> int:

@@ -1,12 +1,14 @@
 """The consumer's metrics (prometheus-client), served on its own port (`shared.metrics.serve`).
 
 Counted as parts commit (`record_part`): events applied per type, dead
-letters, messages per part, the time to apply a part; rebalances as they
-happen. Read from the live consumers' state at each scrape (`LiveState`):
-lag per partition (the log's end, as the last fetch saw it or as asked every
-few seconds, minus the next offset to apply), freshness (now minus `occurred_at` of the newest event
-applied by this process), and whether the consumer has halted on positions
-that do not fit the log.
+letters, parked records, messages per part, the time to apply a part;
+rebalances as they happen. Read from the live consumers' state at each scrape
+(`LiveState`): lag per partition (the log's end, as the last fetch saw it or
+as asked every few seconds, minus the next offset to apply), how long each
+partition with lag has not advanced (stuck, not just slow, once that grows),
+freshness (now minus `occurred_at` of the newest event applied by this
+process; an event from the future counts as applied when it was), and whether
+the consumer has halted on positions that do not fit the log.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
 
 APPLIED: Final = Counter("consumer_events_applied_total", "Events applied to the read model", ["event_type"])
 DEAD_LETTERS: Final = Counter("consumer_dead_letters_total", "Messages sent to a dead-letter topic")
+PARKED: Final = Counter(
+    "consumer_parked_records_total",
+    "Records neither applied nor sent to a dead-letter topic: parked in the read database",
+)
 PART_EVENTS: Final = Histogram(
     "consumer_batch_events",
     "Messages in one applied part (one lane's transaction)",
@@ -43,8 +49,10 @@ REBALANCES: Final = Counter("consumer_rebalances_total", "Partition revocations 
 def record_part(stats: BatchStats, took: float) -> None:
     for event_type, count in stats.what.by_type.items():
         APPLIED.labels(event_type).inc(count)
-    if stats.poison:
-        DEAD_LETTERS.inc(stats.poison)
+    if stats.dead_lettered:
+        DEAD_LETTERS.inc(stats.dead_lettered)
+    if stats.parked:
+        PARKED.inc(stats.parked)
     PART_EVENTS.observe(stats.events)
     APPLY_SECONDS.observe(took)
 
@@ -59,6 +67,11 @@ class LiveState(Collector):
         lag = GaugeMetricFamily(
             "consumer_lag_events",
             "Messages in the log not yet applied: log end offset (at most seconds old) minus the next offset to apply",
+            labels=["topic", "partition"],
+        )
+        stuck = GaugeMetricFamily(
+            "consumer_partition_stuck_seconds",
+            "Seconds since the partition's position last moved while it has lag (0 without lag)",
             labels=["topic", "partition"],
         )
         freshness = GaugeMetricFamily(
@@ -77,18 +90,27 @@ class LiveState(Collector):
                 behind[key] = max(n, behind.get(key, 0))
         for labels, n in sorted(behind.items()):
             lag.add_metric(list(labels), n)
+        still: dict[tuple[str, str], float] = {}
+        for consumer in consumers:
+            for tp, seconds in consumer.stuck().items():
+                key = (tp.topic, str(tp.partition))
+                still[key] = max(seconds, still.get(key, 0.0))
+        for labels, seconds in sorted(still.items()):
+            stuck.add_metric(list(labels), seconds)
         newest = [c.newest_applied for c in consumers if c.newest_applied is not None]
         if newest:
             freshness.add_metric([], max(0.0, time.time() - max(newest).timestamp()))
         if consumers:
             halted.add_metric([], 1.0 if any(c.halted for c in consumers) else 0.0)
         yield lag
+        yield stuck
         yield freshness
         yield halted
 
     def describe(self) -> Iterable[Metric]:
         # Names only, without touching the consumers (prometheus-client checks for duplicates).
         yield GaugeMetricFamily("consumer_lag_events", "", labels=["topic", "partition"])
+        yield GaugeMetricFamily("consumer_partition_stuck_seconds", "", labels=["topic", "partition"])
         yield GaugeMetricFamily("read_model_freshness_seconds", "")
         yield GaugeMetricFamily("consumer_halted", "")
 

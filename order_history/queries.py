@@ -166,7 +166,9 @@ def _statement(shape: _Shape) -> tuple[str, tuple[str, ...]]:
         conditions.append(
             {
                 _BY_ID: "id > {after_id}",
-                _NEWEST_FIRST: "(created_at, id) < ({after_at}, {after_id})",
+                # The cursor's time as text: asyncpg sends the ends of a datetime's range as -infinity and
+                # infinity, which differ from the rows at those times, so a walk would loop or stop there.
+                _NEWEST_FIRST: "(created_at, id) < ({after_at}::text::timestamptz, {after_id})",
                 _OLDEST_FIRST: "id > {after_id}",  # the window of the id sort: see _window_rows
             }[shape.order]
         )
@@ -283,7 +285,7 @@ async def list_rows(conn: Connection, q: ListQuery, skew: dt.timedelta) -> list[
         "user_id": q.user_id,
         "created_from": q.created_from,
         "created_to": q.created_to,
-        "after_at": None if q.after is None else q.after.created_at,
+        "after_at": None if q.after is None else q.after.created_at.isoformat(),
         "after_id": None if q.after is None else q.after.id,
     }
     return await _run(conn, shape, values)
@@ -310,21 +312,33 @@ async def list_page(
     return items, cursors.encode(cursor_key, q.fingerprint(), After(id=last.id, created_at=last.created_at))
 
 
-async def order_detail(conn: Connection, order_id: int) -> OrderHistoryDetail | None:
+# A page of an order's live goods, by id after $2, at most $3: one range of the index goods_live_by_order
+# (order_id, id) WHERE NOT deleted (migration 0001), so its cost is the page's, however many goods the order has.
+GOODS_PAGE = (
+    "SELECT id, name, created_at FROM goods WHERE order_id = $1 AND NOT deleted AND id > $2 ORDER BY id LIMIT $3"
+)
+
+
+async def order_detail(
+    conn: Connection, order_id: int, goods_limit: int, goods_after: int
+) -> OrderHistoryDetail | None:
+    """An order and one page of its live goods: the first `goods_limit` with an id above `goods_after` (0: from
+    the first); `goods_next` names the page's last id if more follow."""
     order = await conn.fetchrow(
         "SELECT id, user_id, created_at, updated_at, goods_count FROM orders WHERE id = $1 AND known AND NOT deleted",
         order_id,
     )
     if order is None:
         return None
-    goods = await conn.fetch(
-        "SELECT id, name, created_at FROM goods WHERE order_id = $1 AND NOT deleted ORDER BY id", order_id
-    )
+    # One more than the page shows: whether a next page exists.
+    goods = await conn.fetch(GOODS_PAGE, order_id, goods_after, goods_limit + 1)
+    page = goods[:goods_limit]
     return OrderHistoryDetail(
         id=order["id"],
         user_id=order["user_id"],
         created_at=order["created_at"],
         updated_at=order["updated_at"],
         goods_count=order["goods_count"],
-        goods=[GoodsItem(id=g["id"], name=g["name"], created_at=g["created_at"]) for g in goods],
+        goods=[GoodsItem(id=g["id"], name=g["name"], created_at=g["created_at"]) for g in page],
+        goods_next=page[-1]["id"] if len(goods) > goods_limit else None,
     )

@@ -218,7 +218,15 @@ class Rebuild:
                 while _behind(await self.positions(watcher), serving):
                     self._check_running()
                     if time.monotonic() > deadline:
-                        raise RebuildError(f"the rebuild did not reach the serving positions in {catch_up_timeout}s")
+                        reached = await self.positions(watcher)
+                        short = ", ".join(
+                            f"{tp.topic}[{tp.partition}] at {reached.get(tp, 0)} of {offset}"
+                            for tp, offset in sorted(serving.items())
+                            if reached.get(tp, 0) < offset
+                        )
+                        raise RebuildError(
+                            f"the rebuild did not reach the serving positions in {catch_up_timeout}s: {short}"
+                        )
                     await asyncio.sleep(0.05)
                 self.consumer.request_stop()
                 await asyncio.wait_for(self.task, timeout=catch_up_timeout)

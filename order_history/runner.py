@@ -12,6 +12,14 @@ lanes wait on the database, so Python's work and PostgreSQL's overlap. Each
 lane applies its parts one at a time (apply.py); a partition stays on one lane
 while any of its messages wait there (lanes.py).
 
+Every record is applied, dead-lettered or parked (dead_letters.py), whatever
+it holds: a value that is not a valid event, or that makes the decoder or the
+projection fail in a way nobody foresaw, is rejected; a batch the Kafka client
+cannot read is parked record by record (`_unreadable`). No record stops the
+process or holds its partition; a partition that has lag and does not advance
+is reported as stuck (metrics.py), and an operator can park the record that
+holds it (`order-history dlq skip`).
+
 Positions that do not fit the log (positions.misfits), found on assignment or
 as an OffsetOutOfRange from the broker, stop the consumer: it applies nothing
 more, logs why every minute, and stays up (for its metrics and `status`) until
@@ -32,12 +40,12 @@ from typing import Final
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError, RecordTooLargeError
 
 from order_history import metrics
 from order_history.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
 from order_history.consistency import CHANNEL as APPLIED_CHANNEL
-from order_history.dead_letters import DeadLetters
+from order_history.dead_letters import DLQ_MAX_BYTES, DeadLetters, Rejected, stand_in
 from order_history.lanes import Lanes
 from order_history.positions import Misfit, Positions, PositionsRetired, misfits
 from order_history.settings import Settings
@@ -79,6 +87,8 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in revoked:
             self.owner.applied_to.pop(tp, None)
             self.owner.log_ends.pop(tp, None)
+            self.owner.advanced_at.pop(tp, None)
+            self.owner.fetched_to.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in assigned]})
@@ -112,6 +122,10 @@ class HistoryConsumer:
         # For the metrics: the next offset to apply per assigned partition, the newest event applied.
         self.applied_to: dict[TopicPartition, int] = {}
         self.log_ends: dict[TopicPartition, int] = {}
+        # When each assigned partition's position last moved (or it was assigned): a stuck one has lag and an old one.
+        self.advanced_at: dict[TopicPartition, float] = {}
+        # Per assigned partition, the next offset not yet taken from aiokafka (see `_unreadable`).
+        self.fetched_to: dict[TopicPartition, int] = {}
         self.newest_applied: dt.datetime | None = None
         metrics.LIVE.consumers.add(self)
 
@@ -134,7 +148,7 @@ class HistoryConsumer:
             reset=True,
         )
         client_id = f"order-history-consumer-{self.instance}"
-        self.producer = await start_producer(s, client_id=f"{client_id}-dlq")
+        self.producer = await start_producer(s, client_id=f"{client_id}-dlq", max_request_size=DLQ_MAX_BYTES)
         # A connection of its own: a NOTIFY must not wait behind the lanes' transactions.
         self.applied = Notifier(
             await create_pool(s.database_url, 1, command_timeout=10, session_settings=SESSION_SETTINGS),
@@ -194,6 +208,11 @@ class HistoryConsumer:
     def stop_event(self) -> asyncio.Event:
         return self._stop
 
+    def stuck(self) -> dict[TopicPartition, float]:
+        """Per assigned partition: seconds since its position last moved, while it has lag (else 0)."""
+        now = time.monotonic()
+        return {tp: (now - self.advanced_at.get(tp, now)) if n > 0 else 0.0 for tp, n in self.lag().items()}
+
     def lag(self) -> dict[TopicPartition, int]:
         """Per assigned partition: messages in the log (as the last fetch saw its end) not yet applied."""
         if self.consumer is None:
@@ -235,6 +254,8 @@ class HistoryConsumer:
             if tp in stored:
                 self.consumer.seek(tp, stored[tp])
             self.applied_to[tp] = stored.get(tp, log_start[tp])
+            self.fetched_to[tp] = self.applied_to[tp]
+            self.advanced_at.setdefault(tp, time.monotonic())
         never_applied = [tp for tp in tps if tp not in stored]
         if never_applied:  # one request for all: each call waits for the fetcher's offset reset
             await self.consumer.seek_to_beginning(*never_applied)
@@ -280,14 +301,17 @@ class HistoryConsumer:
         """Decode every message of a batch: an Event, or the reason it is poison."""
         return {tp: self._decode_slice(tp, messages) for tp, messages in records.items()}
 
-    def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | str]:
+    def _decode_slice(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[Event | Rejected]:
         topic = self.contract_topic(tp.topic)
-        outcomes: list[Event | str] = []
+        outcomes: list[Event | Rejected] = []
         for message in messages:
             try:
                 outcomes.append(decode_event(message.value, topic))
             except PoisonMessage as exc:
-                outcomes.append(exc.reason)
+                outcomes.append(Rejected(exc.reason))
+            except Exception as exc:  # a value may hold anything: a verdict on it, never a reason to stop
+                log.exception("decoding failed in a way nobody foresaw", extra=_origin(message))
+                outcomes.append(Rejected(f"the decoder failed on it: {type(exc).__name__}: {exc}"[:2000]))
         return outcomes
 
     async def fetch(
@@ -316,11 +340,16 @@ class HistoryConsumer:
                 if records:  # keep what was taken; aiokafka raises the error again on the next call
                     break
                 raise
+            except Exception as exc:  # a batch the client cannot read (see `_unreadable`)
+                if records:  # keep what was taken; the next fetch meets the batch again
+                    break
+                return await self._unreadable(partitions, exc)
             count = 0
             for tp, messages in got.items():
                 if messages:
                     records.setdefault(tp, []).extend(messages)
                     decoded.setdefault(tp, []).extend(self._decode_slice(tp, messages))
+                    self.fetched_to[tp] = messages[-1].offset + 1
                     count += len(messages)
             if not count:
                 break
@@ -328,6 +357,75 @@ class HistoryConsumer:
             timeout = 0
             await asyncio.sleep(0)
         return (records, decoded) if records else None
+
+    async def _unreadable(
+        self, partitions: Collection[TopicPartition], error: Exception
+    ) -> tuple[Records, Decoded] | None:
+        """aiokafka could not read a fetched batch (a header key that is not UTF-8, a corrupt or
+        oversized batch...): find its partition, and park the record at its position.
+
+        aiokafka does not say which partition failed, and drops what it had read of the
+        failed fetch, though it has moved those partitions' positions past it: every
+        partition is sought back to the next offset this consumer has not taken (a record
+        dropped so would be skipped), and taking each partition's records one at a time
+        then fetches them again and stops at the record that fails. The records taken on
+        the way are returned with it.
+        The client cannot step over a record it cannot read: the records after it in the
+        same batch fail the same way, and are parked in turn, their content unknown.
+        """
+        assert self.consumer is not None
+        records: Records = {}
+        decoded: Decoded = {}
+        if isinstance(error, RecordTooLargeError) and len(error.args) >= 3:
+            # aiokafka itself moved past the record it could not fetch (brokers before Kafka 0.10.1 only).
+            tp, offset = error.args[1], error.args[2]
+            if isinstance(tp, TopicPartition) and isinstance(offset, int):
+                return self._park_unreadable(tp, offset, error, records, decoded, seek=False)
+        log.warning("fetch failed, finding the record", extra={"error": f"{type(error).__name__}: {error}"})
+        candidates = sorted(partitions or self.consumer.assignment())
+        for tp in candidates:
+            if tp in self.fetched_to:
+                self.consumer.seek(tp, self.fetched_to[tp])
+        # The failed partition's batch comes again with its next fetch, in a moment: pass over
+        # the partitions without waiting on any, until it does (or what was taken can go).
+        deadline = time.monotonic() + max(self.settings.fetch_timeout_ms / 1000, 1.0)
+        while True:
+            for tp in candidates:
+                # One record at a time, so that the error comes at the record that raises it.
+                for _ in range(self.settings.fetch_slice):
+                    try:
+                        got = await self.consumer.getmany(tp, timeout_ms=0, max_records=1)
+                    except (NoOffsetForPartitionError, OffsetOutOfRangeError):
+                        return (records, decoded) if records else None  # the caller meets it again
+                    except Exception as exc:
+                        offset = self.fetched_to.get(tp)
+                        if offset is None:
+                            offset = await self.consumer.position(tp)
+                        return self._park_unreadable(tp, offset, exc, records, decoded, seek=True)
+                    messages = got.get(tp)
+                    if not messages:
+                        break
+                    records.setdefault(tp, []).extend(messages)
+                    decoded.setdefault(tp, []).extend(self._decode_slice(tp, messages))
+                    self.fetched_to[tp] = messages[-1].offset + 1
+            if records or time.monotonic() > deadline:
+                return (records, decoded) if records else None
+            await asyncio.sleep(0.01)
+
+    def _park_unreadable(
+        self, tp: TopicPartition, offset: int, error: Exception, records: Records, decoded: Decoded, seek: bool
+    ) -> tuple[Records, Decoded]:
+        """Add a stand-in for the unreadable record at `offset` of `tp` (to be parked), and fetch on after it."""
+        assert self.consumer is not None
+        unknown = stand_in(tp.topic, tp.partition, offset)
+        reason = f"the Kafka client cannot read the batch holding it: {type(error).__name__}: {error}"[:2000]
+        log.error("unreadable record, parking it", extra={**_origin(unknown), "error": reason})
+        if seek:
+            self.consumer.seek(tp, offset + 1)
+        self.fetched_to[tp] = offset + 1
+        records.setdefault(tp, []).append(unknown)
+        decoded.setdefault(tp, []).append(Rejected(reason, park="unreadable: its key, value and size are unknown"))
+        return records, decoded
 
     # -- the loop --------------------------------------------------------------
     async def run(self) -> None:
@@ -462,16 +560,17 @@ class HistoryConsumer:
         assert self.applier is not None
         backoff = Backoff(0.1, self.settings.consumer_max_backoff, stop=self._stop)
         attempt = 0
+        park = False  # Kafka took none of the part's dead letters on the last tries: park them
         while not self.stopping:
             attempt += 1
             started = time.monotonic()
             try:
                 try:
-                    stats = await self.applier.apply(part)
+                    stats = await self.applier.apply(part, park)
                 except Exception as exc:
                     if decide(exc, attempt) is not Decision.ISOLATE:
                         raise
-                    stats = await self.applier.isolating(part.records, part.decoded, exc)
+                    stats = await self.applier.isolating(part.records, part.decoded, exc, park)
             except PositionsRetired:
                 # A rebuild switched the read model: the stored positions to resume from are the new one's.
                 log.warning("read model replaced by a rebuild, re-reading positions", extra=offset_ranges(part.records))
@@ -480,9 +579,16 @@ class HistoryConsumer:
                 # The database's or Kafka's state (down, no login, no permission...): wait, never skip.
                 decision = decide(exc, attempt)
                 log.warning(
-                    "batch not applied, will retry" if decision is Decision.RETRY else "batch given up, will re-read",
+                    {
+                        Decision.RETRY: "batch not applied, will retry",
+                        Decision.PARK: "dead letters not delivered, parking them",
+                        Decision.GIVE_UP: "batch given up, will re-read",
+                    }.get(decision, "batch not applied"),
                     extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt, **offset_ranges(part.records)},
                 )
+                if decision is Decision.PARK:
+                    park = True
+                    continue
                 if decision is Decision.GIVE_UP:
                     return False  # a long outage: the caller resumes from the stored positions
                 await backoff.wait()
@@ -497,8 +603,10 @@ class HistoryConsumer:
             self.applied.poke()
         self.total.add(stats)
         metrics.record_part(stats, took)
+        now = time.monotonic()
         for tp, messages in records.items():
             self.applied_to[tp] = max(self.applied_to.get(tp, 0), messages[-1].offset + 1)
+            self.advanced_at[tp] = now
         newest = stats.what.newest
         if newest is not None and (self.newest_applied is None or newest > self.newest_applied):
             self.newest_applied = newest
@@ -508,7 +616,8 @@ class HistoryConsumer:
                 "events": stats.events,
                 "applied": stats.applied,
                 "skipped": stats.skipped_seen,
-                "poison": stats.poison,
+                "dead_lettered": stats.dead_lettered,
+                "parked": stats.parked,
                 "ms": round(took * 1000, 1),
                 **offset_ranges(records),
             },
@@ -528,3 +637,7 @@ class HistoryConsumer:
         self._applied_ends.clear()
         with contextlib.suppress(KafkaError):
             await self.consumer.commit(offsets)
+
+
+def _origin(message: ConsumerRecord) -> dict[str, object]:
+    return {"topic": message.topic, "partition": message.partition, "offset": message.offset}

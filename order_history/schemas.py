@@ -56,10 +56,18 @@ class GoodsItem(BaseModel):
     created_at: dt.datetime | None
 
 
+# The goods of one order that GET /v1/order-history/{order_id} shows at most, by default and at all.
+GOODS_LIMIT = 100
+MAX_GOODS_LIMIT = 1000
+
+
 class OrderHistoryDetail(BaseModel):
     id: int
     user_id: int
     created_at: dt.datetime
     updated_at: dt.datetime
-    goods_count: int
-    goods: list[GoodsItem]
+    goods_count: int = Field(description="the order's live goods, all of them (not only those of this page)")
+    goods: list[GoodsItem] = Field(description="a page of the order's live goods, by id: at most `goods_limit`")
+    goods_next: int | None = Field(
+        description="pass as `goods_after` for the order's next goods; null when `goods` holds the last of them"
+    )

@@ -5,6 +5,10 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings
 
+# The cursor key of a process given none. It is in the source, so anyone can sign cursors with it: the API
+# warns at startup when it serves with it (`make up` and the tests set a key of their own).
+DEV_CURSOR_KEY = "order-history-dev-cursor-key"
+
 
 class Settings(CommonSettings):
     """Environment variables ORDER_HISTORY_*, plus KAFKA_* and LOG_*."""
@@ -35,8 +39,9 @@ class Settings(CommonSettings):
         default=5.0, gt=0, description="seconds a request waits for a pooled connection before it answers 503"
     )
     cursor_key: SecretStr = Field(
-        default=SecretStr("order-history-dev-cursor-key"),
-        description="signs the list's page cursors: the same on every API instance; set your own in production",
+        default=SecretStr(DEV_CURSOR_KEY),
+        description="signs the list's page cursors: the same on every API instance; set your own in production "
+        "(the API warns at startup while it uses the public development key)",
     )
     created_at_skew: float = Field(
         default=5.0,
@@ -79,4 +84,9 @@ class Settings(CommonSettings):
         default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"
     )
     consumer_max_backoff: float = Field(default=5.0, gt=0)
+    stuck_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a partition with lag may go without advancing before `status` calls it stuck",
+    )
     dlq_delivery_timeout: float = Field(default=15.0, gt=0, description="seconds Kafka has to take a dead letter")

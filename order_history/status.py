@@ -1,8 +1,10 @@
 """`order-history status [--json]`: what an operator asks first about the read side.
 
 Per partition: the stored position (the next offset to apply), the log's start
-and end, and the lag (end minus position); the consumers in the group; the
-dead letters; how long ago the newest change in the read model happened.
+and end, the lag (end minus position), and whether it is stuck (it has lag and
+its position has not moved for ORDER_HISTORY_STUCK_AFTER seconds: a record holds
+it, see `order-history dlq skip`); the consumers in the group; the dead letters
+and parked records; how long ago the newest change in the read model happened.
 Read from the read database (positions, dead letters, rows) and from Kafka
 (log bounds, group); exits 1 with the reason when either cannot be reached.
 """
@@ -16,17 +18,20 @@ import sys
 from typing import Any
 
 import asyncpg
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from order_history.operations import OperationError, group_members, log_bounds
-from order_history.positions import Positions
 from order_history.settings import Settings
 from shared.database import WAIT_OUT_ERRORS
 from shared.events import TOPICS
 from shared.kafka import KafkaRefused
 
+_POSITIONS = """SELECT topic, partition, next_offset, extract(epoch FROM now() - updated_at) AS still
+                FROM consumer_positions WHERE consumer_group = $1"""
 _READ_MODEL = """SELECT
-    (SELECT count(*) FROM dead_letters) AS dead_letters,
+    (SELECT count(*) FROM dead_letters WHERE NOT parked) AS dead_letters,
+    (SELECT count(*) FROM dead_letters WHERE parked) AS parked,
     (SELECT max(recorded_at) FROM dead_letters) AS last_dead_letter,
     greatest((SELECT max(updated_at) FROM orders), (SELECT max(updated_at) FROM goods)) AS newest_change,
     now() AS now"""
@@ -35,11 +40,13 @@ _READ_MODEL = """SELECT
 async def gather(settings: Settings) -> dict[str, Any]:
     conn = await asyncpg.connect(settings.database_url, timeout=10)
     try:
-        stored = await Positions(settings.consumer_group).load_all(conn)
+        rows = await conn.fetch(_POSITIONS, settings.consumer_group)
         row = await conn.fetchrow(_READ_MODEL)
     finally:
         await conn.close()
     assert row is not None
+    stored = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+    still = {TopicPartition(r["topic"], r["partition"]): float(r["still"]) for r in rows}
     partitions = []
     kafka_topics = [settings.kafka_topic_prefix + topic for topic in TOPICS]
     starts, ends = await log_bounds(settings, *kafka_topics)
@@ -56,6 +63,10 @@ async def gather(settings: Settings) -> dict[str, Any]:
                     "log_end": end,
                     "lag": behind,
                     "fits": position is None or starts[tp] <= position <= end,
+                    # Without a stored position nothing tells how long it has waited: the consumer's
+                    # consumer_partition_stuck_seconds does (it counts from the assignment).
+                    "unmoved_seconds": still.get(tp),
+                    "stuck": behind > 0 and still.get(tp, 0.0) > settings.stuck_after,
                 }
             )
     newest: dt.datetime | None = row["newest_change"]
@@ -65,7 +76,9 @@ async def gather(settings: Settings) -> dict[str, Any]:
         "partitions": partitions,
         "lag": sum(p["lag"] for p in partitions),
         "newest_change_age_seconds": None if newest is None else (row["now"] - newest).total_seconds(),
+        "stuck_partitions": [f"{p['topic']}[{p['partition']}]" for p in partitions if p["stuck"]],
         "dead_letters": row["dead_letters"],
+        "parked": row["parked"],
         "last_dead_letter": None if row["last_dead_letter"] is None else row["last_dead_letter"].isoformat(),
     }
 
@@ -81,7 +94,8 @@ def render(report: dict[str, Any]) -> str:
             str(p["log_start"]),
             str(p["log_end"]),
             str(p["lag"]),
-            "" if p["fits"] else "DOES NOT FIT THE LOG",
+            ("" if p["fits"] else "DOES NOT FIT THE LOG")
+            or (f"STUCK at offset {p['position']} for {p['unmoved_seconds']:.0f} s" if p["stuck"] else ""),
         )
         for p in report["partitions"]
     ]
@@ -94,9 +108,14 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"lag: {report['lag']} event(s)",
         "newest change in the read model: " + ("none yet" if age is None else f"{age:.1f} s ago"),
-        f"dead letters: {report['dead_letters']}"
+        f"dead letters: {report['dead_letters']}, parked records: {report['parked']}"
         + (f" (last at {report['last_dead_letter']})" if report["last_dead_letter"] else ""),
     ]
+    if report["stuck_partitions"]:
+        lines.append(
+            f"stuck: {', '.join(report['stuck_partitions'])}: one record holds each; its offset is the position "
+            "(`order-history dlq skip TOPIC PARTITION OFFSET` parks it)"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 import orjson
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -42,10 +43,12 @@ MAX_NAME_LENGTH: Final = 200
 
 # What the read side can store and show: PostgreSQL stores later years, but
 # neither asyncpg nor Python can read a timestamptz after 9999-12-31 UTC back,
-# so an event naming one would break every read of its order.
+# so an event naming one would break every read of its order. A timestamp
+# without a UTC offset names no instant (and cannot be compared with one that
+# has it): refused, as RFC 3339 requires the offset.
 EARLIEST: Final = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 LATEST: Final = dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
-Timestamp = Annotated[dt.datetime, Field(ge=EARLIEST, le=LATEST)]
+Timestamp = Annotated[AwareDatetime, Field(ge=EARLIEST, le=LATEST)]
 
 ORDER_TOPIC: Final = "order.events"
 GOODS_TOPIC: Final = "goods.events"

@@ -9,7 +9,8 @@ the APIs' refusal of them is tested by test_order_api.py and test_goods_api.py
 
 A `cursor` is valid only if this service made it for the same query, which a
 schema cannot say: the fuzzer's list reads go without one; cursors are tested
-by test_history_filters.py and test_cursors.py.
+by test_history_filters.py, test_history_cursors.py (any cursor, by
+hypothesis) and test_cursors.py.
 
 A read with a well-formed Consistency-Token naming a write that never happened
 waits (2 s by default) before its documented 412: the fuzzer's reads carry

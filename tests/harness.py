@@ -7,6 +7,7 @@ events) and freshly truncated databases.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import subprocess
@@ -21,6 +22,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from devstack.kafka import KafkaCluster
 from devstack.processes import ManagedProcess
@@ -51,6 +53,7 @@ class Env:
     prefix: str
     pools: dict[str, asyncpg.Pool] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _consumer_runs: list[tuple[HistoryConsumer, asyncio.Task[None]]] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _processes: list[ManagedProcess] = field(default_factory=list)
 
@@ -120,6 +123,7 @@ class Env:
             goods_reader_database_url=env["ORDER_HISTORY_GOODS_READER_DATABASE_URL"],
             owner_database_url=self.owner_url("order_history"),
             kafka_bootstrap_servers=self.bootstrap,
+            cursor_key=SecretStr(env["ORDER_HISTORY_CURSOR_KEY"]),
         )
 
     @asynccontextmanager
@@ -159,9 +163,18 @@ class Env:
         )
         consumer = HistoryConsumer(settings)
         await consumer.start()
-        self._tasks.append(asyncio.create_task(consumer.run()))
+        run = asyncio.create_task(consumer.run())
+        self._tasks.append(run)
+        self._consumer_runs.append((consumer, run))
         self._closers.append(consumer.stop)
         return consumer
+
+    def check_consumers(self) -> None:
+        """Raise if an in-process consumer's loop has ended before the test stopped it."""
+        for consumer, run in self._consumer_runs:
+            if run.done() and not run.cancelled() and not consumer.stopping:
+                error = run.exception()
+                raise AssertionError(f"a consumer's loop ended: {error!r}" if error else "a consumer's loop returned")
 
     # -- services as real processes ------------------------------------------
     def process(self, name: str, *args: str) -> ManagedProcess:
@@ -288,6 +301,32 @@ class Env:
         futures = [await producer.send(self.topic(t), key=k, value=v) for t, k, v in messages]
         await asyncio.gather(*futures)
 
+    async def produce_with_java(
+        self, contract_topic: str, codec: str, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> None:
+        """Send (key, value) records in order with Apache Kafka's own Java producer, compression.type `codec`."""
+        libs = self.kafka.nodes[0].libs_dir
+        lines = "".join(
+            " ".join("-" if b is None else base64.b64encode(b).decode() for b in record) + "\n" for record in records
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "java",
+                "-cp",
+                f"{libs}/*",
+                str(REPO / "tests" / "java" / "ProduceRecords.java"),
+                self.bootstrap,
+                self.topic(contract_topic),
+                codec,
+            ],
+            input=lines,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+
     async def end_offsets(self, contract_topics: tuple[str, ...] = TOPICS) -> dict[tuple[str, int], int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await consumer.start()
@@ -311,6 +350,7 @@ class Env:
         ends = await self.end_offsets()
 
         async def caught_up() -> bool:
+            self.check_consumers()
             stored = await self.positions()
             return all(stored.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
 

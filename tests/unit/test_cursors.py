@@ -1,12 +1,20 @@
-"""Page cursors (order_history/cursors.py): round trip, and refusal of anything altered or foreign."""
+"""Page cursors (order_history/cursors.py): round trip, and refusal of anything altered, foreign or forged."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import struct
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from order_history import cursors
+from order_history.queries import ListQuery
+from order_history.settings import DEV_CURSOR_KEY
 
 KEY = b"k"
 QUERY = cursors.fingerprint(0, 7, None, None, True)
@@ -42,3 +50,87 @@ def test_a_cursor_of_another_query_or_key_is_refused() -> None:
         cursors.decode(KEY, cursors.fingerprint(0, 8, None, None, True), cursor)
     with pytest.raises(cursors.BadCursor):
         cursors.decode(b"another key", QUERY, cursor)
+
+
+# What someone who knows the key can sign: encode()'s format with any values in it.
+def signed(key: bytes, query: bytes, last_id: int, at: int, version: int = 1) -> str:
+    body = struct.pack(">B8sqq", version, query, last_id, at)
+    tag = hmac.new(key, body, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(body + tag).rstrip(b"=").decode()
+
+
+FIRST = cursors.micros(dt.datetime.min.replace(tzinfo=dt.UTC))
+LAST = cursors.micros(dt.datetime.max.replace(tzinfo=dt.UTC))
+INT64 = st.integers(-(2**63), 2**63 - 1)
+EXTREMES = [0, 1, -1, -(2**63), 2**63 - 1, 2**62, FIRST - 1, FIRST, LAST, LAST + 1]
+
+
+def test_the_issues_cursor_signed_with_the_development_key_is_refused() -> None:
+    forged = "AWtxrnmNezseAAAAAAAAAAFAAAAAAAAAAHU85AAwxCDnZ-FRkqhnO4Y"
+    with pytest.raises(cursors.BadCursor, match="names no order"):
+        cursors.decode(DEV_CURSOR_KEY.encode(), ListQuery().fingerprint(), forged)
+
+
+@pytest.mark.parametrize("last_id", [0, -1, -(2**63)])
+def test_a_signed_cursor_naming_no_order_id_is_refused(last_id: int) -> None:
+    with pytest.raises(cursors.BadCursor, match="names no order"):
+        cursors.decode(KEY, QUERY, signed(KEY, QUERY, last_id, 0))
+
+
+@pytest.mark.parametrize("at", [FIRST - 1, LAST + 1, -(2**63), 2**63 - 1, 2**62])
+def test_a_signed_cursor_naming_a_time_no_datetime_holds_is_refused(at: int) -> None:
+    with pytest.raises(cursors.BadCursor, match="names no order"):
+        cursors.decode(KEY, QUERY, signed(KEY, QUERY, 1, at))
+
+
+def test_the_ends_of_time_and_of_the_ids_are_places_a_cursor_may_name() -> None:
+    for at, created_at in ((FIRST, dt.datetime.min), (LAST, dt.datetime.max), (0, dt.datetime(1970, 1, 1))):
+        for last_id in (1, 2**63 - 1):
+            after = cursors.decode(KEY, QUERY, signed(KEY, QUERY, last_id, at))
+            assert after == cursors.After(id=last_id, created_at=created_at.replace(tzinfo=dt.UTC))
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=100))
+def test_any_string_is_a_cursor_or_refused(cursor: str) -> None:
+    try:
+        cursors.decode(KEY, QUERY, cursor)
+    except cursors.BadCursor:
+        pass
+
+
+@settings(max_examples=500)
+@given(st.binary(min_size=41, max_size=41))
+def test_any_body_of_a_cursors_length_is_refused_unless_signed(raw: bytes) -> None:
+    with pytest.raises(cursors.BadCursor):
+        cursors.decode(KEY, QUERY, base64.urlsafe_b64encode(raw).rstrip(b"=").decode())
+
+
+@settings(max_examples=1000)
+@given(
+    last_id=st.one_of(st.sampled_from(EXTREMES), INT64),
+    at=st.one_of(st.sampled_from(EXTREMES), st.integers(FIRST, LAST), INT64),
+    version=st.one_of(st.just(1), st.integers(0, 255)),
+)
+def test_a_signed_cursor_is_decoded_only_if_it_names_an_order_id_and_a_time(
+    last_id: int, at: int, version: int
+) -> None:
+    cursor = signed(KEY, QUERY, last_id, at, version)
+    if version == 1 and last_id >= 1 and FIRST <= at <= LAST:
+        after = cursors.decode(KEY, QUERY, cursor)
+        assert after.id == last_id and cursors.micros(after.created_at) == at
+        assert after.created_at.utcoffset() == dt.timedelta(0)
+    else:
+        with pytest.raises(cursors.BadCursor):
+            cursors.decode(KEY, QUERY, cursor)
+
+
+@given(
+    last_id=st.integers(1, 2**63 - 1),
+    created_at=st.datetimes(timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-5))])),
+)
+def test_every_cursor_encode_makes_is_decoded_to_its_row(last_id: int, created_at: dt.datetime) -> None:
+    # Python's own limits: no time of year 1 east of UTC or of year 9999 west of it.
+    assume(dt.datetime.min.replace(tzinfo=dt.UTC) <= created_at <= dt.datetime.max.replace(tzinfo=dt.UTC))
+    after = cursors.After(id=last_id, created_at=created_at)
+    assert cursors.decode(KEY, QUERY, cursors.encode(KEY, QUERY, after)) == after

@@ -66,6 +66,8 @@ def test_round_trip_keeps_every_field() -> None:
         (orjson.dumps(order_event(aggregate_id=8)), "differs from aggregate_id"),
         (orjson.dumps(order_event(data={"id": 7, "user_id": "three"})), "data"),
         (orjson.dumps(order_event(data={"id": 7})), "user_id"),
+        # RFC 3339 needs the offset: a naive timestamp names no instant.
+        (orjson.dumps(order_event(occurred_at="2026-01-01T00:00:00")), "occurred_at: Input should have timezone"),
     ],
 )
 def test_poison_messages_name_their_reason(raw: bytes | None, reason: str) -> None:
