@@ -111,6 +111,7 @@ def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     dlq_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     dlq_show = dlq_actions.add_parser("show", help="one dead letter whole, its message included (JSON)")
     dlq_show.add_argument("ids", nargs="+", metavar="ID", help="TOPIC:PARTITION:OFFSET, as `dlq list` shows it")
+    dlq_show.add_argument("--full", action="store_true", help="print keys and values whole (else their start)")
     dlq_skip = dlq_actions.add_parser(
         "skip",
         help="park the one record that holds a partition and move the partition on past it",
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         every = getattr(args, "all", False)
         if ids and every:
             parser.error("give dead letter ids or --all, not both")
-        sys.exit(asyncio.run(dlq.run(settings, args.action, ids, every, getattr(args, "json", False))))
+        as_json, full = getattr(args, "json", False), getattr(args, "full", False)
+        sys.exit(asyncio.run(dlq.run(settings, args.action, ids, every, as_json, full)))
     elif args.command == "status":
         sys.exit(asyncio.run(read_side_status.status(settings, args.json)))
     else:

@@ -131,15 +131,36 @@ class DeadLetter:
             **self.identity(),
         }
 
-    def whole(self) -> dict[str, Any]:
+    def whole(self, full: bool = False) -> dict[str, Any]:
+        """Everything recorded; the key and value cut at SHOWN characters unless `full`."""
+        key, key_cut = _shown(self.key, full)
+        value, value_cut = _shown(self.value, full)
+        cut = [
+            f"{name}: the first {SHOWN} of {n} characters (--full: all)"
+            for name, n in (("key", key_cut), ("value", value_cut))
+            if n
+        ]
         return {
             **self.summary(),
-            "key": _text(self.key),
-            "value": _text(self.value),
+            "key": key,
+            "value": value,
+            **({"shown": "; ".join(cut)} if cut else {}),
             "value_size": self.value_size,
             "value_truncated": self.truncated,
             "value_sha256": None if self.value_sha256 is None else self.value_sha256.hex(),
         }
+
+
+# The characters of a key or value `dlq show` prints (a parked value may be a mebibyte).
+SHOWN = 4096
+
+
+def _shown(raw: bytes | None, full: bool) -> tuple[str | None, int]:
+    """`raw` as text, and its length if it was cut at SHOWN characters (else 0)."""
+    text = _text(raw)
+    if text is None or full or len(text) <= SHOWN:
+        return text, 0
+    return text[:SHOWN] + "...", len(text)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -341,7 +362,9 @@ async def skip(settings: Settings, topic: str, partition: int, offset: int, note
     return 0
 
 
-async def run(settings: Settings, action: str, ids: Sequence[str], every: bool, as_json: bool) -> int:
+async def run(
+    settings: Settings, action: str, ids: Sequence[str], every: bool, as_json: bool, full: bool = False
+) -> int:
     """The console command `order-history dlq ACTION`; its exit status."""
     try:
         origins = None if every or action == "list" else [Origin.parse(i) for i in ids]
@@ -356,7 +379,8 @@ async def run(settings: Settings, action: str, ids: Sequence[str], every: bool, 
                 print(f"{len(letters)} dead letter(s)")
         elif action == "show":
             letters = await _read(settings, origins)
-            print(json.dumps([d.whole() for d in letters] if len(letters) > 1 else letters[0].whole(), indent=2))
+            shown = [d.whole(full) for d in letters]
+            print(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
         elif action == "replay":
             result = await replay_letters(settings, origins)
             for origin, reason in result.refused:

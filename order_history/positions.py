@@ -52,6 +52,9 @@ _LOAD = """SELECT topic, partition, next_offset FROM consumer_positions
 _CREATE_MISSING = """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
                      SELECT $1, t, p, 0 FROM unnest($2::text[], $3::integer[]) AS x(t, p)
                      ON CONFLICT DO NOTHING"""
+_CREATE_AT = """INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset)
+                SELECT $1, t, p, o FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS x(t, p, o)
+                ON CONFLICT DO NOTHING"""
 _SELECT_FOR_UPDATE = """SELECT c.topic, c.partition, c.next_offset FROM consumer_positions c
                         JOIN unnest($2::text[], $3::integer[]) AS x(t, p) ON c.topic = x.t AND c.partition = x.p
                         WHERE c.consumer_group = $1
@@ -110,6 +113,10 @@ class Positions:
         if any(offset >= RETIRED for offset in stored.values()):
             raise PositionsRetired(f"positions of group {self.group!r} were retired by a rebuild")
         return stored
+
+    async def create(self, conn: Connection, offsets: Mapping[TopicPartition, int]) -> None:
+        """Create the rows of partitions that have none, at `offsets` (a row already there stays)."""
+        await conn.execute(_CREATE_AT, self.group, *_columns(offsets))
 
     async def advance(self, conn: Connection, next_offsets: Mapping[TopicPartition, int]) -> None:
         await conn.execute(_ADVANCE, self.group, *_columns(next_offsets))

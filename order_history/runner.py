@@ -240,13 +240,20 @@ class HistoryConsumer:
                     stored = await self.positions.load(conn, tps)
                 log_start = await self.consumer.beginning_offsets(tps)
                 log_end = await self.consumer.end_offsets(tps)
+                found = misfits(stored, log_start, log_end)
+                first = {tp: log_start[tp] for tp in tps if tp not in stored}
+                if first and not found:
+                    # A partition's position row from its assignment on, not from its first
+                    # applied record: `status` then sees a partition whose very first record
+                    # holds it as it sees any other (the row's updated_at stays put).
+                    async with self.pool.acquire(timeout=10) as conn:
+                        await self.positions.create(conn, first)
                 break
             except (*WAIT_OUT_ERRORS, KafkaError) as exc:
                 log.warning("cannot read positions, retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
                 if self.stopping:
                     return
                 await backoff.wait()
-        found = misfits(stored, log_start, log_end)
         if found:
             self.halt(found)
             return

@@ -63,8 +63,8 @@ async def gather(settings: Settings) -> dict[str, Any]:
                     "log_end": end,
                     "lag": behind,
                     "fits": position is None or starts[tp] <= position <= end,
-                    # Without a stored position nothing tells how long it has waited: the consumer's
-                    # consumer_partition_stuck_seconds does (it counts from the assignment).
+                    # The consumer stores a partition's position from its assignment on (None: no
+                    # consumer has been assigned it yet).
                     "unmoved_seconds": still.get(tp),
                     "stuck": behind > 0 and still.get(tp, 0.0) > settings.stuck_after,
                 }
