@@ -1,4 +1,4 @@
-"""`python -m devstack up|down|clean|status|install-kafka`: the Makefile's back end."""
+"""`python -m devstack up|down|clean|status [--json]|install-kafka`: the Makefile's back end."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import sys
 from devstack.databases import init_sql
 from devstack.errors import StackError
 from devstack.kafka import install_jars
-from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir
+from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir, render_status
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "clean", "status", "install-kafka", "infra", "init-sql"])
+    parser.add_argument("--json", action="store_true", help="status: print JSON instead of a line per process")
     args = parser.parse_args(argv)
     try:
         config = StackConfig.from_env(os.environ)
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "clean":
             stack.clean()
         else:
-            print(dump(stack.status()))
+            # Exit status 0 only if everything runs (STATUS_* in devstack/stack.py).
+            status = stack.status()
+            text, code = render_status(status)
+            print(dump(status) if args.json else text)
+            return code
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

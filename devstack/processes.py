@@ -13,6 +13,11 @@ from pathlib import Path
 
 from devstack.errors import StackError
 
+# What `state` says of a process (and `devstack status` prints).
+RUNNING = "running"
+EXITED = "not running (exited)"
+STOPPED = "not running (stopped)"
+
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -106,6 +111,8 @@ class ManagedProcess:
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
+        # Where this run's lines begin in a log that earlier runs wrote to: `log_since_start`.
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
             try:
                 proc = subprocess.Popen(
@@ -120,7 +127,7 @@ class ManagedProcess:
             except FileNotFoundError as exc:
                 raise StackError(f"{self.name}: cannot run {self.argv[0]!r}: {exc}") from exc
         self._child = proc
-        self.pid_file.write_text(f"{proc.pid}\n{self.marker}\n")
+        self.pid_file.write_text(f"{proc.pid}\n{self.marker}\n{log_start}\n")
         return proc.pid
 
     def exited_early(self) -> bool:
@@ -128,6 +135,28 @@ class ManagedProcess:
         if self._child is not None:
             return self._child.poll() is not None
         return self.pid_file.exists() and self.pid() is None
+
+    def state(self) -> str:
+        """RUNNING; EXITED if it died on its own (`stop` removes the PID file, a death leaves it); else STOPPED."""
+        if self.running():
+            return RUNNING
+        return EXITED if self.pid_file.exists() else STOPPED
+
+    def log_since_start(self) -> str:
+        """What the process now running (or last started) wrote to its log, not what earlier runs did."""
+        try:
+            start = int(self.pid_file.read_text().splitlines()[2])
+        except (OSError, ValueError, IndexError):
+            start = 0  # a PID file of an older devstack: the whole log
+        try:
+            with open(self.log_file, "rb") as log:
+                if start <= log.seek(0, os.SEEK_END):
+                    log.seek(start)
+                else:  # the log was truncated since
+                    log.seek(0)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
         """Signal the process and wait up to `timeout` for it to exit, then SIGKILL it.
@@ -171,7 +200,10 @@ class ManagedProcess:
     def kill9(self) -> None:
         self.stop(timeout=0.0, sig=signal.SIGKILL)
 
-    def tail(self, lines: int = 30) -> str:
+    def tail(self, lines: int = 30, since_start: bool = False) -> str:
+        """The log's last `lines`; with `since_start`, only of what the current (or last) run wrote."""
+        if since_start:
+            return "\n".join(self.log_since_start().splitlines()[-lines:]) or "(nothing in its log)"
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,32 @@ from devstack.databases import DATABASES
 from devstack.errors import StackError
 from devstack.kafka import KafkaCluster
 from devstack.postgres import PostgresServer
-from devstack.processes import ManagedProcess, port_is_free, run, stop_by_pid_file
+from devstack.processes import (
+    EXITED,
+    RUNNING,
+    STOPPED,
+    ManagedProcess,
+    pid_alive,
+    port_is_free,
+    run,
+    stop_by_pid_file,
+)
 from devstack.progress import say, step
 from devstack.prometheus import PrometheusServer
+from devstack.readiness import ConsumerView, Partition, from_log, from_metrics, partition_names
+from shared import events
 
 REPO = Path(__file__).resolve().parent.parent
+
+# How long `up` keeps watching, once everything is ready, that no process it started exits: a process
+# that fails on what it meets first (a setting, a port, a record) dies within moments of being ready.
+SETTLE_SECONDS = 3.0
+
+# `devstack status`'s exit status: LSB's for a service's status (0 running, 1 dead with its PID file
+# left, 3 not running), so that a script can tell a crash from a stack that was never started or stopped.
+STATUS_ALL_RUNNING = 0
+STATUS_EXITED = 1
+STATUS_STOPPED = 3
 
 # The order-history API's cursor key on this machine's stacks (`make up`, tests, benchmarks): a key of
 # their own, so that the API's warning about the public development key shows only where one serves
@@ -54,6 +76,8 @@ class StackConfig:
     consumers: int = 1
     # Prometheus scraping the stack with deploy/prometheus's rules (0: none; PROMETHEUS=1 starts it).
     prometheus_port: int = 0
+    # How long `up` waits for the APIs' /readyz and the consumers' partitions (READY_TIMEOUT).
+    ready_timeout: float = 120.0
     fast_pg: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +129,7 @@ class StackConfig:
             consumer_metrics_port=num("ORDER_HISTORY_METRICS_PORT", 8092),
             consumers=num("ORDER_HISTORY_CONSUMERS", 1),
             prometheus_port=num("PROMETHEUS_PORT", 9090) if env.get("PROMETHEUS", "0") not in ("", "0") else 0,
+            ready_timeout=num("READY_TIMEOUT", 120),
         )
 
 
@@ -177,6 +202,9 @@ class Stack:
         env.update(c.extra_env)
         return env
 
+    def consumer_name(self, i: int) -> str:
+        return f"order_history-consumer-{i}"
+
     def processes(self) -> list[ManagedProcess]:
         def proc(name: str, *args: str) -> ManagedProcess:
             return ManagedProcess(
@@ -196,7 +224,7 @@ class Stack:
             proc("goods-relay", "goods", "relay"),
         ]
         for i in range(self.config.consumers):
-            p = proc(f"order_history-consumer-{i}", "order_history", "consumer")
+            p = proc(self.consumer_name(i), "order_history", "consumer")
             p.argv = [*p.argv, f"--instance={i}"]
             if self.config.consumer_metrics_port:
                 p.env = {**(p.env or {}), "ORDER_HISTORY_METRICS_PORT": str(self.config.consumer_metrics_port + i)}
@@ -261,11 +289,20 @@ class Stack:
                     cwd=str(REPO),
                 )
 
-    def up(self, timeout: float = 120.0) -> None:
+    def up(self, settle: float = SETTLE_SECONDS) -> None:
+        """Start what is not running; return once all is ready and has stayed up `settle` seconds.
+
+        Raises StackError naming a process that exits meanwhile (with the end of
+        its log), or what is still not ready after the configured `ready_timeout`.
+        """
         self.start_infrastructure()
         self.migrate()
         ports = self.api_ports()
-        for p in self.processes():
+        # The same objects throughout: for a process started here, whether it still runs (and its exit
+        # status) is known from the child itself.
+        procs = self.processes()
+        started = False
+        for p in procs:
             if p.running():
                 continue
             port = ports.get(p.name)
@@ -274,24 +311,143 @@ class Stack:
                     f"{p.name}: port {port} on 127.0.0.1 is taken by another process; set its *_PORT variable"
                 )
             p.start()
-        self.wait_ready(timeout)
+            started = True
+        self.wait_ready(procs, self.config.ready_timeout)
+        watched = [*procs, *(n.process for n in self.kafka.nodes)]
         if self.config.prometheus_port:
+            started = started or not self.prometheus.running()
             self.prometheus.start(self.metrics_targets())
+            watched.append(self.prometheus.process)
+        if started:
+            self.settle(watched, settle)
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, procs: Sequence[ManagedProcess], timeout: float) -> None:
+        """Until every API's /readyz answers 200 and the consumers hold every partition at its stored position.
+
+        Raises StackError as soon as one of `procs` exits or a consumer halts, and after `timeout` seconds.
+        """
         deadline = time.monotonic() + timeout
-        with step("waiting for every /readyz to answer 200"):
+        consumers = self.consumers_of(procs)
+        with step("waiting for every /readyz to answer 200 and the consumers to take their partitions"):
             pending = dict(self.api_ports())
-            while pending:
-                for p in self.processes():
-                    if p.exited_early():
-                        raise StackError(f"{p.name} exited; last lines of {p.log_file}:\n{p.tail()}")
+            expected: frozenset[Partition] | None = None
+            while True:
+                self.check_running(procs)
                 for name, port in list(pending.items()):
                     if readyz(port) == 200:
                         del pending[name]
-                if pending and time.monotonic() > deadline:
-                    raise StackError(f"not ready after {timeout:.0f}s: {', '.join(pending)}; logs in {self.logs}")
+                if expected is None:
+                    expected = self.event_partitions(consumers)
+                consumers_lack = self.consumers_waiting(consumers, expected)
+                waiting = [f"{name} (/readyz)" for name in pending] + consumers_lack
+                if not waiting:
+                    return
+                if time.monotonic() > deadline:
+                    late = [p for p in procs if p.name in pending]
+                    late += [p for p, _ in consumers] if consumers_lack else []
+                    tails = "".join(f"\nlast lines of {_short(p.log_file)}:\n{p.tail(15, True)}" for p in late)
+                    raise StackError(
+                        f"not ready after {timeout:.0f}s: {'; '.join(waiting)}; logs in {_short(self.logs)}{tails}"
+                    )
                 time.sleep(0.2)
+
+    def settle(self, procs: Sequence[ManagedProcess], seconds: float) -> None:
+        """Watch for `seconds` that none of `procs` (nor PostgreSQL) exits."""
+        with step(f"checking for {seconds:.0f}s that every process keeps running"):
+            until = time.monotonic() + seconds
+            while True:
+                self.check_running(procs)
+                for server in (self.postgres, self.replica):
+                    if server is not None and not _postgres_alive(server):
+                        tail = _tail(server.log_file)
+                        raise StackError(f"PostgreSQL exited; last lines of {_short(server.log_file)}:\n{tail}")
+                if time.monotonic() >= until:
+                    return
+                time.sleep(0.2)
+
+    def check_running(self, procs: Sequence[ManagedProcess]) -> None:
+        """Raise StackError naming the first of `procs` that has exited, with the end of its log."""
+        for p in procs:
+            if not p.exited_early():
+                continue
+            status = p.exit_status()
+            if status is None:
+                how = "exited"
+            elif status < 0:
+                how = f"was killed by signal {-status}"
+            else:
+                how = f"exited with status {status}"
+            raise StackError(
+                f"{p.name} {how} after it was started; last lines of {_short(p.log_file)}:\n"
+                f"{p.tail(since_start=True)}\n"
+                f"The rest of the stack keeps running: fix the cause and run `make up` again (it starts what "
+                f"is not running), or `make down`. `make status` shows what runs."
+            )
+
+    # -- the consumers' readiness (devstack/readiness.py) -------------------
+    def consumers_of(self, procs: Sequence[ManagedProcess]) -> list[tuple[ManagedProcess, int]]:
+        """The consumer processes among `procs`, each with its metrics port (0: none, read its log)."""
+        by_name = {p.name: p for p in procs}
+        port = self.config.consumer_metrics_port
+        return [
+            (by_name[self.consumer_name(i)], port + i if port else 0)
+            for i in range(self.config.consumers)
+            if self.consumer_name(i) in by_name
+        ]
+
+    def event_partitions(self, consumers: Sequence[tuple[ManagedProcess, int]]) -> frozenset[Partition] | None:
+        """Every partition of the event topics, as the consumers name them; None while Kafka cannot say."""
+        from aiokafka.errors import KafkaError
+
+        if not consumers:
+            return frozenset()
+        env = {**os.environ, **(consumers[0][0].env or {})}
+        prefix = env.get("KAFKA_TOPIC_PREFIX", "")
+        topics = [prefix + topic for topic in events.TOPICS]
+        try:
+            found = frozenset(asyncio.run(self.kafka.describe(topics)))
+        except (KafkaError, OSError):
+            return None
+        absent = sorted(set(topics) - {topic for topic, _ in found})
+        if absent:  # the consumers would wait for an assignment for ever
+            raise StackError(
+                f"the consumers read {', '.join(absent)}, which Kafka does not have: this stack creates "
+                f"{', '.join(events.TOPICS)} without a prefix (KAFKA_TOPIC_PREFIX is {prefix!r})"
+            )
+        return found
+
+    def consumers_waiting(
+        self, consumers: Sequence[tuple[ManagedProcess, int]], expected: frozenset[Partition] | None
+    ) -> list[str]:
+        """What the consumers still lack to be ready (nothing: they are); StackError if one has halted."""
+        waiting: list[str] = []
+        views: list[ConsumerView] = []
+        idle: list[str] = []  # answering, but holding no partition (yet)
+        for p, port in consumers:
+            view = from_metrics(port) if port else from_log(p.log_since_start())
+            if view is None:
+                where = f"its /metrics on port {port} does not answer" if port else "no assignment in its log"
+                waiting.append(f"{p.name} ({where} yet)")
+            elif view.halted:
+                raise StackError(
+                    f"{p.name} has halted: the positions stored in the read database do not fit the Kafka log, "
+                    f'so it applies nothing (README, "Positions that do not fit the log"); '
+                    f"last lines of {_short(p.log_file)}:\n{p.tail(since_start=True)}"
+                )
+            else:
+                views.append(view)
+                if not view.positioned:
+                    idle.append(p.name)
+        if not consumers:
+            return waiting
+        if expected is None:
+            waiting.append("the event topics' partitions (Kafka has not described them)")
+        else:
+            missing = expected.difference(*(v.positioned for v in views))
+            if missing:
+                without = f" (without a partition: {', '.join(idle)})" if idle else ""
+                waiting.append(f"no consumer holds {partition_names(missing)} at its stored position yet{without}")
+        return waiting
 
     def down(self) -> None:
         for p in reversed(self.processes()):
@@ -336,34 +492,56 @@ class Stack:
             elif path is not None:
                 path.unlink(missing_ok=True)
 
-    def status(self) -> dict[str, object]:
-        out: dict[str, object] = {
+    def status(self) -> dict[str, dict[str, object]]:
+        """Each piece of the stack: its "state" (RUNNING, EXITED or STOPPED), PIDs, address and log."""
+        out: dict[str, dict[str, object]] = {
             "postgres": {
                 "port": self.config.pg_port,
                 "running": self.postgres.running(),
+                "state": _postgres_state(self.postgres),
                 "pid": self.postgres.postmaster_pid(),
+                "log": str(self.postgres.log_file),
             },
             "kafka": {
                 "bootstrap": self.kafka.bootstrap,
                 "running": self.kafka.running(),
+                "state": _worst([n.process.state() for n in self.kafka.nodes]),
                 "nodes": len(self.kafka.nodes),
                 "pids": self.kafka.pids(),
+                "log": ", ".join(str(n.process.log_file) for n in self.kafka.nodes),
             },
         }
         if self.replica is not None:
             out["postgres-replica"] = {
                 "port": self.config.pg_replica_port,
                 "running": self.replica.running(),
+                "state": _postgres_state(self.replica),
                 "pid": self.replica.postmaster_pid(),
+                "log": str(self.replica.log_file),
             }
-        if self.prometheus.running():
-            out["prometheus"] = {"url": self.prometheus.url, "pid": self.prometheus.process.pid()}
+        prometheus = self.prometheus.process
+        if self.config.prometheus_port or prometheus.pid_file.exists():
+            out["prometheus"] = {"url": self.prometheus.url, **_process_status(prometheus)}
         ports = self.api_ports()
-        for p in self.processes():
-            entry: dict[str, object] = {"pid": p.pid(), "log": str(p.log_file)}
+        procs = self.processes()
+        for p in procs:
+            entry = _process_status(p)
             if p.name in ports:
                 entry["url"] = f"http://127.0.0.1:{ports[p.name]}"
             out[p.name] = entry
+        # Others started in this stack: more consumers than ORDER_HISTORY_CONSUMERS says now.
+        known = {p.name for p in procs}
+        for pid_file in sorted(self.run_dir.glob("*.pid")):
+            if pid_file.stem in known:
+                continue
+            try:
+                marker = pid_file.read_text().splitlines()[1]
+            except (OSError, IndexError):
+                continue
+            other = ManagedProcess(
+                name=pid_file.stem, argv=[marker], pid_file=pid_file, log_file=self.logs / f"{pid_file.stem}.log"
+            )
+            out[other.name] = _process_status(other)
         return out
 
     def print_summary(self) -> None:
@@ -390,6 +568,78 @@ class Stack:
         print("  stop with `make down`; wipe data with `make clean`")
 
 
+def _process_status(p: ManagedProcess) -> dict[str, object]:
+    pid = p.pid()
+    state = RUNNING if pid is not None else p.state()
+    return {"pid": pid, "running": pid is not None, "state": state, "log": str(p.log_file)}
+
+
+def _postgres_state(server: PostgresServer) -> str:
+    if server.running():
+        return RUNNING
+    # A clean stop removes postmaster.pid; a crash leaves it.
+    return EXITED if (server.data_dir / "postmaster.pid").exists() else STOPPED
+
+
+def _worst(states: Sequence[str]) -> str:
+    """One state for several processes (Kafka's nodes): running only if all are."""
+    for state in (EXITED, STOPPED):
+        if state in states:
+            return state
+    return RUNNING
+
+
+def render_status(status: Mapping[str, Mapping[str, object]]) -> tuple[str, int]:
+    """`devstack status` as people read it, a line per process, and its exit status (STATUS_*)."""
+    rows: list[tuple[str, ...]] = []
+    down: list[tuple[str, str]] = []
+    for name, entry in status.items():
+        state = str(entry.get("state", STOPPED))
+        listed = entry.get("pids")
+        pids = listed if isinstance(listed, list) else [entry.get("pid")]
+        shown = [str(pid) for pid in pids if pid] if state == RUNNING else []
+        pid_text = ("pid " if len(shown) == 1 else "pids ") + ", ".join(shown) if shown else ""
+        port = entry.get("port")
+        where = str(entry.get("url") or entry.get("bootstrap") or (f"127.0.0.1:{port}" if port else ""))
+        rows.append((name, state, pid_text, where, _short(*str(entry.get("log", "")).split(", "))))
+        if state != RUNNING:
+            down.append((name, state))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    columns = [*widths, 0]  # the last column (the log) is not padded
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, columns, strict=True)).rstrip() for row in rows]
+    if not down:
+        lines.append(f"all {len(rows)} running")
+        return "\n".join(lines), STATUS_ALL_RUNNING
+    if len(down) == len(rows) and all(state == STOPPED for _, state in down):
+        lines.append("the stack is stopped; `make up` starts it")
+        return "\n".join(lines), STATUS_STOPPED
+    named = ", ".join(f"{name} ({state.removeprefix('not running (').rstrip(')')})" for name, state in down)
+    exited = any(state == EXITED for _, state in down)
+    why = " The log of a process that exited says why;" if exited else ""
+    lines.append(f"not running: {named}.{why} `make up` starts what is not running.")
+    return "\n".join(lines), STATUS_EXITED if exited else STATUS_STOPPED
+
+
+def _short(*paths: str | Path) -> str:
+    """Paths under the checkout relative to it, as people type them there (`make` runs there); others whole."""
+    return ", ".join(
+        str(Path(p).relative_to(REPO)) if Path(p).is_relative_to(REPO) else str(p) for p in paths if str(p)
+    )
+
+
+def _postgres_alive(server: PostgresServer) -> bool:
+    # Its PID file and that PID, not `pg_ctl status`: cheap enough to ask several times a second.
+    pid = server.postmaster_pid()
+    return pid is not None and pid_alive(pid)
+
+
+def _tail(log_file: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def readyz(port: int) -> int | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
@@ -400,5 +650,5 @@ def readyz(port: int) -> int | None:
         return None
 
 
-def dump(status: dict[str, object]) -> str:
+def dump(status: Mapping[str, object]) -> str:
     return json.dumps(status, indent=2)

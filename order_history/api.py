@@ -17,7 +17,7 @@ from order_history.settings import DEV_CURSOR_KEY, Settings
 from shared import consistency
 from shared.events import MAX_ID
 from shared.http.app import create_service_app, json_response, pool_of
-from shared.http.errors import ERROR_RESPONSES, ApiError, NotYetConsistent, NotYetConsistentBody
+from shared.http.errors import ERROR_RESPONSES, ApiError, ErrorBody, NotYetConsistent, NotYetConsistentBody
 from shared.refusals import NotFound
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,24 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/order-history", tags=["order-history"])
 
 
-# The reads' errors: 412 when the Consistency-Token writes are not reflected in time.
-_RESPONSES = {
-    **{status: doc for status, doc in ERROR_RESPONSES.items() if status not in (412, 413)},
+# The reads' errors: 412 when the Consistency-Token writes are not reflected in time; 413 for a body
+# over the limit, which is refused before any route reads it (shared/http/limits.py).
+_DETAIL_RESPONSES = {
+    **{status: doc for status, doc in ERROR_RESPONSES.items() if status != 412},
     412: {
         "model": NotYetConsistentBody,
         "description": "the read model does not reflect the writes named by Consistency-Token within the wait "
         "(Retry-After: 1)",
+    },
+}
+# The list names no id: it has no 404. Its 422 also answers a cursor of the documented shape that
+# this service did not make for this query: a schema cannot tell a signed cursor from another.
+_LIST_RESPONSES = {
+    **{status: doc for status, doc in _DETAIL_RESPONSES.items() if status != 404},
+    422: {
+        "model": ErrorBody,
+        "description": "a parameter is missing, of the wrong type or out of range; or `cursor` is not one this "
+        "service made for this query (filters, threshold and sort), or comes with `offset`",
     },
 }
 _WAITING = {"parameters": consistency.openapi_parameters()}
@@ -40,7 +51,7 @@ _WAITING = {"parameters": consistency.openapi_parameters()}
 @router.get(
     "",
     response_model=HistoryPage,
-    responses=_RESPONSES,
+    responses=_LIST_RESPONSES,
     openapi_extra=_WAITING,
     summary="Orders with more than `threshold` goods, filtered by user and creation time, by id or newest first, "
     "paged by cursor (or offset)",
@@ -57,7 +68,7 @@ async def list_order_history(params: Annotated[HistoryQuery, Query()], request: 
 @router.get(
     "/{order_id}",
     response_model=OrderHistoryDetail,
-    responses=_RESPONSES,
+    responses=_DETAIL_RESPONSES,
     openapi_extra=_WAITING,
     summary="One order, its goods count, and a page of its goods by id (the next page by `goods_after`)",
 )

@@ -23,16 +23,24 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import string
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 _VERSION = 1
 _TAG = 16
 _BODY = struct.calcsize(">B8sqq")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
-# The longest cursor encode() makes: the OpenAPI document's bound on the parameter.
-MAX_LENGTH = 64
+_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+# Every cursor encode() makes has this length, and its last character leaves the bits past the
+# data at zero (the canonical form decode() insists on): the OpenAPI document's shape of the
+# parameter, so that only a string shaped like one of its cursors is valid there.
+LENGTH: Final = len(base64.urlsafe_b64encode(bytes(_BODY + _TAG)).rstrip(b"="))
+_UNUSED_BITS: Final = (-8 * (_BODY + _TAG)) % 6
+_LAST_CHARACTERS: Final = _ALPHABET[:: 1 << _UNUSED_BITS].replace("-", "\\-")
+PATTERN: Final = f"^[A-Za-z0-9_-]{{{LENGTH - 1}}}[{_LAST_CHARACTERS}]$"
 
 
 class BadCursor(ValueError):

@@ -43,7 +43,6 @@ import pydantic_core
 from shared.database import Connection
 from shared.events import (
     CATALOGUE,
-    GONE_VERSION,
     Event,
     GoodsData,
     GoodsDeletedData,
@@ -399,12 +398,17 @@ async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
 
 # Snapshots (*.resynced, written by `resync`), a few statements per part: rare
 # repairs, not the hot path. Each overwrites a row whose version is not newer
-# (`<=`: the row may wrongly claim the snapshot's version); one of an entity the
-# command side no longer has marks the row deleted for good (GONE_VERSION), if
+# (`<=`: the row may wrongly claim the snapshot's version). One of an entity the
+# command side does not have marks the row deleted at the snapshot's version, if
 # the read model has it as created by its own events (a placeholder order may
-# yet be created). goods_count is then recounted, not maintained, for every
-# order they touch: a repaired row may have been counted wrongly before.
-_RESYNC_GOODS = f"""WITH s AS (
+# yet be created): GONE_VERSION for an id its service deleted, so nothing comes
+# after it; for an id its service has not handed out yet, the version the row
+# had, above which the service will start the entity it later creates there
+# (shared/resync.py). Either way the row stays as a tombstone, and the version
+# guard of every later event decides, as for a delete. goods_count is then
+# recounted, not maintained, for every order they touch: a repaired row may
+# have been counted wrongly before.
+_RESYNC_GOODS = """WITH s AS (
     SELECT * FROM unnest($1::bigint[], $2::boolean[], $3::bigint[], $4::text[], $5::timestamptz[],
                          $6::timestamptz[], $7::integer[])
         AS t(id, present, order_id, name, created_at, updated_at, version)
@@ -419,14 +423,14 @@ _RESYNC_GOODS = f"""WITH s AS (
     WHERE g.version <= EXCLUDED.version
     RETURNING g.id, g.order_id
 ), gone AS (
-    UPDATE goods g SET deleted = true, version = {GONE_VERSION}, counted_in_before = NULL
-    FROM s WHERE g.id = s.id AND NOT s.present AND g.version < {GONE_VERSION}
+    UPDATE goods g SET deleted = true, version = s.version, counted_in_before = NULL
+    FROM s WHERE g.id = s.id AND NOT s.present AND g.version <= s.version
     RETURNING g.id
 )
 SELECT array(SELECT order_id FROM written
              UNION SELECT b.order_id FROM before b JOIN (SELECT id FROM written UNION ALL SELECT id FROM gone) c
                    USING (id)) AS orders"""
-_RESYNC_ORDERS = f"""WITH s AS (
+_RESYNC_ORDERS = """WITH s AS (
     SELECT * FROM unnest($1::bigint[], $2::boolean[], $3::bigint[], $4::timestamptz[], $5::timestamptz[],
                          $6::integer[])
         AS t(id, present, user_id, created_at, updated_at, version)
@@ -439,8 +443,8 @@ _RESYNC_ORDERS = f"""WITH s AS (
     WHERE o.version <= EXCLUDED.version
     RETURNING o.id
 ), gone AS (
-    UPDATE orders o SET deleted = true, version = {GONE_VERSION}
-    FROM s WHERE o.id = s.id AND NOT s.present AND o.known AND o.version < {GONE_VERSION}
+    UPDATE orders o SET deleted = true, version = s.version
+    FROM s WHERE o.id = s.id AND NOT s.present AND o.known AND o.version <= s.version
     RETURNING o.id
 )
 SELECT array(SELECT id FROM written UNION ALL SELECT id FROM gone) AS orders"""

@@ -68,7 +68,7 @@ SESSION_SETTINGS: Final = {
     "synchronous_commit": "off",
     # The batch statement reaches every row by primary key, whatever the sizes:
     # one generic plan serves every batch. A custom plan would also parse each
-    # batch's array literals a second time, at planning (docs/benchmarks.md).
+    # batch's array literals a second time, at planning (docs/benchmarks.md, third round).
     "plan_cache_mode": "force_generic_plan",
 }
 _HALTED_REMINDER = 60.0

@@ -65,7 +65,7 @@ class Settings(CommonSettings):
     # memory in a catch-up: aiokafka holds one fetched response per partition
     # beside the lanes' parts. Kafka's own 1 MiB per partition costs no
     # throughput here and holds far less than 4 MiB did (docs/benchmarks.md,
-    # "The consumer's memory from a cold start").
+    # "Consumer" in Latest results).
     fetch_max_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="bytes of messages one fetch from Kafka may return"
     )
@@ -75,7 +75,7 @@ class Settings(CommonSettings):
     # The prefetcher takes this many messages from aiokafka at a time, decodes them,
     # then lets the loop run (to send the current batch's next statement), so that
     # Python's work on the next batch and PostgreSQL's on the current one overlap
-    # without delaying the current one (docs/benchmarks.md, fifth round).
+    # without delaying the current one (docs/benchmarks.md, third round).
     fetch_slice: int = Field(default=500, ge=1)
     # While a lane is full, how long the prefetcher waits for the other partitions'
     # messages: the full lane's partitions are not fetched until it returns.

@@ -32,7 +32,7 @@ from shared.entrypoints import at_least, run_api, run_migrations, run_relay
 from shared.events import MAX_ID, MAX_VERSION, TOPIC_OF_TYPE
 from shared.http.app import Direct, create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES
-from shared.http.fields import etag, parse_if_match, path_id, read_fields, validate_fields
+from shared.http.fields import IF_MATCH_PATTERN, etag, parse_if_match, path_id, read_fields, validate_fields
 from shared.notify import Notifier
 from shared.settings import CommandServiceSettings
 
@@ -104,8 +104,10 @@ def _parameters(resource: Resource[Any, Any], if_match: bool) -> dict[str, Any]:
                 "name": "If-Match",
                 "in": "header",
                 "required": False,
-                "description": 'the version the change expects, as an ETag ("3"); * or absent: any',
-                "schema": {"type": "string", "pattern": f'^"([1-9][0-9]{{0,{len(str(MAX_VERSION)) - 2}}})"$'},
+                "description": f'the version the change expects, as an ETag ("3"; 1 to {MAX_VERSION}, no leading '
+                "zeros; the quotes may be left out): another version answers 412 and changes nothing. `*` or "
+                "absent: any version. A weak tag (W/...) never matches: 412. Anything else: 400",
+                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
             }
         )
     return {"parameters": params}
@@ -174,7 +176,8 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         read,
         methods=["GET"],
         response_model=public,
-        responses=_without(412, 413),
+        # A body over the limit is refused before any route reads it (shared/http/limits.py): 413 even here.
+        responses=_without(412),
         openapi_extra=_parameters(resource, if_match=False),
         summary=f"The {entity.name} and its version (ETag)",
     )
@@ -192,7 +195,7 @@ def command_routes(resource: Resource[C, U]) -> tuple[APIRouter, list[Route]]:
         remove,
         methods=["DELETE"],
         status_code=204,
-        responses={**_without(413), 204: _written("Deleted")},
+        responses={**ERROR_RESPONSES, 204: _written("Deleted")},
         openapi_extra=_parameters(resource, if_match=True),
         summary=f"Delete the {entity.name} (its event carries its last state)",
     )
@@ -295,7 +298,8 @@ def command_main(
         help=f"re-publish the current state of {service} entities through the outbox (safe while running)",
         description=f"Publish a snapshot ({service}.resynced) of each chosen {service} through the outbox: the "
         "read model then shows the command side's state, also over a row that claims the same version. "
-        "An id that no longer exists is published as deleted.",
+        "An id that no longer exists is published as deleted; one the id sequence has not handed out yet is "
+        "skipped, or with --remove-unassigned published as removed.",
     )
     which = resync_parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--ids", action="append", metavar="1,2,3", help="these ids (comma-separated, repeatable)")
@@ -314,13 +318,26 @@ def command_main(
         default=60.0,
         help="fail if the outbox stays over --max-backlog without shrinking this many seconds (60)",
     )
+    resync_parser.add_argument(
+        "--remove-unassigned",
+        metavar="VERSION",
+        help="with --ids: publish those the id sequence has not handed out yet as removed at VERSION (the "
+        "version the read model holds for them), and start the entity the sequence later hands each one to "
+        "at VERSION + 1 (what `order-history reconcile --repair` does)",
+    )
+    resync_parser.add_argument("--json", action="store_true", help="print JSON instead of the summary line")
     args = parser.parse_args(argv)
     settings = settings_type()
     if args.command == "resync":
         try:
+            if args.remove_unassigned is not None and not args.ids:
+                raise ValueError("--remove-unassigned needs --ids")
             selection = resync.Selection(
                 ids=resync.parse_ids(args.ids) if args.ids else None,
                 since=resync.parse_since(args.since) if args.since else None,
+                remove_unassigned=(
+                    None if args.remove_unassigned is None else resync.parse_removal_version(args.remove_unassigned)
+                ),
             )
         except ValueError as exc:
             parser.error(str(exc))
@@ -334,6 +351,7 @@ def command_main(
                     args.batch_size,
                     args.max_backlog,
                     args.stall_timeout,
+                    args.json,
                 )
             )
         )

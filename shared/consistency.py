@@ -33,6 +33,11 @@ _ONE: Final = rf"[og]{_ID}\.{_VERSION}"
 # MAX_LENGTH characters (so at most 100 tokens); the OpenAPI documents give both.
 PATTERN: Final = rf"^[ \t]*{_ONE}(?:[ \t]*,[ \t]*{_ONE})*[ \t]*$"
 MAX_LENGTH: Final = 499
+# A write's answer names one token.
+TOKEN_PATTERN: Final = rf"^{_ONE}$"
+# The documents' `format` of the header: the pattern says what is valid; the name lets a client's
+# generator (and the fuzz stage's, tests/fuzz_hooks.py) make tokens for it.
+FORMAT: Final = "consistency-token"
 _TOKEN: Final = re.compile(rf"([og])({_ID})\.({_VERSION})", re.ASCII)
 _HEADER: Final = re.compile(PATTERN, re.ASCII)
 _WAIT: Final = re.compile(r"[ \t]*wait[ \t]*=[ \t]*\"?([0-9]{1,6})\"?[ \t]*", re.ASCII | re.IGNORECASE)
@@ -89,15 +94,17 @@ def openapi_parameters() -> list[dict[str, object]]:
             "required": False,
             "description": "tokens of writes (from their Consistency-Token response headers, comma-separated): "
             "answer once the read model reflects them all",
-            "schema": {"type": "string", "pattern": PATTERN, "maxLength": MAX_LENGTH},
+            "schema": {"type": "string", "format": FORMAT, "pattern": PATTERN, "maxLength": MAX_LENGTH},
         },
         {
             "name": "Prefer",
             "in": "header",
             "required": False,
-            "description": f"`wait=N`: with {HEADER}, wait up to N seconds (at most {MAX_WAIT:.0f}; "
-            f"default {DEFAULT_WAIT:.0f}); other preferences are ignored",
-            "schema": {"type": "string"},
+            "description": f"RFC 7240 preferences, comma-separated. `wait=N` (N whole seconds, at most six digits; "
+            f'`wait="N"` too; the first one counts): with {HEADER}, wait up to N seconds (at most '
+            f"{MAX_WAIT:.0f}; default {DEFAULT_WAIT:.0f}; `wait=0`: answer at once). Other preferences, and "
+            "malformed ones, are ignored as RFC 7240 asks: any value is accepted",
+            "schema": {"type": "string", "examples": ["wait=5"]},
         },
     ]
 
@@ -107,6 +114,6 @@ def openapi_response_header() -> dict[str, object]:
     return {
         HEADER: {
             "description": "names this write: send it with a read of order-history to see the write reflected",
-            "schema": {"type": "string", "pattern": PATTERN},
+            "schema": {"type": "string", "format": FORMAT, "pattern": TOKEN_PATTERN},
         }
     }

@@ -117,10 +117,12 @@ class GoodsDeletedData(_Payload):
 class _Resynced(_Payload):
     """A snapshot re-published by `resync`: the entity's current state in its command service.
 
-    `exists` false: the service has no such entity any more (it was deleted;
-    ids are never reused), and the state fields are absent. The consumer applies
-    a snapshot also over a read row that claims the same version (a repair, not a
-    duplicate), never over a newer one (docs/events.md).
+    `exists` false: the service has no such entity, and the state fields are
+    absent. At GONE_VERSION for an id it deleted (ids are never handed out
+    twice); at a lower version for an id its sequence has not handed out yet,
+    where the entity it creates later starts above that version (shared/resync.py).
+    The consumer applies a snapshot also over a read row that claims the same
+    version (a repair, not a duplicate), never over a newer one (README, "Events").
     """
 
     exists: bool = True
@@ -221,8 +223,10 @@ KnownType = Annotated[str, Field(strict=True), AfterValidator(_known_type), With
 SchemaVersion = Annotated[int, Field(ge=1, strict=True)]
 MAX_VERSION: Final = 2**31 - 1
 AggregateVersion = Annotated[int, Field(ge=1, le=MAX_VERSION, strict=True)]
-# The aggregate_version of a snapshot saying "no such entity": deleted for good,
-# so no later event of it can exist, and no late one may resurrect it.
+# The aggregate_version of a snapshot saying "no such entity" of an id its service
+# deleted: deleted for good, so no later event of it can exist, and no late one may
+# resurrect it. (An id the service has not handed out yet is removed at a lower
+# version: shared/resync.py.)
 GONE_VERSION: Final = MAX_VERSION
 
 

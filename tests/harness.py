@@ -403,8 +403,8 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
 
 async def truncate_all(env: Env) -> None:
     for service, tables in (
-        ("order", "orders, outbox"),
-        ("goods", "goods, outbox"),
+        ("order", "orders, outbox, version_floors"),
+        ("goods", "goods, outbox, version_floors"),
         ("order_history", "orders, goods, consumer_positions, dead_letters"),
     ):
         await env.as_owner(service, f"TRUNCATE {tables} RESTART IDENTITY")

@@ -3,15 +3,17 @@ health endpoints, and routes served directly by Starlette where asked for."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
@@ -117,7 +119,49 @@ def create_service_app(
         app.router.routes.extend(router.routes)
     metrics = Route("/metrics", metrics_endpoint(scrape_gauges), methods=["GET"], include_in_schema=False)
     app.router.routes[0:0] = [*direct_routes, metrics]
+    keep_written_openapi(app)
     return app
+
+
+def keep_written_openapi(app: FastAPI) -> None:
+    """Make the app's OpenAPI document carry each route's `openapi_extra` exactly as it is written.
+
+    FastAPI passes its document through its OpenAPI models, whose numeric keywords are floats: where
+    it keeps what they made of a path (those without parameters, here), an id's bound 2^63-1 comes out
+    as 2^63 and `1` as `1.0`, so the document would admit ids the API refuses. The routes' own parts
+    (request bodies, parameters) are put back from the route as written, after FastAPI is done.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        for route in app.routes:
+            if not (isinstance(route, APIRoute) and route.include_in_schema and route.openapi_extra):
+                continue
+            operations = document["paths"].get(route.path_format, {})
+            for method in route.methods or ():
+                operation = operations.get(method.lower())
+                if operation is not None:
+                    _restore(operation, route.openapi_extra)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _restore(target: dict[str, Any], written: Mapping[str, Any]) -> None:
+    """Put `written` back into `target`: what FastAPI merged it into (parameters by name and place)."""
+    for key, value in written.items():
+        current = target.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            _restore(current, value)
+        elif key == "parameters" and isinstance(value, list) and isinstance(current, list):
+            # FastAPI appended these to its own parameters: each goes back in its place.
+            by_place = {(p["name"], p["in"]): p for p in value}
+            target[key] = [copy.deepcopy(by_place.get((p.get("name"), p.get("in")), p)) for p in current]
+        else:
+            target[key] = copy.deepcopy(value)
 
 
 def pool_of(request: Request) -> asyncpg.Pool:

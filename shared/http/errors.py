@@ -78,7 +78,10 @@ class NotYetConsistentBody(ErrorBody):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request"},
     404: {"model": ErrorBody, "description": "unknown id"},
-    412: {"model": ErrorBody, "description": "If-Match names another version"},
+    412: {
+        "model": ErrorBody,
+        "description": "If-Match names another version (ETag: the current one), or is a weak tag, which never matches",
+    },
     413: {"model": ErrorBody, "description": f"request body over {MAX_BODY_BYTES} bytes"},
     422: {"model": ErrorBody, "description": "a field is missing, of the wrong type or out of range"},
     503: {"model": ErrorBody, "description": "the database is not reachable; retry after Retry-After seconds"},

@@ -23,7 +23,40 @@ from shared.http.errors import ApiError, FieldErrors, validation_fields
 M = TypeVar("M", bound=BaseModel)
 
 _FORM_INT: Final = re.compile(r"-?[0-9]{1,20}", re.ASCII)
-_VERSION_TAG: Final = re.compile(r'"?([0-9]{1,10})"?', re.ASCII)
+
+
+def whole_numbers_up_to(highest: int) -> str:
+    """A regular expression (no anchors) of the decimal numbers 1 .. `highest`, without leading zeros.
+
+    The documents' patterns are built from it, so that a pattern admits exactly the numbers the
+    API accepts: one alternative per length below that of `highest`, then one per digit of it.
+    """
+    digits = str(highest)
+    shorter = [f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else []
+    same_length = []
+    for i, digit in enumerate(digits):
+        low, below = (1 if i == 0 else 0), int(digit) - 1
+        if below >= low:
+            rest = len(digits) - i - 1
+            same_length.append(digits[:i] + _digits(low, below) + _any_digits(rest))
+    return "(?:" + "|".join([*shorter, *same_length, digits]) + ")"
+
+
+def _digits(low: int, high: int) -> str:
+    return str(low) if low == high else f"[{low}-{high}]"
+
+
+def _any_digits(count: int) -> str:
+    return "" if count == 0 else "[0-9]" if count == 1 else f"[0-9]{{{count}}}"
+
+
+_VERSION: Final = whole_numbers_up_to(MAX_VERSION)
+# What the API accepts as If-Match, between optional spaces and tabs (HTTP's OWS): `*`, a version
+# as a strong ETag ("3") or bare (3, for clients that forget the quotes), or any weak tag (W/...),
+# which never matches (412). Its own ETags are versions without leading zeros, and strong tags
+# compare character by character (RFC 9110 8.8.3.2): "03" could never match, so it is refused.
+IF_MATCH_PATTERN: Final = rf'^[ \t]*(?:\*|W/.*|"{_VERSION}"|{_VERSION})[ \t]*$'
+_STRONG_TAG: Final = re.compile(rf'"({_VERSION})"|({_VERSION})', re.ASCII)
 
 
 async def read_fields(
@@ -122,19 +155,24 @@ def parse_if_match(request: Request) -> int | None:
     (`W/"3"`) never matches, so it fails the precondition.
     """
     raw = request.headers.get("if-match")
-    if raw is None or raw.strip() == "*":
+    if raw is None:
         return None
-    value = raw.strip()
+    value = raw.strip(" \t")  # HTTP's optional whitespace, as IF_MATCH_PATTERN allows
+    if value == "*":
+        return None
     if value.startswith("W/"):
         raise ApiError(
             412, "version_mismatch", 'If-Match needs a strong ETag like "3"; a weak one never matches', "If-Match"
         )
-    match = _VERSION_TAG.fullmatch(value)
-    if match is None or not 1 <= int(match.group(1)) <= MAX_VERSION:
+    match = _STRONG_TAG.fullmatch(value)
+    if match is None:
         raise ApiError(
-            400, "invalid_if_match", f'If-Match must be a version in quotes, like "3"; got {raw[:40]!r}', "If-Match"
+            400,
+            "invalid_if_match",
+            f'If-Match must be a version in quotes, like "3" (1 to {MAX_VERSION}); got {raw[:40]!r}',
+            "If-Match",
         )
-    return int(match.group(1))
+    return int(match.group(1) or match.group(2))
 
 
 def etag(version: int) -> str:

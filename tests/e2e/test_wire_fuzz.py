@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -375,6 +376,7 @@ async def _gets(client: httpx.AsyncClient, ids: set[int]) -> None:
         assert answer.status_code < 500, (entity_id, answer.status_code, answer.text[:300])
 
 
+@pytest.mark.timeout(600 + 3 * EXAMPLES)  # the long profile's examples take their time; each is bounded itself
 async def test_every_record_is_applied_dead_lettered_or_parked(env: Env) -> None:
     consumer = env.process("consumer", "order_history", "consumer")
     metrics_port = free_port()
@@ -503,7 +505,8 @@ async def test_every_record_is_applied_dead_lettered_or_parked(env: Env) -> None
     before = await _valid_block(env)
     rebuilt = await command(env, "order_history", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert await _valid_block(env) == before
+    after = await _valid_block(env)
+    assert after == before, _difference(before, after)
     history = await env.pool("order_history")
     origins = {
         (r["topic"], r["partition"], r["offset"])
@@ -514,6 +517,17 @@ async def test_every_record_is_applied_dead_lettered_or_parked(env: Env) -> None
     assert replayed.returncode in (0, 1) and "Traceback" not in replayed.stderr, replayed.stderr[-3000:]
     assert await _valid_block(env) == before
     assert not consumer.exited_early(), consumer.tail(40)
+
+
+def _difference(before: Snapshot, after: Snapshot) -> str:
+    """What differs between two snapshots, row by row (for a failure's message)."""
+    lines = []
+    for name in ("orders", "goods"):
+        old, new = getattr(before, name), getattr(after, name)
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                lines.append(f"{name} {key}: {old.get(key)} -> {new.get(key)}")
+    return f"{len(lines)} rows differ:\n" + "\n".join(lines[:60])
 
 
 async def wait_ready_history(env: Env) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from starlette.requests import Request
 
 from order_history.queries import BAND_UPPER, BANDS, band_of, merge_query
 from shared.http.errors import ApiError
-from shared.http.fields import parse_if_match
+from shared.http.fields import IF_MATCH_PATTERN, parse_if_match, whole_numbers_up_to
 
 
 def request_with(if_match: str | None) -> Request:
@@ -15,16 +17,35 @@ def request_with(if_match: str | None) -> Request:
     return Request({"type": "http", "method": "PATCH", "path": "/", "headers": headers, "query_string": b""})
 
 
-@pytest.mark.parametrize(("header", "version"), [(None, None), ("*", None), ('"3"', 3), ("3", 3), (' "12" ', 12)])
+ACCEPTED_IF_MATCH = [(None, None), ("*", None), ('"3"', 3), ("3", 3), (' "12" ', 12), ("\t*\t", None)]
+ACCEPTED_IF_MATCH += [('"2147483647"', 2**31 - 1), ("1000000000", 10**9)]
+# Unbalanced quotes, leading zeros (a strong tag compares character by character: "03" is not "3"),
+# whitespace other than HTTP's spaces and tabs.
+REFUSED_IF_MATCH = ['"abc"', '"0"', '"-1"', "", '"99999999999"', '"\u00b2"', '"1"2"', '"2147483648"']
+REFUSED_IF_MATCH += ['"3', '3"', '"03"', "03", '\u00a0"3"', '"3"\u00a0']
+
+
+@pytest.mark.parametrize(("header", "version"), ACCEPTED_IF_MATCH)
 def test_if_match_accepts_versions(header: str | None, version: int | None) -> None:
     assert parse_if_match(request_with(header)) == version
+    assert header is None or re.search(IF_MATCH_PATTERN, header)  # and the document says so
 
 
-@pytest.mark.parametrize("header", ['"abc"', '"0"', '"-1"', "", '"99999999999"', '"\u00b2"', '"1"2"'])
+@pytest.mark.parametrize("header", REFUSED_IF_MATCH)
 def test_if_match_rejects_garbage_with_a_400(header: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_if_match(request_with(header))
     assert info.value.status == 400 and info.value.field == "If-Match"
+    assert not re.search(IF_MATCH_PATTERN, header)  # and the document says so
+
+
+@pytest.mark.parametrize("highest", [1, 2, 9, 10, 11, 19, 20, 99, 100, 101, 110, 1203, 2**31 - 1, 2**63 - 1])
+def test_the_pattern_of_whole_numbers_admits_exactly_one_to_the_highest(highest: int) -> None:
+    pattern = re.compile(whole_numbers_up_to(highest))
+    near = {0, 1, 2, 9, 10, 11, 99, 100, 101, *range(highest - 12, highest + 13), highest * 10, highest * 10 + 9}
+    for n in {n for n in near if n >= 0} | set(range(min(highest, 5000) + 2)):
+        assert bool(pattern.fullmatch(str(n))) == (1 <= n <= highest), n
+        assert not pattern.fullmatch(f"0{n}")
 
 
 def test_merge_query_has_one_branch_per_band_from_the_first_and_filters_only_the_first() -> None:
@@ -63,10 +84,12 @@ def test_bands_grow_with_the_count_up_to_the_last() -> None:
     assert bands == sorted(bands)
 
 
-def test_a_weak_etag_never_matches() -> None:
+@pytest.mark.parametrize("header", ['W/"12"', 'W/"abc"', " W/x "])
+def test_a_weak_etag_never_matches(header: str) -> None:
     with pytest.raises(ApiError) as info:
-        parse_if_match(request_with('W/"12"'))
+        parse_if_match(request_with(header))
     assert info.value.status == 412
+    assert re.search(IF_MATCH_PATTERN, header)  # a documented answer to a documented value
 
 
 def test_every_command_route_is_served_directly_ahead_of_fastapis_and_documented() -> None:

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import re
 import struct
 
 import pytest
@@ -21,9 +22,9 @@ QUERY = cursors.fingerprint(0, 7, None, None, True)
 AFTER = cursors.After(id=2**63 - 1, created_at=dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC))
 
 
-def test_a_cursor_names_its_row_exactly_and_fits_the_documented_length() -> None:
+def test_a_cursor_names_its_row_exactly_and_has_the_documented_shape() -> None:
     cursor = cursors.encode(KEY, QUERY, AFTER)
-    assert len(cursor) <= cursors.MAX_LENGTH and cursor.replace("-", "").replace("_", "").isalnum()
+    assert len(cursor) == cursors.LENGTH and re.fullmatch(cursors.PATTERN, cursor)
     assert cursors.decode(KEY, QUERY, cursor) == AFTER
     early = cursors.After(id=1, created_at=dt.datetime(1, 1, 1, tzinfo=dt.UTC))
     assert cursors.decode(KEY, QUERY, cursors.encode(KEY, QUERY, early)) == early
@@ -102,8 +103,18 @@ def test_any_string_is_a_cursor_or_refused(cursor: str) -> None:
 @settings(max_examples=500)
 @given(st.binary(min_size=41, max_size=41))
 def test_any_body_of_a_cursors_length_is_refused_unless_signed(raw: bytes) -> None:
-    with pytest.raises(cursors.BadCursor):
-        cursors.decode(KEY, QUERY, base64.urlsafe_b64encode(raw).rstrip(b"=").decode())
+    cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    assert re.fullmatch(cursors.PATTERN, cursor)  # of the documented shape, yet refused: a documented 422
+    with pytest.raises(cursors.BadCursor, match="altered, truncated or forged"):
+        cursors.decode(KEY, QUERY, cursor)
+
+
+@settings(max_examples=500)
+@given(st.from_regex(cursors.PATTERN, fullmatch=True))
+def test_every_string_of_the_documented_shape_is_a_cursors_body(cursor: str) -> None:
+    """The pattern is no wider than encode()'s output: only the signature can refuse such a string."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert len(raw) == 41 and base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == cursor
 
 
 @settings(max_examples=1000)
@@ -133,4 +144,6 @@ def test_every_cursor_encode_makes_is_decoded_to_its_row(last_id: int, created_a
     # Python's own limits: no time of year 1 east of UTC or of year 9999 west of it.
     assume(dt.datetime.min.replace(tzinfo=dt.UTC) <= created_at <= dt.datetime.max.replace(tzinfo=dt.UTC))
     after = cursors.After(id=last_id, created_at=created_at)
-    assert cursors.decode(KEY, QUERY, cursors.encode(KEY, QUERY, after)) == after
+    cursor = cursors.encode(KEY, QUERY, after)
+    assert re.fullmatch(cursors.PATTERN, cursor)
+    assert cursors.decode(KEY, QUERY, cursor) == after
