@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps kafka-jars up down status clean test test-fast chaos lint fmt typecheck check bench bench-quick
+.PHONY: help install system-deps kafka-jars up down status clean test test-fast compose-test chaos lint fmt typecheck check bench bench-quick
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: ## install what is missing and run the whole test suite against fresh serv
 
 test-fast: $(STAMP) ## the suite without the slow fault-injection tests
 	@$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow"'
+
+compose-test: $(STAMP) ## docker-compose.yml for real: its own dockerd, images built here, black-box tests on it and its cluster profile
+	@$(PY) -m devstack.compose test
 
 chaos: ## the longer fault and fuzz runs: 3 chaos rounds (24 kill -9, broker stopped 30 s), >= 1,000 fuzzed requests per API, 1,000 fuzzed batches of Kafka records
 	@CHAOS_ROUNDS=3 CHAOS_BROKER_STOP=30 FUZZ_MAX_EXAMPLES=100 FUZZ_MIN_REQUESTS=1000 \

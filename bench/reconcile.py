@@ -6,6 +6,14 @@ fields), so the two sides agree. The command then runs twice as its own
 process: on the agreeing databases (0 differences), and after 10 rows of the
 read model were changed (5 goods counts, 5 goods names), which it must report
 exactly. Its time, and how many id ranges it read row by row, are reported.
+
+Then the divergence sampler's cost at that scale (order_history/sampler.py),
+on the agreeing databases: every id range of every check compared once as a
+step compares it (`Reconciler.range_differences`), timed per check, with the
+plan of one range on each side (rows and buffers read); and one full pass
+with the default settings, its steps run back to back, so the time of one step
+(R ranges) is what the consumer's process and the databases spend each
+interval.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from devstack.stack import REPO
+from order_history.reconcile import CHECKS, Check, Reconciler
+from order_history.sampler import Sampler
+from order_history.settings import Settings
 
 from .config import Scale
 from .env import BenchStack, log, step
@@ -90,6 +101,8 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     await bs.checkpoint()
     agree_s, agree = _reconcile(bs)
     log(f"reconcile of agreeing databases: {agree_s:.1f} s, {len(agree['differences'])} difference(s)")
+    sampler = await _sampler_cost(bs)
+    _sampler_tables(section, sampler)
     corrupted = await _corrupt(bs)
     differ_s, differ = _reconcile(bs)
     found = {(d["entity"], d["id"], d["field"]) for d in differ["differences"]}
@@ -111,6 +124,139 @@ async def run(bs: BenchStack, scale: Scale, report: Report) -> None:
     exact = found == corrupted and not agree["differences"]
     section.note(f"The changed rows reported exactly (and nothing else): {exact}.")
     section.data.update(
-        {"load": load, "agree_seconds": agree_s, "agree": agree, "differ_seconds": differ_s, "differ": differ}
+        {
+            "load": load,
+            "agree_seconds": agree_s,
+            "agree": agree,
+            "differ_seconds": differ_s,
+            "differ": differ,
+            "sampler": sampler,
+        }
     )
     report.goal("6 reconcile", "differences found exactly", float(exact), "", "1", exact)
+
+
+def _settings(bs: BenchStack) -> Settings:
+    env = bs.env("bench-sampler-")
+    return Settings(
+        database_url=env["ORDER_HISTORY_DATABASE_URL"],
+        query_database_url=env["ORDER_HISTORY_QUERY_DATABASE_URL"],
+        order_reader_database_url=env["ORDER_HISTORY_ORDER_READER_DATABASE_URL"],
+        goods_reader_database_url=env["ORDER_HISTORY_GOODS_READER_DATABASE_URL"],
+    )
+
+
+async def _plan(reconciler: Reconciler, check: Check, side: str, number: int) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of one range's count and hash sum on one side."""
+    sql, key = (check.read_rows, check.key_read) if side == "read" else (check.command_rows, check.key_command)
+    text = check.hashed(sql.format(where=f"{key} >= $2 AND {key} < $3"))
+    low = number * reconciler.range_size
+    conn = reconciler.conns["read" if side == "read" else check.source]
+    plan = json.loads(
+        await conn.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + text, reconciler.range_size, low, low + reconciler.range_size
+        )
+    )[0]
+    scans = []
+    stack = [plan["Plan"]]
+    while stack:
+        node = stack.pop()
+        stack += node.get("Plans", [])
+        if "Scan" in node["Node Type"]:
+            scans.append({"node": node["Node Type"], "index": node.get("Index Name"), "rows": node["Actual Rows"]})
+    top = plan["Plan"]
+    return {
+        "ms": plan["Execution Time"],
+        "buffers": top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
+        "scans": scans,
+    }
+
+
+async def _sampler_cost(bs: BenchStack) -> dict[str, Any]:
+    settings = _settings(bs)
+    out: dict[str, Any] = {
+        "range_size": settings.divergence_range_size,
+        "ranges_per_step": settings.divergence_ranges,
+        "interval": settings.divergence_interval,
+        "checks": {},
+    }
+    with step("divergence sampler: every range once, then a full pass as the consumer runs it"):
+        async with Reconciler(settings, settings.divergence_range_size, settings.database_url) as reconciler:
+            for check in CHECKS:
+                ranges = await reconciler.id_ranges(check)
+                times = []
+                for number in range(ranges):
+                    started = time.perf_counter()
+                    found = await reconciler.range_differences(check, number)
+                    times.append(time.perf_counter() - started)
+                    assert not found, found[:3]
+                middle = ranges // 2
+                out["checks"][check.name] = {
+                    "ranges": ranges,
+                    "seconds": times,
+                    "command_plan": await _plan(reconciler, check, check.source, middle),
+                    "read_plan": await _plan(reconciler, check, "read", middle),
+                }
+            state = await bs.connect("order_history")
+            try:
+                await state.execute("DELETE FROM divergent_rows; DELETE FROM divergence_sampler")
+                sampler = Sampler(state, reconciler, settings.divergence_ranges, settings.divergence_settle)
+                steps = []
+                while True:
+                    started = time.perf_counter()
+                    report = await sampler.step()
+                    steps.append(time.perf_counter() - started)
+                    if report.passes_completed:
+                        break
+                await state.execute("DELETE FROM divergent_rows; DELETE FROM divergence_sampler")
+            finally:
+                await state.close()
+    out["steps"] = steps
+    return out
+
+
+def _scans(plan: dict[str, Any]) -> str:
+    return ", ".join(f"{s['node']} {s['index'] or ''} {s['rows']:,} rows".replace("  ", " ") for s in plan["scans"])
+
+
+def _sampler_tables(section: Any, cost: dict[str, Any]) -> None:
+    rows = []
+    for name, check in cost["checks"].items():
+        times = sorted(check["seconds"])
+        if not times:
+            continue
+        rows.append(
+            [
+                name,
+                check["ranges"],
+                f"{1000 * times[len(times) // 2]:.1f}",
+                f"{1000 * times[-1]:.1f}",
+                _scans(check["command_plan"]),
+                check["command_plan"]["buffers"],
+                _scans(check["read_plan"]),
+                check["read_plan"]["buffers"],
+            ]
+        )
+    section.table(
+        f"The divergence sampler: one id range of {cost['range_size']:,} ids compared on agreeing databases "
+        "(count and hash sum per side), per check; the plans are of a range in the middle",
+        ["check", "ranges", "median ms", "max ms", "command side reads", "buffers", "read model reads", "buffers"],
+        rows,
+    )
+    steps = sorted(cost["steps"])
+    total = len(steps)
+    interval = cost["interval"]
+    section.table(
+        f"One full pass with the defaults ({cost['ranges_per_step']} ranges per step, a step every {interval:g} s), "
+        "its steps run back to back",
+        ["steps", "median step ms", "max step ms", "pass at the default interval", "busy share of an interval"],
+        [
+            [
+                total,
+                f"{1000 * steps[total // 2]:.1f}",
+                f"{1000 * steps[-1]:.1f}",
+                f"{total * interval + sum(steps):.0f} s",
+                f"{100 * sum(steps) / total / interval:.2f} %",
+            ]
+        ],
+    )

@@ -4,11 +4,16 @@
 # with --test also docker-compose (to validate docker-compose.yml) and
 # Prometheus (its promtool checks the alert rules; tests scrape with it), with
 # --bench wrk, and with PROMETHEUS=1 in the environment (make up PROMETHEUS=1)
-# Prometheus.
+# Prometheus. With --compose (make compose-test) also Debian's docker.io
+# (dockerd, containerd, runc, iptables) and debootstrap.
 # Uses Debian's apt-get as root; otherwise says what to install.
 set -euo pipefail
 
 want=()
+if [ "${1:-}" = "--compose" ]; then
+    command -v dockerd >/dev/null 2>&1 || want+=(docker.io)
+    command -v debootstrap >/dev/null 2>&1 || want+=(debootstrap)
+fi
 have_pg() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "${PG_BINDIR:-}" ]; }
 have_pg || want+=(postgresql)
 command -v java >/dev/null 2>&1 || want+=(openjdk-17-jre-headless)

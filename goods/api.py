@@ -16,13 +16,9 @@ RESOURCE = Resource(
     update_model=GoodsUpdate,
     form_fields={"orderId": "order_id", "name": "name"},  # the original Go service's form/query fields
     insert_many=repository.insert_many,
-    create_item=lambda body: (body.order_id, body.name),
+    create_item=repository.create_item,
     update_sql=repository.UPDATE,
-    update_args=lambda body: (
-        body.order_id if "order_id" in body.model_fields_set else None,
-        "name" in body.model_fields_set,
-        body.name,
-    ),
+    update_args=repository.update_args,
     create_summary="Create goods: JSON {order_id, name?}, or form/query fields orderId and name",
     update_summary="Change order_id and/or name (a move changes both orders' counts); If-Match: compare-and-set",
 )

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from shared.events import MAX_ID, MAX_NAME_LENGTH, Text
+from shared.events import MAX_ID, MAX_NAME_LENGTH, Price, Text
 
 Name = Annotated[Text, Field(max_length=MAX_NAME_LENGTH, description="free text, may be null")]
+PriceCents = Annotated[Price, Field(description="the price in the currency's smallest unit (cents), may be null")]
 _ORDER_ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 
 
@@ -18,10 +19,11 @@ class GoodsCreate(BaseModel):
 
     order_id: int = Field(ge=1, le=MAX_ID, description="the order these goods belong to")
     name: Name = None
+    price_cents: PriceCents = None
 
 
 class GoodsUpdate(BaseModel):
-    """Fields to change; at least one. `name: null` clears the name."""
+    """Fields to change; at least one. `name: null` clears the name, `price_cents: null` the price."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
@@ -29,6 +31,7 @@ class GoodsUpdate(BaseModel):
         int | None, Field(ge=1, le=MAX_ID, description="move the goods to this order"), WithJsonSchema(_ORDER_ID_SCHEMA)
     ] = None
     name: Name = None
+    price_cents: PriceCents = None
 
     @field_validator("order_id", mode="before")
     @classmethod
@@ -39,8 +42,8 @@ class GoodsUpdate(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_change(self) -> GoodsUpdate:
-        if not self.model_fields_set & {"order_id", "name"}:
-            raise ValueError("send order_id and/or name to change")
+        if not self.model_fields_set:
+            raise ValueError(f"send at least one of {', '.join(type(self).model_fields)} to change")
         return self
 
 
@@ -48,6 +51,7 @@ class GoodsPublic(BaseModel):
     id: int
     order_id: int
     name: str | None
+    price_cents: int | None
     created_at: dt.datetime
     updated_at: dt.datetime
     version: int

@@ -39,7 +39,7 @@ async def update_goods(
     expected_version: int | None,
 ) -> GoodsPublic:
     """Move (order_id not None) and/or rename (set_name) the goods."""
-    args = (order_id, set_name, name)
+    args = (order_id is not None, order_id, set_name, name)  # per field of repository.FIELDS: set it?, value
     return await command_service.update(pool, GOODS, repository.UPDATE, goods_id, args, expected_version)
 
 

@@ -1,4 +1,4 @@
-"""`order-history api|consumer|migrate|reset|reset-positions|status|reconcile|dlq|rebuild`.
+"""`order-history api|consumer|migrate|reset|reset-positions|status|orphans|reconcile|dlq|rebuild`.
 
 Also `python -m order_history ...`.
 """
@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
 from typing import Any
 
-from order_history import dlq, operations, rebuild, reconcile
+from order_history import dlq, operations, orphans, rebuild, reconcile
 from order_history import status as read_side_status
 from order_history.runner import HistoryConsumer
 from order_history.settings import Settings
+from order_history.watch import TrustWatch
 from shared.backoff import Backoff
 from shared.entrypoints import at_least, run_api, run_migrations, supervise
 from shared.kafka import KafkaRefused
@@ -36,6 +38,9 @@ async def run_consumer(settings: Settings, instance: str) -> int:
     gc.set_threshold(100_000, 20, 100)
     consumer = HistoryConsumer(settings, instance)
     serve_metrics(settings.host, settings.metrics_port, "order-history consumer")
+    # The divergence sampler and the trust figures, beside the consumer (order_history/watch.py).
+    watch = TrustWatch(settings, instance)
+    watching = asyncio.create_task(watch.run(consumer.stop_event))
 
     async def start_then_run() -> None:
         backoff = Backoff(0.5, 5.0, stop=consumer.stop_event)
@@ -58,6 +63,10 @@ async def run_consumer(settings: Settings, instance: str) -> int:
     try:
         status = await supervise(start_then_run(), consumer.request_stop, "order-history consumer")
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await watch.close()
         await consumer.stop()
     log.info(
         "consumer stopped",
@@ -155,9 +164,21 @@ def _parser() -> argparse.ArgumentParser:
     reset_positions.add_argument("--to", choices=["start", "end"], required=True, help="the log's start or end")
     reset_positions.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
     status = commands.add_parser(
-        "status", parents=[common], help="positions, log ends and lag per partition, freshness, dead letters"
+        "status",
+        parents=[common],
+        help="positions, log ends and lag per partition, freshness, dead letters, divergence, orphan goods",
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    orphans_parser = commands.add_parser(
+        "orphans",
+        parents=[common],
+        help="goods whose order the read model has not received yet, oldest first",
+        description="List the live goods of the read model whose order is only a placeholder (its event has not "
+        "arrived), oldest first, with their age from the goods' created_at, then a one-line summary. Exit 0 "
+        "whether or not there are any; 1 if the read database cannot be read.",
+    )
+    orphans_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    orphans_parser.add_argument("--limit", type=at_least(0), default=100, help="list at most N of them (100)")
     _repair_commands(commands, common)
     return parser
 
@@ -190,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(dlq.run(settings, args.action, ids, every, as_json, full)))
     elif args.command == "status":
         sys.exit(asyncio.run(read_side_status.status(settings, args.json)))
+    elif args.command == "orphans":
+        sys.exit(asyncio.run(orphans.run(settings, args.json, args.limit)))
     else:
         sys.exit(asyncio.run(operations.reset_positions(settings, args.topic, args.to, args.partition)))
 

@@ -1,22 +1,31 @@
-"""HTTP entrypoint of order-history: one router for the order-history resource."""
+"""HTTP entrypoint of order-history: one router for the order-history resource.
+
+Every read waits for what it asks before it queries (`read_conditions`): the
+writes its Consistency-Token names (order_history/consistency.py), and the
+bound of `Prefer: max-staleness` (order_history/freshness.py); its answer says
+how current the read model was when the query began (Read-Model-Watermark,
+Read-Model-Staleness).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
-from order_history import cursors, queries
+from order_history import cursors, freshness, queries
 from order_history.consistency import ReadModelWatch
+from order_history.freshness import FreshnessWatch, TooStale, TooStaleBody
 from order_history.schemas import GOODS_LIMIT, MAX_GOODS_LIMIT, HistoryPage, HistoryQuery, OrderHistoryDetail
 from order_history.settings import DEV_CURSOR_KEY, Settings
 from shared import consistency
 from shared.events import MAX_ID
-from shared.http.app import create_service_app, json_response, pool_of
+from shared.http.app import RawHeaders, create_service_app, json_response, pool_of
 from shared.http.errors import ERROR_RESPONSES, ApiError, ErrorBody, NotYetConsistent, NotYetConsistentBody
 from shared.refusals import NotFound
 
@@ -25,14 +34,30 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/order-history", tags=["order-history"])
 
 
-# The reads' errors: 412 when the Consistency-Token writes are not reflected in time; 413 for a body
-# over the limit, which is refused before any route reads it (shared/http/limits.py).
+# The reads' answers: 200 (and the detail's 404) say how current they are; 412 when the Consistency-Token
+# writes are not reflected in time; 413 for a body over the limit, which is refused before any route reads
+# it (shared/http/limits.py); 503 when the read model is staler than `Prefer: max-staleness` allows in time.
+_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 _DETAIL_RESPONSES = {
     **{status: doc for status, doc in ERROR_RESPONSES.items() if status != 412},
+    200: {"headers": {**freshness.openapi_headers(), **freshness.openapi_applied_header()}},
+    404: {
+        **ERROR_RESPONSES[404],
+        "description": "no such order in the read model (as current as its headers say)",
+        "headers": {**freshness.openapi_headers(required=False), **freshness.openapi_applied_header()},
+    },
     412: {
         "model": NotYetConsistentBody,
         "description": "the read model does not reflect the writes named by Consistency-Token within the wait "
         "(Retry-After: 1)",
+        "headers": _RETRY_AFTER,
+    },
+    503: {
+        "model": TooStaleBody,
+        "description": f"the read model is staler than `Prefer: {freshness.PREFERENCE}` allows within the wait "
+        "(error `too_stale`, with `staleness_ms` and `max_staleness_ms`, and the freshness headers), or the "
+        "database is not reachable (error `unavailable`); retry after Retry-After seconds",
+        "headers": {**_RETRY_AFTER, **freshness.openapi_headers(required=False)},
     },
 }
 # The list names no id: it has no 404. Its 422 also answers a cursor of the documented shape that
@@ -45,7 +70,7 @@ _LIST_RESPONSES = {
         "service made for this query (filters, threshold and sort), or comes with `offset`",
     },
 }
-_WAITING = {"parameters": consistency.openapi_parameters()}
+_WAITING = {"parameters": freshness.openapi_parameters()}
 
 
 @router.get(
@@ -59,10 +84,10 @@ _WAITING = {"parameters": consistency.openapi_parameters()}
 async def list_order_history(params: Annotated[HistoryQuery, Query()], request: Request) -> Response:
     listing: Listing = request.app.state.listing
     query = listing.query_of(params)
-    await reflect_tokens(request)
+    headers = await read_conditions(request)
     async with pool_of(request).acquire() as conn:
         items, next_cursor = await queries.list_page(conn, query, listing.cursor_key, listing.skew)
-    return json_response(HistoryPage(data=items, next_cursor=next_cursor))
+    return json_response(HistoryPage(data=items, next_cursor=next_cursor), headers=headers)
 
 
 @router.get(
@@ -81,12 +106,24 @@ async def get_order_history(
         Query(ge=1, le=MAX_ID, description="`goods_next` of the previous page: the goods with a greater id"),
     ] = None,
 ) -> Response:
-    await reflect_tokens(request)
+    headers = await read_conditions(request)
     async with pool_of(request).acquire() as conn:
         detail = await queries.order_detail(conn, order_id, goods_limit, goods_after or 0)
     if detail is None:
-        raise NotFound("order", order_id)
-    return json_response(detail)
+        return _not_found(NotFound("order", order_id), headers)
+    return json_response(detail, headers=headers)
+
+
+def _not_found(exc: NotFound, headers: RawHeaders) -> Response:
+    """The 404 the error handlers would give, with the freshness headers: an order not found may be one
+    the read model has not heard of yet, and they say how current it is."""
+    message = str(exc)
+    response = JSONResponse(
+        status_code=404,
+        content={"error": "not_found", "message": message, "fields": [{"field": "id", "message": message}]},
+    )
+    response.raw_headers.extend(headers)
+    return response
 
 
 @dataclass(frozen=True)
@@ -141,26 +178,63 @@ def _in_utc(at: dt.datetime | None) -> dt.datetime | None:
         return (dt.datetime.max if offset < dt.timedelta(0) else dt.datetime.min).replace(tzinfo=dt.UTC)
 
 
-async def reflect_tokens(request: Request) -> None:
-    """With Consistency-Token: return once the read model reflects those writes, or refuse (400, 412)."""
-    header = request.headers.get(consistency.HEADER)
-    if header is None:
-        return
+async def read_conditions(request: Request) -> RawHeaders:
+    """Wait for what the read asks, then the freshness headers of its answer (judged now, as its query
+    begins). Consistency-Token: until the read model reflects those writes, or 400, 412. `Prefer:
+    max-staleness`: until it is that fresh, or 503. Both share one wait (`Prefer: wait`)."""
+    prefer = request.headers.get("Prefer")
+    token = request.headers.get(consistency.HEADER)
+    bound = freshness.max_staleness_of(prefer)
+    watch: FreshnessWatch = request.app.state.freshness
+    if token is None and bound is None:
+        return (await watch.current()).headers(time.time())
+    wait = consistency.wait_of(prefer)
+    deadline = time.monotonic() + wait
+    reflected = None
+    if token is not None:
+        await reflect_tokens(request, token, wait)
+        reflected = time.monotonic()  # the headers then say at least as much as the tokens waited for
+    if bound is None:
+        return (await watch.after(reflected)).headers(time.time())
+    found, fresh = await watch.fresh(bound, max(0.0, deadline - time.monotonic()), after=reflected)
+    now = time.time()
+    if not fresh:
+        raise TooStale(found.staleness_ms(now), bound, wait, found.headers(now))
+    return found.headers(now, applied=bound)
+
+
+async def reflect_tokens(request: Request, header: str, wait: float) -> None:
+    """Return once the read model reflects the writes of Consistency-Token `header`, waiting up to `wait`
+    seconds, or refuse (400, 412)."""
     try:
         tokens = consistency.parse(header)
     except consistency.MalformedToken as exc:
         raise ApiError(400, "malformed_consistency_token", str(exc), consistency.HEADER) from None
     watch: ReadModelWatch = request.app.state.watch
-    left = await watch.wait(tokens, consistency.wait_of(request.headers.get("Prefer")))
+    left = await watch.wait(tokens, wait)
     if left:
         raise NotYetConsistent(left)
+
+
+async def _too_stale(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TooStale)
+    content = {
+        "error": "too_stale",
+        "message": str(exc),
+        "fields": [{"field": "Prefer", "message": exc.short}],
+        "staleness_ms": exc.staleness_ms,
+        "max_staleness_ms": exc.bound_ms,
+    }
+    response = JSONResponse(status_code=503, content=content, headers={"Retry-After": "1"})
+    response.raw_headers.extend(exc.headers)
+    return response
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service's app; without `settings` (as uvicorn calls it), a server process's, set from the environment."""
     serving = settings is None
     settings = settings or Settings()
-    return create_service_app(
+    app = create_service_app(
         freeze_heap=serving,
         title="order-history service",
         database_url=settings.query_database_url,
@@ -170,6 +244,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         session_settings=queries.SESSION_SETTINGS,
         state=lambda pool: {
             "watch": ReadModelWatch(pool, settings.query_database_url),
+            "freshness": FreshnessWatch(pool, settings.consumer_group, settings.kafka_topic_prefix),
             "listing": _listing(settings),
         },
     )
+    app.add_exception_handler(TooStale, _too_stale)
+    return app

@@ -23,6 +23,7 @@ import datetime as dt
 import enum
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -74,10 +75,12 @@ class Part:
 
     @classmethod
     def of(cls, records: Records, decoded: Decoded) -> Part:
-        events = [o for tp in records for o in decoded[tp] if isinstance(o, Event)]
+        by_partition = {tp: [o for o in decoded[tp] if isinstance(o, Event)] for tp in records}
+        events = [e for valid in by_partition.values() for e in valid]
         try:
             batch = reduce_events(events)
-            return cls(records, decoded, prepare(batch, insert_created=True), Applied.of(events), batch.has_resynced)
+            applies = Applied.of_partitions(by_partition)
+            return cls(records, decoded, prepare(batch, insert_created=True), applies, batch.has_resynced)
         except Exception as exc:  # any record may hold anything: never a reason to stop
             return cls(records, decoded, prepare(reduce_events([])), Applied(), True, broken=exc)
 
@@ -90,24 +93,41 @@ class Part:
 
 @dataclass
 class Applied:
-    """The events a part applied: how many of each type, and the newest `occurred_at` (for metrics)."""
+    """The events a part applied: how many of each type, and the newest `occurred_at`, in all
+    (for metrics) and per partition (`newest_in`: what the positions record, for the API's
+    freshness; docs/freshness.md)."""
 
     by_type: Counter[str] = field(default_factory=Counter)
     newest: dt.datetime | None = None
+    newest_in: dict[TopicPartition, dt.datetime] = field(default_factory=dict)
 
     @classmethod
     def of(cls, events: list[Event]) -> Applied:
         if not events:
             return cls()
-        # An event from the future counts as applied now: else it would pin the read
-        # model's freshness at zero until its time came (up to the year 9999).
-        newest = min(max(e.occurred_at for e in events), dt.datetime.now(dt.UTC))
-        return cls(Counter(e.event_type for e in events), newest)
+        return cls(Counter(e.event_type for e in events), _newest(events, dt.datetime.now(dt.UTC)))
+
+    @classmethod
+    def of_partitions(cls, events: Mapping[TopicPartition, list[Event]]) -> Applied:
+        now = dt.datetime.now(dt.UTC)
+        newest_in = {tp: _newest(valid, now) for tp, valid in events.items() if valid}
+        by_type = Counter(e.event_type for valid in events.values() for e in valid)
+        return cls(by_type, max(newest_in.values(), default=None), newest_in)
 
     def add(self, other: Applied) -> None:
         self.by_type.update(other.by_type)
         if other.newest is not None and (self.newest is None or other.newest > self.newest):
             self.newest = other.newest
+        for tp, newest in other.newest_in.items():
+            if tp not in self.newest_in or newest > self.newest_in[tp]:
+                self.newest_in[tp] = newest
+
+
+def _newest(events: list[Event], now: dt.datetime) -> dt.datetime:
+    """The newest occurred_at of `events`, but an event from the future counts as occurring `now`, when
+    it is applied: else it would pin the read model's freshness at zero until its time came (up to the
+    year 9999)."""
+    return min(max(e.occurred_at for e in events), now)
 
 
 @dataclass
@@ -180,7 +200,9 @@ class Applier:
         end = {tp: messages[-1].offset + 1 for tp, messages in part.records.items()}
         async with self.pool.acquire() as conn:
             try:
-                row = await conn.fetchrow(_FAST, *part.prepared.params, *self.positions.tracked_args(first, end))
+                row = await conn.fetchrow(
+                    _FAST, *part.prepared.params, *self.positions.tracked_args(first, end, part.applies.newest_in)
+                )
             except asyncpg.UniqueViolationError:
                 # A goods.created of the part was delivered before (projections: `inserted`):
                 # the statement changed nothing; the checked path applies the part by upserts.
@@ -208,10 +230,12 @@ class Applier:
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await self.positions.lock(conn, list(records))
             events: list[Event] = []
+            by_partition: dict[TopicPartition, list[Event]] = {}
             poison: list[tuple[ConsumerRecord, Rejected]] = []
             next_offsets: dict[TopicPartition, int] = {}
             for tp, messages in records.items():
                 floor = stored.get(tp, 0)
+                new = by_partition.setdefault(tp, [])
                 for message, outcome in zip(messages, decoded[tp], strict=True):
                     stats.events += 1
                     if message.offset < floor:
@@ -221,7 +245,8 @@ class Applier:
                     elif isinstance(outcome, Rejected):
                         poison.append((message, outcome))
                     else:
-                        events.append(outcome)
+                        new.append(outcome)
+                events.extend(new)
                 if messages:
                     next_offsets[tp] = max(floor, messages[-1].offset + 1)
             if poison:
@@ -237,8 +262,8 @@ class Applier:
             if batch is not None and batch.has_resynced:
                 await apply_resynced(conn, batch)
             stats.applied = len(events)
-            stats.what = Applied.of(events)
-            await self.positions.advance(conn, next_offsets)
+            stats.what = Applied.of_partitions(by_partition)
+            await self.positions.advance(conn, next_offsets, stats.what.newest_in)
         return stats
 
     async def isolating(

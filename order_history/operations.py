@@ -82,7 +82,10 @@ async def reset(settings: Settings) -> int:
         return _cannot(exc)
     conn = await asyncpg.connect(settings.owner_database_url)
     try:
-        await conn.execute("TRUNCATE orders, goods, consumer_positions, dead_letters")
+        # The divergence sampler's state describes the model emptied here: its pass starts over.
+        await conn.execute(
+            "TRUNCATE orders, goods, consumer_positions, dead_letters, divergent_rows, divergence_sampler"
+        )
     finally:
         await conn.close()
     print("read model emptied: the consumers rebuild it from the topics when started")

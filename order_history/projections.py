@@ -33,13 +33,15 @@ tracking records, so the read model is a deterministic function of the log.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, Final
 
 import orjson
 import pydantic_core
 
+from order_history.columns import GOODS, ORDERS, Column, Entity, Kind
 from shared.database import Connection
 from shared.events import (
     CATALOGUE,
@@ -134,68 +136,6 @@ class ApplyResult:
 #   ON CONFLICT DO UPDATE locks each row it meets, in input (id) order, so
 #   concurrent consumers take order rows in one order and add their deltas to
 #   the latest row version: increments commute, no count is lost.
-_APPLY_CTES = """g_in AS (
-    SELECT id, order_id, name, {created_at}, {updated_at}, version, deleted, created
-    FROM unnest({g_id}::text::bigint[], {g_order}::text::bigint[], {g_name}::text::text[],
-                {g_created}::text::bigint[], {g_updated}::text::bigint[], {g_version}::text::integer[],
-                {g_deleted}::text::boolean[], {g_insert}::text::boolean[])
-        AS t(id, order_id, name, created_us, updated_us, version, deleted, created)
-    WHERE {guard}
-), inserted AS (
-    INSERT INTO goods (id, order_id, name, created_at, updated_at, version, deleted)
-    SELECT id, order_id, name, created_at, updated_at, version, deleted FROM g_in WHERE created
-    RETURNING order_id, deleted, counted_in_before
-), upserted AS (
-    INSERT INTO goods AS g (id, order_id, name, created_at, updated_at, version, deleted)
-    SELECT id, order_id, name, created_at, updated_at, version, deleted FROM g_in WHERE NOT created
-    ON CONFLICT (id) DO UPDATE SET
-        order_id   = EXCLUDED.order_id,
-        name       = CASE WHEN EXCLUDED.deleted THEN g.name ELSE EXCLUDED.name END,
-        created_at = COALESCE(EXCLUDED.created_at, g.created_at),
-        updated_at = COALESCE(EXCLUDED.updated_at, g.updated_at),
-        version    = EXCLUDED.version,
-        deleted    = EXCLUDED.deleted,
-        counted_in_before = CASE WHEN g.deleted THEN NULL ELSE g.order_id END
-    WHERE g.version < EXCLUDED.version
-    RETURNING g.order_id, g.deleted, g.counted_in_before
-), changed AS (
-    SELECT * FROM inserted UNION ALL SELECT * FROM upserted
-), deltas AS (
-    SELECT order_id, sum(d)::integer AS d FROM (
-        SELECT order_id, 1 AS d FROM changed WHERE NOT deleted
-        UNION ALL
-        SELECT counted_in_before, -1 FROM changed WHERE counted_in_before IS NOT NULL
-    ) AS x
-    GROUP BY order_id
-    HAVING sum(d) <> 0
-), o_in AS (
-    SELECT id, user_id, {created_at}, {updated_at}, version, deleted
-    FROM unnest({o_id}::text::bigint[], {o_user}::text::bigint[], {o_created}::text::bigint[],
-                {o_updated}::text::bigint[], {o_version}::text::integer[], {o_deleted}::text::boolean[])
-        AS t(id, user_id, created_us, updated_us, version, deleted)
-    WHERE {guard}
-), orders_upserted AS (
-    INSERT INTO orders AS o (id, user_id, created_at, updated_at, version, known, deleted, goods_count)
-    SELECT COALESCE(o_in.id, deltas.order_id), o_in.user_id, o_in.created_at, o_in.updated_at,
-           COALESCE(o_in.version, 0), o_in.id IS NOT NULL, COALESCE(o_in.deleted, false), COALESCE(deltas.d, 0)
-    FROM o_in FULL JOIN deltas ON deltas.order_id = o_in.id
-    ORDER BY 1
-    ON CONFLICT (id) DO UPDATE SET
-        user_id     = CASE WHEN o.version < EXCLUDED.version THEN COALESCE(EXCLUDED.user_id, o.user_id)
-                           ELSE o.user_id END,
-        created_at  = CASE WHEN o.version < EXCLUDED.version THEN COALESCE(EXCLUDED.created_at, o.created_at)
-                           ELSE o.created_at END,
-        updated_at  = CASE WHEN o.version < EXCLUDED.version THEN COALESCE(EXCLUDED.updated_at, o.updated_at)
-                           ELSE o.updated_at END,
-        known       = o.known OR o.version < EXCLUDED.version,
-        deleted     = CASE WHEN o.version < EXCLUDED.version THEN EXCLUDED.deleted ELSE o.deleted END,
-        version     = GREATEST(o.version, EXCLUDED.version),
-        goods_count = o.goods_count + EXCLUDED.goods_count
-    WHERE o.version < EXCLUDED.version OR EXCLUDED.goods_count <> 0
-    RETURNING 1
-)"""
-
-
 def _timestamp(micros: str) -> str:
     """SQL for the timestamptz `micros` microseconds after 1970-01-01 UTC, exactly.
 
@@ -213,27 +153,103 @@ def _timestamp(micros: str) -> str:
     )
 
 
-_TIMESTAMPS = {
-    "created_at": _timestamp("created_us") + " AS created_at",
-    "updated_at": _timestamp("updated_us") + " AS updated_at",
-}
-# The batch statement's parameters, by name, in the order a PreparedBatch gives them.
-BATCH_PARAMS: Final = (
-    "g_id",
-    "g_order",
-    "g_name",
-    "g_created",
-    "g_updated",
-    "g_version",
-    "g_deleted",
-    "o_id",
-    "o_user",
-    "o_created",
-    "o_updated",
-    "o_version",
-    "o_deleted",
-    "g_insert",
+def _rule(column: Column, stored: str) -> str:
+    """SQL for the value an upsert writes to `column` over the `stored` row (see columns.Rule)."""
+    new, old = f"EXCLUDED.{column.name}", f"{stored}.{column.name}"
+    if column.rule == "keep_on_delete":
+        return f"CASE WHEN EXCLUDED.deleted THEN {old} ELSE {new} END"
+    if column.rule == "keep_if_absent":
+        return f"COALESCE({new}, {old})"
+    return new
+
+
+def _input(entity: Entity, extra: tuple[tuple[str, str], ...]) -> str:
+    """The CTE body that turns an entity's parameter arrays into rows (timestamps from microseconds):
+    id, its columns, version, deleted, then `extra` (name, SQL type) columns."""
+    p = entity.param
+    arrays = [
+        (f"{{{p('id')}}}", "bigint", "id", "id"),
+        *[
+            (
+                f"{{{p(c.name)}}}",
+                c.array_type,
+                f"{c.name}_us" if c.kind == "time" else c.name,
+                f"{_timestamp(c.name + '_us')} AS {c.name}" if c.kind == "time" else c.name,
+            )
+            for c in entity.columns
+        ],
+        (f"{{{p('version')}}}", "integer", "version", "version"),
+        (f"{{{p('deleted')}}}", "boolean", "deleted", "deleted"),
+        *[(f"{{{p(name)}}}", sql_type, name, name) for name, sql_type in extra],
+    ]
+    unnest = ", ".join(f"{param}::text::{sql_type}[]" for param, sql_type, _, _ in arrays)
+    return (
+        f"SELECT {', '.join(out for *_, out in arrays)}\n"
+        f"    FROM unnest({unnest})\n"
+        f"        AS t({', '.join(name for _, _, name, _ in arrays)})\n"
+        "    WHERE {guard}"
+    )
+
+
+_G_COLUMNS = ", ".join(GOODS.names)
+_O_COLUMNS = ", ".join(ORDERS.names)
+_G_SET = ", ".join(f"{c.name} = {_rule(c, 'g')}" for c in GOODS.columns)
+# An order's row also changes for its goods count alone: its columns only under the version guard.
+_O_SET = ", ".join(
+    f"{c.name} = CASE WHEN o.version < EXCLUDED.version THEN {_rule(c, 'o')} ELSE o.{c.name} END"
+    for c in ORDERS.columns
 )
+_APPLY_CTES = f"""g_in AS (
+    {_input(GOODS, (("created", "boolean"),))}
+), inserted AS (
+    INSERT INTO goods (id, {_G_COLUMNS}, version, deleted)
+    SELECT id, {_G_COLUMNS}, version, deleted FROM g_in WHERE created
+    RETURNING order_id, deleted, counted_in_before
+), upserted AS (
+    INSERT INTO goods AS g (id, {_G_COLUMNS}, version, deleted)
+    SELECT id, {_G_COLUMNS}, version, deleted FROM g_in WHERE NOT created
+    ON CONFLICT (id) DO UPDATE SET
+        {_G_SET},
+        version    = EXCLUDED.version,
+        deleted    = EXCLUDED.deleted,
+        counted_in_before = CASE WHEN g.deleted THEN NULL ELSE g.order_id END
+    WHERE g.version < EXCLUDED.version
+    RETURNING g.order_id, g.deleted, g.counted_in_before
+), changed AS (
+    SELECT * FROM inserted UNION ALL SELECT * FROM upserted
+), deltas AS (
+    SELECT order_id, sum(d)::integer AS d FROM (
+        SELECT order_id, 1 AS d FROM changed WHERE NOT deleted
+        UNION ALL
+        SELECT counted_in_before, -1 FROM changed WHERE counted_in_before IS NOT NULL
+    ) AS x
+    GROUP BY order_id
+    HAVING sum(d) <> 0
+), o_in AS (
+    {_input(ORDERS, ())}
+), orders_upserted AS (
+    INSERT INTO orders AS o (id, {_O_COLUMNS}, version, known, deleted, goods_count)
+    SELECT COALESCE(o_in.id, deltas.order_id), {", ".join(f"o_in.{n}" for n in ORDERS.names)},
+           COALESCE(o_in.version, 0), o_in.id IS NOT NULL, COALESCE(o_in.deleted, false), COALESCE(deltas.d, 0)
+    FROM o_in FULL JOIN deltas ON deltas.order_id = o_in.id
+    ORDER BY 1
+    ON CONFLICT (id) DO UPDATE SET
+        {_O_SET},
+        known       = o.known OR o.version < EXCLUDED.version,
+        deleted     = CASE WHEN o.version < EXCLUDED.version THEN EXCLUDED.deleted ELSE o.deleted END,
+        version     = GREATEST(o.version, EXCLUDED.version),
+        goods_count = o.goods_count + EXCLUDED.goods_count
+    WHERE o.version < EXCLUDED.version OR EXCLUDED.goods_count <> 0
+    RETURNING 1
+)"""
+
+
+def _params(entity: Entity) -> tuple[str, ...]:
+    return tuple(entity.param(name) for name in ("id", *entity.names, "version", "deleted"))
+
+
+# The batch statement's parameters, by name, in the order a PreparedBatch gives them.
+BATCH_PARAMS: Final = (*_params(GOODS), *_params(ORDERS), GOODS.param("created"))
 _COUNTS = "(SELECT count(*) FROM orders_upserted) AS orders, (SELECT count(*) FROM changed) AS goods"
 
 
@@ -250,7 +266,7 @@ def apply_sql(before: str = "", guard: str = "true", select: str = "", params: S
     with_before = f"{before},\n" if before else ""
     result = f"{select}, " if select else ""
     template = f"WITH {with_before}{_APPLY_CTES}\nSELECT {result}{_COUNTS}"
-    return numbered(template, (*BATCH_PARAMS, *params), guard=guard, **_TIMESTAMPS)
+    return numbered(template, (*BATCH_PARAMS, *params), guard=guard)
 
 
 _APPLY = apply_sql()
@@ -310,7 +326,7 @@ class PreparedBatch:
     """A reduced batch as the statement's parameters, built ahead of the transaction."""
 
     columns: tuple[str, ...]  # BATCH_PARAMS but the last
-    created: str  # g_insert: per goods row, whether it is written by a plain INSERT
+    created: str  # g_created: per goods row, whether it is written by a plain INSERT
     entities: int
     goods: int
 
@@ -329,11 +345,33 @@ class PreparedBatch:
 
 _GOODS_DATA: Final = (GoodsData, GoodsDeletedData)
 _ORDER_DATA: Final = (OrderData, OrderDeletedData)
+# Each column kind's array literal (see columns.Kind).
+_ENCODERS: Final[dict[Kind, Callable[[Sequence[Any]], str]]] = {
+    "int": _array,
+    "text": _text_array,
+    "time": _micros_array,
+}
+
+
+def _fields(entity: Entity) -> Callable[[Any], tuple[Any, ...]]:
+    """The payload's values of the entity's columns, as a tuple (one C call per event)."""
+    get = attrgetter(*entity.names)
+    return get if len(entity.names) > 1 else lambda data: (get(data),)
+
+
+_GOODS_FIELDS: Final = _fields(GOODS)
+_ORDER_FIELDS: Final = _fields(ORDERS)
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
     """Rows of `width` values as `width` columns."""
     return list(zip(*rows, strict=True)) if rows else [()] * width
+
+
+def _encoded(entity: Entity, rows: list[tuple[Any, ...]]) -> list[str]:
+    """Rows of (id, columns..., version, deleted) as the batch statement's arrays, in BATCH_PARAMS order."""
+    kinds: list[Kind] = ["int", *(c.kind for c in entity.columns), "int", "int"]
+    return [_ENCODERS[kind](values) for kind, values in zip(kinds, _columns(rows, len(kinds)), strict=True)]
 
 
 def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
@@ -343,45 +381,21 @@ def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
     INSERT, which fails if the read model has one of those rows already.
     """
     goods = []  # one tuple per row, turned into one sequence per column by zip
+    created = []
     for e in batch.goods.values():
         g = e.data
         assert isinstance(g, _GOODS_DATA)
-        goods.append(
-            (
-                e.aggregate_id,
-                g.order_id,
-                g.name,
-                g.created_at,
-                g.updated_at,
-                e.aggregate_version,
-                CATALOGUE[e.event_type].change == "deleted",
-                insert_created and e.aggregate_id in batch.created_goods,
-            )
-        )
+        deleted = CATALOGUE[e.event_type].change == "deleted"
+        goods.append((e.aggregate_id, *_GOODS_FIELDS(g), e.aggregate_version, deleted))
+        created.append(insert_created and e.aggregate_id in batch.created_goods)
     orders = []
     for e in batch.orders.values():
         o = e.data
         assert isinstance(o, _ORDER_DATA)
         deleted = CATALOGUE[e.event_type].change == "deleted"
-        orders.append((e.aggregate_id, o.user_id, o.created_at, o.updated_at, e.aggregate_version, deleted))
-    g_id, g_order, g_name, g_created, g_updated, g_version, g_deleted, g_insert = _columns(goods, 8)
-    o_id, o_user, o_created, o_updated, o_version, o_deleted = _columns(orders, 6)
-    params = (
-        _array(g_id),
-        _array(g_order),
-        _text_array(g_name),
-        _micros_array(g_created),
-        _micros_array(g_updated),
-        _array(g_version),
-        _array(g_deleted),
-        _array(o_id),
-        _array(o_user),
-        _micros_array(o_created),
-        _micros_array(o_updated),
-        _array(o_version),
-        _array(o_deleted),
-    )
-    return PreparedBatch(params, _array(g_insert), len(batch), len(goods))
+        orders.append((e.aggregate_id, *_ORDER_FIELDS(o), e.aggregate_version, deleted))
+    params = (*_encoded(GOODS, goods), *_encoded(ORDERS, orders))
+    return PreparedBatch(params, _array(created), len(batch), len(goods))
 
 
 async def apply_prepared(conn: Connection, prepared: PreparedBatch) -> ApplyResult:
@@ -408,19 +422,30 @@ async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
 # guard of every later event decides, as for a delete. goods_count is then
 # recounted, not maintained, for every order they touch: a repaired row may
 # have been counted wrongly before.
-_RESYNC_GOODS = """WITH s AS (
-    SELECT * FROM unnest($1::bigint[], $2::boolean[], $3::bigint[], $4::text[], $5::timestamptz[],
-                         $6::timestamptz[], $7::integer[])
-        AS t(id, present, order_id, name, created_at, updated_at, version)
-), before AS (
+def _snapshot_input(entity: Entity) -> str:
+    """The CTE `s` of a snapshot statement: rows (id, present, columns..., version) from typed arrays."""
+    names = ["id", "present", *entity.names, "version"]
+    types = ["bigint", "boolean", *(c.sql_type for c in entity.columns), "integer"]
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
+    return f"s AS (\n    SELECT * FROM unnest({arrays})\n        AS t({', '.join(names)})\n)"
+
+
+def _snapshot_write(entity: Entity, alias: str, own: dict[str, str]) -> str:
+    """The INSERT of a snapshot's present rows, over any row that is not newer; `own`: the values
+    of the projection's own columns (deleted, known...) it also sets."""
+    names = ", ".join(entity.names)
+    taken = ", ".join(f"{n} = EXCLUDED.{n}" for n in entity.names)
+    return f"""INSERT INTO {entity.table} AS {alias} (id, {names}, version, {", ".join(own)})
+    SELECT id, {names}, version, {", ".join(own.values())} FROM s WHERE present ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET
+        {taken}, version = EXCLUDED.version, {", ".join(f"{k} = {v}" for k, v in own.items())}
+    WHERE {alias}.version <= EXCLUDED.version"""
+
+
+_RESYNC_GOODS = f"""WITH {_snapshot_input(GOODS)}, before AS (
     SELECT g.id, g.order_id FROM goods g JOIN s USING (id) WHERE NOT g.deleted
 ), written AS (
-    INSERT INTO goods AS g (id, order_id, name, created_at, updated_at, version, deleted)
-    SELECT id, order_id, name, created_at, updated_at, version, false FROM s WHERE present
-    ON CONFLICT (id) DO UPDATE SET
-        order_id = EXCLUDED.order_id, name = EXCLUDED.name, created_at = EXCLUDED.created_at,
-        updated_at = EXCLUDED.updated_at, version = EXCLUDED.version, deleted = false, counted_in_before = NULL
-    WHERE g.version <= EXCLUDED.version
+    {_snapshot_write(GOODS, "g", {"deleted": "false", "counted_in_before": "NULL"})}
     RETURNING g.id, g.order_id
 ), gone AS (
     UPDATE goods g SET deleted = true, version = s.version, counted_in_before = NULL
@@ -430,17 +455,8 @@ _RESYNC_GOODS = """WITH s AS (
 SELECT array(SELECT order_id FROM written
              UNION SELECT b.order_id FROM before b JOIN (SELECT id FROM written UNION ALL SELECT id FROM gone) c
                    USING (id)) AS orders"""
-_RESYNC_ORDERS = """WITH s AS (
-    SELECT * FROM unnest($1::bigint[], $2::boolean[], $3::bigint[], $4::timestamptz[], $5::timestamptz[],
-                         $6::integer[])
-        AS t(id, present, user_id, created_at, updated_at, version)
-), written AS (
-    INSERT INTO orders AS o (id, user_id, created_at, updated_at, version, known, deleted)
-    SELECT id, user_id, created_at, updated_at, version, true, false FROM s WHERE present ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        user_id = EXCLUDED.user_id, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-        version = EXCLUDED.version, known = true, deleted = false
-    WHERE o.version <= EXCLUDED.version
+_RESYNC_ORDERS = f"""WITH {_snapshot_input(ORDERS)}, written AS (
+    {_snapshot_write(ORDERS, "o", {"known": "true", "deleted": "false"})}
     RETURNING o.id
 ), gone AS (
     UPDATE orders o SET deleted = true, version = s.version
@@ -470,8 +486,8 @@ async def apply_resynced(conn: Connection, batch: ReducedBatch) -> None:
         for e in batch.resynced_goods.values():
             g = e.data
             assert isinstance(g, GoodsResyncedData)
-            rows.append((e.aggregate_id, g.exists, g.order_id, g.name, g.created_at, g.updated_at, e.aggregate_version))
-        named = await conn.fetchval(_RESYNC_GOODS, *_columns(rows, 7))
+            rows.append((e.aggregate_id, g.exists, *_GOODS_FIELDS(g), e.aggregate_version))
+        named = await conn.fetchval(_RESYNC_GOODS, *_columns(rows, len(GOODS.columns) + 3))
         await conn.execute(_PLACEHOLDERS, named)
         recount.update(named)
     if batch.resynced_orders:
@@ -479,8 +495,8 @@ async def apply_resynced(conn: Connection, batch: ReducedBatch) -> None:
         for e in batch.resynced_orders.values():
             o = e.data
             assert isinstance(o, OrderResyncedData)
-            rows.append((e.aggregate_id, o.exists, o.user_id, o.created_at, o.updated_at, e.aggregate_version))
-        recount.update(await conn.fetchval(_RESYNC_ORDERS, *_columns(rows, 6)))
+            rows.append((e.aggregate_id, o.exists, *_ORDER_FIELDS(o), e.aggregate_version))
+        recount.update(await conn.fetchval(_RESYNC_ORDERS, *_columns(rows, len(ORDERS.columns) + 3)))
     if recount:
         ids = sorted(recount)
         await conn.execute(_LOCK_ORDERS, ids)

@@ -39,7 +39,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Literal
+from pathlib import Path
+from typing import Final, Literal
 
 import asyncpg
 
@@ -47,10 +48,26 @@ from order_history import cursors
 from order_history.cursors import After, fingerprint, micros
 from order_history.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
 from shared.database import Connection
+from shared.migrations import MIGRATIONS_ROOT
+
+
+def _band_uppers(migration: Path) -> tuple[int, ...]:
+    """The bands' upper bounds (inclusive), but the last's, read from goods_count_band() where the
+    migration defines it: the bands are stated once, in SQL. Its CASE is `WHEN n <= X THEN band`,
+    the band a number or `n` itself."""
+    sql = migration.read_text()
+    body = sql[sql.index("CREATE FUNCTION goods_count_band") :]
+    cases = [(int(x), then) for x, then in re.findall(r"WHEN n <= (\d+) THEN (\w+)", body[: body.index("END")])]
+
+    def band(n: int) -> str:
+        return next((str(n) if then == "n" else then for x, then in cases if n <= x), "last")
+
+    return tuple(n for n in range(1, cases[-1][0] + 1) if band(n) != band(n + 1))
+
 
 # Upper bounds (inclusive) of the bands of goods_count_band (migration 0008), but the last.
-BAND_UPPER = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 100)
-BANDS = len(BAND_UPPER) + 1
+BAND_UPPER: Final = _band_uppers(MIGRATIONS_ROOT / "order_history" / "0008_user_and_created_indexes.sql")
+BANDS: Final = len(BAND_UPPER) + 1
 
 # Settings of the read API's connections (see module docstring).
 SESSION_SETTINGS = {
@@ -314,8 +331,10 @@ async def list_page(
 
 # A page of an order's live goods, by id after $2, at most $3: one range of the index goods_live_by_order
 # (order_id, id) WHERE NOT deleted (migration 0001), so its cost is the page's, however many goods the order has.
+# The goods fields the detail shows are GoodsItem's: read-model columns of the same names.
 GOODS_PAGE = (
-    "SELECT id, name, created_at FROM goods WHERE order_id = $1 AND NOT deleted AND id > $2 ORDER BY id LIMIT $3"
+    f"SELECT {', '.join(GoodsItem.model_fields)} FROM goods"
+    " WHERE order_id = $1 AND NOT deleted AND id > $2 ORDER BY id LIMIT $3"
 )
 
 
@@ -339,6 +358,6 @@ async def order_detail(
         created_at=order["created_at"],
         updated_at=order["updated_at"],
         goods_count=order["goods_count"],
-        goods=[GoodsItem(id=g["id"], name=g["name"], created_at=g["created_at"]) for g in page],
+        goods=[GoodsItem(**dict(g.items())) for g in page],
         goods_next=page[-1]["id"] if len(goods) > goods_limit else None,
     )

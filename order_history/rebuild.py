@@ -275,16 +275,22 @@ async def _hand_over(
     rebuild_group: str,
     rebuilt: Mapping[TopicPartition, int],
 ) -> None:
-    """The serving group takes the rebuild's positions in the new schema; its old ones are retired."""
+    """The serving group takes the rebuild's positions in the new schema, with what they say of its
+    freshness (docs/freshness.md); its old ones are retired."""
     ordered = sorted(rebuilt)
     await conn.execute(
-        f"""INSERT INTO {NEXT}.consumer_positions (consumer_group, topic, partition, next_offset)
-            SELECT $1, t, p, o FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS x(t, p, o)
-            ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset""",
+        f"""INSERT INTO {NEXT}.consumer_positions
+                (consumer_group, topic, partition, next_offset, newest_occurred_at, caught_up_at)
+            SELECT $1, x.t, x.p, x.o, r.newest_occurred_at, r.caught_up_at
+            FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS x(t, p, o)
+            LEFT JOIN {NEXT}.consumer_positions AS r ON r.consumer_group = $5 AND r.topic = x.t AND r.partition = x.p
+            ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
+                newest_occurred_at = EXCLUDED.newest_occurred_at, caught_up_at = EXCLUDED.caught_up_at""",
         serving_group,
         [tp.topic for tp in ordered],
         [tp.partition for tp in ordered],
         [rebuilt[tp] for tp in ordered],
+        rebuild_group,
     )
     await conn.execute(f"DELETE FROM {NEXT}.consumer_positions WHERE consumer_group = $1", rebuild_group)
     await conn.execute(

@@ -45,6 +45,7 @@ from typing import Any
 
 import asyncpg
 
+from order_history.columns import GOODS, ORDERS, Entity
 from order_history.settings import Settings
 from shared import progress
 from shared.database import WAIT_OUT_ERRORS
@@ -78,25 +79,24 @@ class Check:
         return f"SELECT id / $1 AS r, count(*) AS n, sum(hashtextextended({text}, 0)) AS h FROM ({sql}) AS x GROUP BY 1"
 
 
+def _rows_check(entity: Entity, source: str, live: str) -> Check:
+    """The check of an entity's compared columns (order_history/columns.py): the same names in its
+    command database's table and in the read model's, where `live` says which read rows count."""
+    fields = ", ".join(entity.compared)
+    return Check(
+        name=entity.table,
+        entity=entity.name,
+        source=source,
+        fields=entity.compared,
+        command_rows=f"SELECT id, {fields} FROM {entity.table} WHERE {{where}}",
+        read_rows=f"SELECT id, {fields} FROM {entity.table} WHERE {live} AND {{where}}",
+        absent=(None,) * len(entity.compared),
+    )
+
+
 CHECKS: tuple[Check, ...] = (
-    Check(
-        name="orders",
-        entity="order",
-        source="order",
-        fields=("user_id",),
-        command_rows="SELECT id, user_id FROM orders WHERE {where}",
-        read_rows="SELECT id, user_id FROM orders WHERE known AND NOT deleted AND {where}",
-        absent=(None,),
-    ),
-    Check(
-        name="goods",
-        entity="goods",
-        source="goods",
-        fields=("order_id", "name"),
-        command_rows="SELECT id, order_id, name FROM goods WHERE {where}",
-        read_rows="SELECT id, order_id, name FROM goods WHERE NOT deleted AND {where}",
-        absent=(None, None),
-    ),
+    _rows_check(ORDERS, "order", "known AND NOT deleted"),
+    _rows_check(GOODS, "goods", "NOT deleted"),
     Check(
         name="counts",
         entity="order",
@@ -159,9 +159,12 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, range_size: int = 10000) -> None:
+    def __init__(self, settings: Settings, range_size: int = 10000, read_database_url: str | None = None) -> None:
+        """`read_database_url`: the read model's database as another role reads it (the
+        divergence sampler reads the primary as the consumer does, never a replica); else the API's."""
         self.settings = settings
         self.range_size = range_size
+        self.read_database_url = read_database_url or settings.query_database_url
         self.conns: dict[str, asyncpg.Connection[asyncpg.Record]] = {}
 
     async def __aenter__(self) -> Reconciler:
@@ -169,7 +172,7 @@ class Reconciler:
         urls = {
             "order": s.order_reader_database_url,
             "goods": s.goods_reader_database_url,
-            "read": s.query_database_url,
+            "read": self.read_database_url,
         }
         try:
             for name, url in urls.items():
@@ -220,6 +223,64 @@ class Reconciler:
             bar.update(1)
         bar.close()
         return report
+
+    async def range_differences(self, check: Check, number: int) -> list[Difference]:
+        """The differences of `check` in id range `number` alone (ids number * range_size and up):
+        the range's row count and hash sum on each side first, its rows only when those differ."""
+        low, high = number * self.range_size, (number + 1) * self.range_size
+        sums = []
+        for side, sql, key in (
+            (check.source, check.command_rows, check.key_command),
+            ("read", check.read_rows, check.key_read),
+        ):
+            text = check.hashed(sql.format(where=f"{key} >= $2 AND {key} < $3"))
+            row = await self.conns[side].fetchrow(text, self.range_size, low, high)
+            sums.append(None if row is None else (row["n"], row["h"]))
+        if sums[0] == sums[1]:
+            return []
+        return await self._both(check, "{key} >= $1 AND {key} < $2", low, high)
+
+    async def id_ranges(self, check: Check) -> int:
+        """How many id ranges `check` spans now: up to the highest id either side's table holds
+        (its primary key, or the goods' order_id index for the counts)."""
+        highest = [
+            await self.conns[check.source].fetchval(f"SELECT max({check.key_command}) FROM {_TABLES[check.source]}"),
+            await self.conns["read"].fetchval(f"SELECT max({check.key_read}) FROM {_TABLES[check.entity]}"),
+        ]
+        known = [h for h in highest if h is not None]
+        return max(known) // self.range_size + 1 if known else 0
+
+    async def write_ages(self, check: Check, ids: Sequence[int]) -> dict[int, float]:
+        """Per id: seconds since the command side last wrote a row `check` compares for it (their
+        updated_at, on that database's clock); an id without such rows is left out.
+
+        For a check of an aggregate (its command key is not the id: the counts), those rows are
+        the source's rows that name the id on the command side, and those that name it, live, in
+        the read model: a goods item moved to another order is dated by its move. A row deleted on
+        the command side is gone, and has no date."""
+        if not ids:
+            return {}
+        wanted = sorted(set(ids))
+        key, table = check.key_command, _TABLES[check.source]
+        command = self.conns[check.source]
+        age = "extract(epoch FROM now() - max(updated_at))::float8"
+        rows = await command.fetch(
+            f"SELECT {key} AS id, {age} AS age FROM {table} WHERE {key} = ANY($1::bigint[]) GROUP BY 1", wanted
+        )
+        ages = {r["id"]: r["age"] for r in rows}
+        if key != "id":
+            members = await self.conns["read"].fetch(
+                f"SELECT id, {key} AS owner FROM {table} WHERE {key} = ANY($1::bigint[]) AND NOT deleted", wanted
+            )
+            owner = {r["id"]: r["owner"] for r in members}
+            if owner:
+                dated = await command.fetch(
+                    f"SELECT id, {age} AS age FROM {table} WHERE id = ANY($1::bigint[]) GROUP BY 1", sorted(owner)
+                )
+                for r in dated:
+                    i = owner[r["id"]]
+                    ages[i] = min(r["age"], ages.get(i, r["age"]))
+        return ages
 
     async def versions(self, side: str, entity: str, ids: Sequence[int]) -> dict[int, int]:
         """The version of each of these entities' rows, on the command side or in the read model

@@ -20,6 +20,12 @@ process or holds its partition; a partition that has lag and does not advance
 is reported as stuck (metrics.py), and an operator can park the record that
 holds it (`order-history dlq skip`).
 
+Freshness (docs/freshness.md): each part's statement records, beside the
+positions, the newest occurred_at applied per partition; and every
+freshness_interval the consumer asks for the log ends and records the
+partitions whose applied position has reached an end it saw as caught up as
+of when it asked. The API reads both to tell every answer how current it is.
+
 Positions that do not fit the log (positions.misfits), found on assignment or
 as an OffsetOutOfRange from the broker, stop the consumer: it applies nothing
 more, logs why every minute, and stays up (for its metrics and `status`) until
@@ -30,6 +36,7 @@ A database or Kafka outage is waited out; nothing is ever skipped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -72,7 +79,10 @@ SESSION_SETTINGS: Final = {
     "plan_cache_mode": "force_generic_plan",
 }
 _HALTED_REMINDER = 60.0
-_LOG_END_REFRESH = 2.0  # seconds between two asks for the log ends (lag metric)
+# Log ends seen and not yet reached, kept per partition: a partition that lags for
+# longer than this many looks falls back on its newest occurred_at for freshness.
+_ENDS_KEPT = 64
+_MARK_ERRORS: tuple[type[Exception], ...] = (*WAIT_OUT_ERRORS, TimeoutError)
 
 
 class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -89,6 +99,7 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
             self.owner.log_ends.pop(tp, None)
             self.owner.advanced_at.pop(tp, None)
             self.owner.fetched_to.pop(tp, None)
+            self.owner.forget_freshness(tp)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in assigned]})
@@ -127,6 +138,13 @@ class HistoryConsumer:
         # Per assigned partition, the next offset not yet taken from aiokafka (see `_unreadable`).
         self.fetched_to: dict[TopicPartition, int] = {}
         self.newest_applied: dt.datetime | None = None
+        # Freshness (the module docstring): per assigned partition, the log ends asked for and
+        # when they were asked, oldest first, until the applied position reaches them; the newest
+        # occurred_at applied by this process; and when it was last recorded caught up.
+        self._ends_seen: dict[TopicPartition, collections.deque[tuple[int, dt.datetime]]] = {}
+        self.newest_in: dict[TopicPartition, dt.datetime] = {}
+        self.caught_up_at: dict[TopicPartition, dt.datetime] = {}
+        self._side: asyncpg.Pool | None = None
         metrics.LIVE.consumers.add(self)
 
     def kafka_topic(self, topic: str) -> str:
@@ -149,11 +167,15 @@ class HistoryConsumer:
         )
         client_id = f"order-history-consumer-{self.instance}"
         self.producer = await start_producer(s, client_id=f"{client_id}-dlq", max_request_size=DLQ_MAX_BYTES)
-        # A connection of its own: a NOTIFY must not wait behind the lanes' transactions.
-        self.applied = Notifier(
-            await create_pool(s.database_url, 1, command_timeout=10, session_settings=SESSION_SETTINGS),
-            APPLIED_CHANNEL,
+        # A connection of its own: a NOTIFY, and the caught-up marks, must not wait behind the lanes'
+        # transactions. The notifier owns it (and closes it).
+        self._side = await create_pool(
+            s.database_url,
+            1,
+            command_timeout=10,
+            session_settings={**SESSION_SETTINGS, **({"search_path": self.schema} if self.schema else {})},
         )
+        self.applied = Notifier(self._side, APPLIED_CHANNEL)
         self.applied.start()
         dead_letters = DeadLetters(self.producer if self.publish_dead_letters else None, s.dlq_delivery_timeout)
         self.applier = Applier(self.pool, self.positions, dead_letters)
@@ -167,6 +189,7 @@ class HistoryConsumer:
             auto_offset_reset="none",
             max_partition_fetch_bytes=s.partition_fetch_max_bytes,
             fetch_max_bytes=s.fetch_max_bytes,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=min(1000, s.session_timeout_ms // 3),
             max_poll_interval_ms=300000,
@@ -179,7 +202,7 @@ class HistoryConsumer:
     async def close(self) -> None:
         """Close the clients (bounded, whatever the broker and the database do); `start` may run again."""
         consumer, producer, pool, applied = self.consumer, self.producer, self.pool, self.applied
-        self.consumer = self.producer = self.pool = self.applier = self.applied = None
+        self.consumer = self.producer = self.pool = self.applier = self.applied = self._side = None
         if applied is not None:
             await applied.close()
         if consumer is not None:
@@ -458,20 +481,82 @@ class HistoryConsumer:
                 await tracker
 
     async def _track_log_ends(self) -> None:
-        """For the lag metric: the log ends of the assigned partitions, asked every few seconds.
+        """Every freshness_interval: the log ends of the assigned partitions (for the lag metric, and
+        for freshness), then the partitions caught up with them recorded as such (`_mark_caught_up`).
 
         The fetches' high watermarks are fresher, but only for partitions being
         fetched: while the lanes are full the prefetcher fetches nothing for
         theirs, and lag must still grow.
         """
         assert self.consumer is not None
+        interval = self.settings.freshness_interval
         while not self.stopping:
+            started = time.monotonic()
             assigned = list(self.consumer.assignment())
             if assigned:
+                # Taken before asking: the ends cover every event appended before this instant.
+                asked_at = dt.datetime.now(dt.UTC)
                 with contextlib.suppress(KafkaError, OSError):
-                    self.log_ends.update(await self.consumer.end_offsets(assigned))
+                    ends = await self.consumer.end_offsets(assigned)
+                    self.log_ends.update(ends)
+                    self._saw_ends(ends, asked_at)
+                await self._mark_caught_up()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=_LOG_END_REFRESH)
+                # One look per interval, however long the look took (but never none between two).
+                rest = max(interval - (time.monotonic() - started), interval / 10)
+                await asyncio.wait_for(self._stop.wait(), timeout=rest)
+
+    def _saw_ends(self, ends: dict[TopicPartition, int], at: dt.datetime) -> None:
+        for tp, end in ends.items():
+            if tp in self.applied_to:  # assigned and sought (a revoked one's ends are no longer ours)
+                self._ends_seen.setdefault(tp, collections.deque(maxlen=_ENDS_KEPT)).append((end, at))
+
+    async def _mark_caught_up(self) -> None:
+        """Record each partition whose applied position has reached a log end it saw as caught up as of
+        when it asked for that end.
+
+        Under load a partition seldom holds all of the end it has just seen, but it
+        reaches the ends seen a moment before: each is kept until reached, so a
+        busy partition's mark trails its log by about its apply delay. Not while
+        halted: a position past a recreated topic's end has not applied that log.
+        """
+        if self.halted or self._side is None:
+            return
+        reached: dict[TopicPartition, tuple[int, dt.datetime]] = {}
+        for tp, seen in self._ends_seen.items():
+            applied = self.applied_to.get(tp)
+            while applied is not None and seen and seen[0][0] <= applied:
+                reached[tp] = seen.popleft()
+        if not reached:
+            return
+        try:
+            async with self._side.acquire(timeout=self.settings.freshness_interval * 4) as conn:
+                await self.positions.mark_caught_up(conn, reached)
+        except _MARK_ERRORS as exc:
+            # The next round marks them again, from the ends it sees then.
+            log.debug("cannot record caught-up partitions", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        for tp, (_, at) in reached.items():
+            self.caught_up_at[tp] = max(at, self.caught_up_at.get(tp, at))
+
+    def forget_freshness(self, tp: TopicPartition) -> None:
+        """A revoked partition: its freshness is its next owner's to record."""
+        self._ends_seen.pop(tp, None)
+        self.newest_in.pop(tp, None)
+        self.caught_up_at.pop(tp, None)
+
+    def staleness(self) -> float | None:
+        """Seconds since the instant before which every event of the assigned partitions is applied,
+        as this process knows it (docs/freshness.md); None without partitions or while one is unknown."""
+        instants = []
+        for tp in list(self.applied_to):
+            known = [t for t in (self.newest_in.get(tp), self.caught_up_at.get(tp)) if t is not None]
+            if not known:
+                return None
+            instants.append(max(known))
+        if not instants:
+            return None
+        return max(0.0, (dt.datetime.now(dt.UTC) - min(instants)).total_seconds())
 
     async def _wait_halted(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -617,6 +702,9 @@ class HistoryConsumer:
         newest = stats.what.newest
         if newest is not None and (self.newest_applied is None or newest > self.newest_applied):
             self.newest_applied = newest
+        for tp, at in stats.what.newest_in.items():
+            if tp not in self.newest_in or at > self.newest_in[tp]:
+                self.newest_in[tp] = at
         log.debug(
             "batch applied",
             extra={

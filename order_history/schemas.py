@@ -88,6 +88,7 @@ class HistoryPage(BaseModel):
 class GoodsItem(BaseModel):
     id: int
     name: str | None
+    price_cents: int | None = Field(description="the price in the currency's smallest unit (cents), if known")
     created_at: dt.datetime | None
 
 

@@ -84,9 +84,50 @@ class Settings(CommonSettings):
         default=10000, ge=6000, description="how soon the group notices a dead consumer and rebalances"
     )
     consumer_max_backoff: float = Field(default=5.0, gt=0)
+    freshness_interval: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="seconds between two looks of the consumer at the log ends: for the lag metric, and to record "
+        "that it is caught up, which bounds the staleness the API reports of an idle read model (docs/freshness.md)",
+    )
+    # The broker answers one request of a connection at a time: a look at the log ends waits
+    # behind the fetch in flight, which an idle partition's broker holds this long. Kafka's own
+    # default would make an idle read model's staleness up to half a second larger.
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=60000,
+        description="milliseconds the broker may hold a fetch while it has no new message (idle fetches per "
+        "second: about one per this)",
+    )
     stuck_after: float = Field(
         default=60.0,
         gt=0,
         description="seconds a partition with lag may go without advancing before `status` calls it stuck",
     )
     dlq_delivery_timeout: float = Field(default=15.0, gt=0, description="seconds Kafka has to take a dead letter")
+    # The divergence sampler (order_history/sampler.py), run by the consumer processes: the
+    # instance holding its lock compares `divergence_ranges` id ranges every `divergence_interval`.
+    # A full pass over U ranges (every check's ids / range size) takes ceil(U / ranges) intervals;
+    # docs/operations.md states the detection bound that follows.
+    divergence_interval: float = Field(
+        default=10.0, gt=0, le=3600, description="seconds between two steps of the divergence sampler"
+    )
+    divergence_ranges: int = Field(
+        default=4,
+        ge=0,
+        le=10000,
+        description="id ranges the divergence sampler compares per step (0: it compares nothing, and the "
+        "full-pass age grows)",
+    )
+    divergence_range_size: int = Field(
+        default=10000, ge=1, description="ids per range the divergence sampler compares (as reconcile's --range-size)"
+    )
+    divergence_settle: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="seconds a difference must last, with the command row unwritten meanwhile, before the "
+        "sampler counts it as divergent: longer than the pipeline's lag in normal operation",
+    )

@@ -141,7 +141,9 @@ class Env:
         elif service == "goods":
             app = create_goods_app(self.goods_settings().model_copy(update=settings))
         else:
-            app = create_history_app(self.history_settings().model_copy(update=settings))
+            # This test's consumer group and topics: the API reads their positions for its freshness headers.
+            own = {"consumer_group": self.group, "kafka_topic_prefix": self.prefix}
+            app = create_history_app(self.history_settings().model_copy(update={**own, **settings}))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -302,24 +304,19 @@ class Env:
         await asyncio.gather(*futures)
 
     async def produce_with_java(
-        self, contract_topic: str, codec: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self, contract_topic: str, records: Sequence[tuple[str, bytes | None, bytes | None]]
     ) -> None:
-        """Send (key, value) records in order with Apache Kafka's own Java producer, compression.type `codec`."""
+        """Send (codec, key, value) records with Apache Kafka's own Java producer, one producer per
+        compression.type codec (none, gzip, snappy, lz4, zstd), in one JVM."""
         libs = self.kafka.nodes[0].libs_dir
         lines = "".join(
-            " ".join("-" if b is None else base64.b64encode(b).decode() for b in record) + "\n" for record in records
+            " ".join([codec, *("-" if b is None else base64.b64encode(b).decode() for b in (key, value))]) + "\n"
+            for codec, key, value in records
         )
+        program = str(REPO / "tests" / "java" / "ProduceRecords.java")
         done = await asyncio.to_thread(
             subprocess.run,
-            [
-                "java",
-                "-cp",
-                f"{libs}/*",
-                str(REPO / "tests" / "java" / "ProduceRecords.java"),
-                self.bootstrap,
-                self.topic(contract_topic),
-                codec,
-            ],
+            ["java", "-cp", f"{libs}/*", program, self.bootstrap, self.topic(contract_topic)],
             input=lines,
             capture_output=True,
             text=True,
@@ -405,7 +402,7 @@ async def truncate_all(env: Env) -> None:
     for service, tables in (
         ("order", "orders, outbox, version_floors"),
         ("goods", "goods, outbox, version_floors"),
-        ("order_history", "orders, goods, consumer_positions, dead_letters"),
+        ("order_history", "orders, goods, consumer_positions, dead_letters, divergent_rows, divergence_sampler"),
     ):
         await env.as_owner(service, f"TRUNCATE {tables} RESTART IDENTITY")
 

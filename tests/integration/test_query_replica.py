@@ -5,7 +5,8 @@ with pg_basebackup (as `make up PG_REPLICA=1` does). The consumer writes to the
 primary; the API queries the replica. A read with a Consistency-Token must wait
 for the replica's own replay: with replay paused, a write that the primary's
 read model already holds is still pending for the API, and the waiting read
-answers as soon as replay resumes.
+answers as soon as replay resumes. Its answers' freshness is the replica's own:
+a paused replay makes them staler (docs/freshness.md).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from devstack.stack import Stack
 from order_history.consistency import ReadModelWatch
 from shared.consistency import HEADER
 from tests.harness import Env, wait_until
+from tests.integration.test_freshness import staleness
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,41 @@ async def test_tokens_wait_for_the_replicas_own_replay(env: Env, replica: Postgr
         fresh = await answer
         assert fresh.status_code == 200 and fresh.json()["goods_count"] == 1
         assert watch.on_standby
+
+
+async def test_the_replicas_answers_say_how_far_its_replay_is_behind(env: Env, replica: PostgresServer) -> None:
+    """Freshness is read from the query database: a replica whose replay is paused answers staler and
+    staler, while the primary stays current, and a bounded read of the replica is refused."""
+    env.start_relay("order")
+    await env.start_consumer()
+    async with (
+        env.client("order") as order,
+        env.client("order_history") as on_primary,
+        env.app_client("order_history", query_database_url=query_url(replica)) as (_, on_replica),
+    ):
+        created = await order.post("/v1/order", json={"user_id": 3})
+        order_id = created.json()["id"]
+        seen = await on_replica.get(
+            f"/v1/order-history/{order_id}", headers={HEADER: created.headers[HEADER], "Prefer": "wait=10"}
+        )
+        assert seen.status_code == 200, seen.text
+
+        async def fresh_on_the_replica() -> bool:
+            response = await on_replica.get("/v1/order-history", headers={"Prefer": "max-staleness=3s, wait=10"})
+            return response.status_code == 200
+
+        await wait_until(fresh_on_the_replica, 60, "the replica to be current")
+        await replay(replica, "pause")
+        try:
+
+            async def replica_behind() -> bool:
+                late = staleness(await on_replica.get("/v1/order-history"))
+                current = staleness(await on_primary.get("/v1/order-history"))
+                return late is not None and current is not None and late > 4000 and current < late - 2000
+
+            await wait_until(replica_behind, 60, "the paused replica to answer staler than the primary")
+            refused = await on_replica.get("/v1/order-history", headers={"Prefer": "max-staleness=3s, wait=0"})
+            assert refused.status_code == 503 and refused.json()["error"] == "too_stale"
+        finally:
+            await replay(replica, "resume")
+        await wait_until(fresh_on_the_replica, 60, "the replica to be current again once it replays")

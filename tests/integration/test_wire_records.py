@@ -43,16 +43,15 @@ async def test_every_compression_codec_is_applied(env: Env) -> None:
     """Batches compressed by Kafka's Java producer and by aiokafka, with each codec Kafka has."""
     expected = ExpectedModel()
     await env.start_consumer()
-    oid = 0
-    for codec in CODECS:
-        events = [order_created(oid := oid + 1, 7), order_created(oid := oid + 1, 8)]
-        await env.produce_with_java(ORDER, codec, [(e.key, e.to_json()) for e in events])
-        for event in events:
-            expected.apply(event)
+    java = [(codec, order_created(2 * i + oid, 7 + oid)) for i, codec in enumerate(CODECS) for oid in (1, 2)]
+    await env.produce_with_java(ORDER, [(codec, e.key, e.to_json()) for codec, e in java])
+    for _, event in java:
+        expected.apply(event)
+    for i, codec in enumerate(CODECS):
         producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, compression_type=codec, linger_ms=5)
         await producer.start()
         try:
-            event = order_created(oid := oid + 1, 9)
+            event = order_created(100 + i, 9)
             await producer.send_and_wait(env.topic(ORDER), key=event.key, value=event.to_json())
             expected.apply(event)
         finally:
@@ -83,7 +82,8 @@ async def test_a_naive_occurred_at_is_dead_lettered_beside_valid_events(env: Env
 async def test_a_record_without_key_or_value_is_parked(env: Env) -> None:
     """Kafka takes a record with a null key and a null value; no client can copy it to a DLQ topic."""
     first, second = order_created(1, 7), order_created(2, 8)
-    await env.produce_with_java(ORDER, "none", [(b"1", first.to_json()), (None, None), (b"2", second.to_json())])
+    records = [("none", b"1", first.to_json()), ("none", None, None), ("none", b"2", second.to_json())]
+    await env.produce_with_java(ORDER, records)
     await env.start_consumer()
     await env.wait_caught_up()
     expected = ExpectedModel()

@@ -44,6 +44,7 @@ def test_round_trip_keeps_every_field() -> None:
         "id": 42,
         "order_id": 7,
         "name": "lamp",
+        "price_cents": None,
         "created_at": "2026-11-22T10:15:00Z",
         "updated_at": "2026-11-22T10:15:00Z",
     }

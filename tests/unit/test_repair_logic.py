@@ -49,8 +49,9 @@ def test_reconcile_names_each_differing_field() -> None:
         Difference("order", 2, "user_id", "8", "9"),
         Difference("order", 3, "exists", "no", "yes"),
     ]
-    assert differences(goods, {5: (1, None)}, {}) == [Difference("goods", 5, "exists", "yes", "no")]
-    assert differences(goods, {5: (1, None)}, {5: (1, "")}) == [Difference("goods", 5, "name", "-", "")]
+    assert goods.fields == ("order_id", "name", "price_cents")
+    assert differences(goods, {5: (1, None, 9)}, {}) == [Difference("goods", 5, "exists", "yes", "no")]
+    assert differences(goods, {5: (1, None, 9)}, {5: (1, "", 9)}) == [Difference("goods", 5, "name", "-", "")]
     # A count missing on one side is 0 there, not a missing entity.
     assert differences(counts, {9: (2,)}, {}) == [Difference("order", 9, "goods_count", "2", "0")]
     assert differences(counts, {9: (2,)}, {9: (2,)}) == []
