@@ -6,7 +6,7 @@ A diagnostic beside measurement 2 (not part of `make bench`). It builds the
 projection bench's event stream (bench.projection.Generator), keys it to 3
 partitions per topic as the bench's producer does, cuts it into batches of the
 consumer's size and each batch into parts, its partitions split evenly over
-the consumer's lanes (order_history.lanes.Lanes), and prepares every part's
+the consumer's lanes (order_history.consumer.lanes.Lanes), and prepares every part's
 parameters before the clock starts. Then, on an empty read model of a
 PostgreSQL server of its own (durable settings, as the bench's), it applies
 them with the consumer's statement and session settings:
@@ -37,9 +37,9 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from order_history.lanes import Lanes
-from order_history.projections import PreparedBatch, apply_prepared, prepare, reduce_events
-from order_history.runner import SESSION_SETTINGS
+from order_history.consumer.lanes import Lanes
+from order_history.consumer.runner import SESSION_SETTINGS
+from order_history.projection.statements import PreparedBatch, apply_prepared, prepare, reduce_events
 from order_history.settings import Settings
 from shared.events import Event
 

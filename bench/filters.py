@@ -3,7 +3,7 @@
 Runs on the read model and API that measurement 1 loaded and started (1,000,000
 orders of users with 1 to 10,000 orders each, 10,000,000 goods in the full
 scale). For each combination of user, created_at range, threshold and sort:
-HTTP p50/p99 of its first page, direct p50/p99 (order_history.queries.list_rows),
+HTTP p50/p99 of its first page, direct p50/p99 (order_history.api.queries.list_rows),
 the first page checked against plain SQL, and the plain query's time with every
 secondary index of `orders` dropped (inside a transaction that is rolled back:
 the plan PostgreSQL chooses with only the primary key). And a deep page, the
@@ -24,7 +24,7 @@ import asyncpg
 from tqdm import tqdm
 
 from devstack.stack import CURSOR_KEY
-from order_history import cursors, queries
+from order_history.api import cursors, queries
 
 from .config import LIMIT, SKEW, USER_MAX_ORDERS, Scale
 from .plans import Recorder, explain

@@ -7,7 +7,7 @@ orders and the counts spread over ~150 distinct values. The original design's
 tables live in the schema `baseline` of the same database, filled from the same
 rows, with an index on goods(order_id); its query is timed with asyncpg
 directly (no HTTP). Ours is timed both over HTTP on loopback and directly via
-order_history.queries.list_rows (the list query's SQL, rows as asyncpg returns
+order_history.api.queries.list_rows (the list query's SQL, rows as asyncpg returns
 them, as the original query is timed), on a connection with the API's settings.
 """
 
@@ -23,7 +23,7 @@ import asyncpg
 from tqdm import tqdm
 
 from devstack.processes import ManagedProcess
-from order_history import queries
+from order_history.api import queries
 
 from . import filters
 from .config import LIMIT, OFFSETS, SKEW, THRESHOLDS, USER_MAX_ORDERS, Scale
@@ -43,7 +43,7 @@ REFERENCE_SQL = """
 SELECT id FROM orders WHERE known AND NOT deleted AND goods_count > $1 ORDER BY id LIMIT $2 OFFSET $3
 """
 
-# The API's session settings (order_history/api.py uses queries.SESSION_SETTINGS when it has them).
+# The API's session settings (order_history/api/app.py uses queries.SESSION_SETTINGS when it has them).
 API_SETTINGS: dict[str, str] = dict(getattr(queries, "SESSION_SETTINGS", {"plan_cache_mode": "force_custom_plan"}))
 
 
@@ -453,7 +453,7 @@ def _report_notes(section: Section, load: dict[str, Any], explained: _Explained)
     )
     section.note(
         "HTTP: sequential GETs on one keep-alive connection to the order_history API process (uvicorn, one worker). "
-        "Direct: order_history.queries.list_rows (rows, as the original is timed) on an asyncpg connection "
+        "Direct: order_history.api.queries.list_rows (rows, as the original is timed) on an asyncpg connection "
         f"with the API's session settings "
         f"({API_SETTINGS}). Direct, PG defaults: the same on a connection with PostgreSQL's default settings "
         "(a diagnostic; the API does not run so). "

@@ -7,7 +7,7 @@ process: on the agreeing databases (0 differences), and after 10 rows of the
 read model were changed (5 goods counts, 5 goods names), which it must report
 exactly. Its time, and how many id ranges it read row by row, are reported.
 
-Then the divergence sampler's cost at that scale (order_history/sampler.py),
+Then the divergence sampler's cost at that scale (order_history/ops/sampler.py),
 on the agreeing databases: every id range of every check compared once as a
 step compares it (`Reconciler.range_differences`), timed per check, with the
 plan of one range on each side (rows and buffers read); and one full pass
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from devstack.stack import REPO
-from order_history.reconcile import CHECKS, Check, Reconciler
-from order_history.sampler import Sampler
+from order_history.ops.reconcile import CHECKS, Check, Reconciler
+from order_history.ops.sampler import Sampler
 from order_history.settings import Settings
 
 from .config import Scale

@@ -25,8 +25,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from order_history.positions import Positions
-from order_history.projections import apply_batch, reduce_events
+from order_history.projection.positions import Positions
+from order_history.projection.statements import apply_batch, reduce_events
 from order_history.settings import Settings
 from shared.events import TOPICS, decode_event
 

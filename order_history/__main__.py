@@ -13,11 +13,11 @@ import logging
 import sys
 from typing import Any
 
-from order_history import dlq, operations, orphans, rebuild, reconcile
-from order_history import status as read_side_status
-from order_history.runner import HistoryConsumer
+from order_history.consumer.runner import HistoryConsumer
+from order_history.ops import dlq, operations, orphans, rebuild, reconcile
+from order_history.ops import status as read_side_status
+from order_history.ops.watch import TrustWatch
 from order_history.settings import Settings
-from order_history.watch import TrustWatch
 from shared.backoff import Backoff
 from shared.entrypoints import at_least, run_api, run_migrations, supervise
 from shared.kafka import KafkaRefused
@@ -38,7 +38,7 @@ async def run_consumer(settings: Settings, instance: str) -> int:
     gc.set_threshold(100_000, 20, 100)
     consumer = HistoryConsumer(settings, instance)
     serve_metrics(settings.host, settings.metrics_port, "order-history consumer")
-    # The divergence sampler and the trust figures, beside the consumer (order_history/watch.py).
+    # The divergence sampler and the trust figures, beside the consumer (order_history/ops/watch.py).
     watch = TrustWatch(settings, instance)
     watching = asyncio.create_task(watch.run(consumer.stop_event))
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "api":
-        run_api("order_history.api:create_app", settings.host, settings.port, settings.api_workers, settings)
+        run_api("order_history.api.app:create_app", settings.host, settings.port, settings.api_workers, settings)
     elif args.command == "consumer":
         sys.exit(asyncio.run(run_consumer(settings, args.instance)))
     elif args.command == "migrate":

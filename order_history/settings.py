@@ -48,7 +48,7 @@ class Settings(CommonSettings):
         gt=0,
         le=3600,
         description="seconds by which an order's created_at may precede that of an order with a smaller id "
-        "(see order_history/queries.py)",
+        "(see order_history/api/queries.py)",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8082, ge=1, le=65535)
@@ -107,7 +107,7 @@ class Settings(CommonSettings):
         description="seconds a partition with lag may go without advancing before `status` calls it stuck",
     )
     dlq_delivery_timeout: float = Field(default=15.0, gt=0, description="seconds Kafka has to take a dead letter")
-    # The divergence sampler (order_history/sampler.py), run by the consumer processes: the
+    # The divergence sampler (order_history/ops/sampler.py), run by the consumer processes: the
     # instance holding its lock compares `divergence_ranges` id ranges every `divergence_interval`.
     # A full pass over U ranges (every check's ids / range size) takes ceil(U / ranges) intervals;
     # docs/operations.md states the detection bound that follows.

@@ -31,8 +31,8 @@ from goods.api import create_app as create_goods_app
 from goods.settings import Settings as GoodsSettings
 from order.api import create_app as create_order_app
 from order.settings import Settings as OrderSettings
-from order_history.api import create_app as create_history_app
-from order_history.runner import HistoryConsumer
+from order_history.api.app import create_app as create_history_app
+from order_history.consumer.runner import HistoryConsumer
 from order_history.settings import Settings as HistorySettings
 from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS, dlq_topic
 from shared.outbox import UNPUBLISHED_SQL

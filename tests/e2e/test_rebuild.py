@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 
-from order_history.rebuild import Rebuild
+from order_history.ops.rebuild import Rebuild
 from shared import consistency
 from tests.e2e.test_end_to_end import assert_read_model_matches_command_databases, start_services, wait_ready
 from tests.harness import ORDER, Env, command, wait_until

@@ -1,4 +1,4 @@
-"""The divergence sampler in a real consumer process (order_history/watch.py, sampler.py).
+"""The divergence sampler in a real consumer process (order_history/ops/watch.py, sampler.py).
 
 A manual edit of the read model is found within the stated bound, counted
 steps and not seconds, so that a slow machine cannot fail it; `status` and the
@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import readyz
-from order_history.watch import TrustWatch
+from order_history.ops.watch import TrustWatch
 from tests.harness import Env, command, wait_until
 
 _STATE = """SELECT steps, passes, pass_started_at, last_pass_started_at, pass_ranges,

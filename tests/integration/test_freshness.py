@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from order_history import freshness
+from order_history.api import freshness
 from shared import consistency
 from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS
 from tests.harness import Env, command, wait_until

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from order_history import cursors
-from order_history.api import Listing
-from order_history.schemas import HistoryQuery
+from order_history.api import cursors
+from order_history.api.app import Listing
+from order_history.api.schemas import HistoryQuery
 from order_history.settings import DEV_CURSOR_KEY
 from tests.harness import Env
 

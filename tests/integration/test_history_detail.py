@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from order_history import queries
+from order_history.api import queries
 from tests.harness import Env
 
 ORDER = 7

@@ -1,4 +1,4 @@
-"""Filters, sorts and cursors of GET /v1/order-history against plain SQL (order_history/queries.py).
+"""Filters, sorts and cursors of GET /v1/order-history against plain SQL (order_history/api/queries.py).
 
 The read model is filled directly with orders of a few users (ids 10, 20, ...),
 goods counts in every kind of bucket, and creation times that follow the ids up
@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from order_history.queries import BAND_UPPER, band_of
+from order_history.api.queries import BAND_UPPER, band_of
 from tests.harness import Env
 
 BASE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

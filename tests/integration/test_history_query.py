@@ -1,4 +1,4 @@
-"""The list query against a plain scan, over goods counts in every bucket (order_history/queries.py).
+"""The list query against a plain scan, over goods counts in every bucket (order_history/api/queries.py).
 
 The read model is filled directly: this is about the merge of index ranges
 (exact buckets, the ranges of counts above 10, 20, 30 and 40, the wide buckets), not the consumer.

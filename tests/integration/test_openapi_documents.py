@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from order_history import cursors
+from order_history.api import cursors
 from shared import consistency
 from shared.events import MAX_ID, MAX_VERSION
 from tests.harness import Env

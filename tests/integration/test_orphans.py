@@ -1,4 +1,4 @@
-"""Orphan goods (order_history/orphans.py): counted on the consumer's /metrics, listed by
+"""Orphan goods (order_history/ops/orphans.py): counted on the consumer's /metrics, listed by
 `order-history orphans`, shown by `status`; the count drops when the order arrives; the count
 reads the placeholder rows only, through their partial index, on a table of 100,000 orders."""
 
@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from order_history import orphans
+from order_history.ops import orphans
 from shared.events import GoodsData, new_event
 from tests.harness import Env, command
 from tests.integration.test_divergence import consumer_process, metric_reaches, scrape

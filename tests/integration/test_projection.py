@@ -14,8 +14,8 @@ import asyncpg
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from order_history.apply import Applied, Part
-from order_history.projections import apply_batch, prepare, reduce_events
+from order_history.projection.apply import Applied, Part
+from order_history.projection.statements import apply_batch, prepare, reduce_events
 from shared.events import Event, GoodsData, OrderData, new_event
 from tests.harness import GOODS, ORDER, Env
 from tests.readmodel import (

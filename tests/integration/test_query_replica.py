@@ -22,7 +22,7 @@ from devstack.databases import DATABASES
 from devstack.postgres import PostgresServer
 from devstack.processes import free_port
 from devstack.stack import Stack
-from order_history.consistency import ReadModelWatch
+from order_history.api.consistency import ReadModelWatch
 from shared.consistency import HEADER
 from tests.harness import Env, wait_until
 from tests.integration.test_freshness import staleness

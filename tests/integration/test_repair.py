@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from order_history import dlq
-from order_history.reconcile import Reconciler
+from order_history.ops import dlq
+from order_history.ops.reconcile import Reconciler
 from shared import events
 from shared.events import GONE_VERSION, GoodsData, GoodsResyncedData, new_event
 from tests.harness import GOODS, Env, command

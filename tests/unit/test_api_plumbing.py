@@ -7,7 +7,7 @@ import re
 import pytest
 from starlette.requests import Request
 
-from order_history.queries import BAND_UPPER, BANDS, band_of, merge_query
+from order_history.api.queries import BAND_UPPER, BANDS, band_of, merge_query
 from shared.http.errors import ApiError
 from shared.http.fields import IF_MATCH_PATTERN, parse_if_match, whole_numbers_up_to
 

@@ -1,4 +1,4 @@
-"""Page cursors (order_history/cursors.py): round trip, and refusal of anything altered, foreign or forged."""
+"""Page cursors (order_history/api/cursors.py): round trip, and refusal of anything altered, foreign or forged."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from order_history import cursors
-from order_history.queries import ListQuery
+from order_history.api import cursors
+from order_history.api.queries import ListQuery
 from order_history.settings import DEV_CURSOR_KEY
 
 KEY = b"k"

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from order_history import freshness
-from order_history.freshness import max_staleness_of, snapshot
-from order_history.positions import PartitionFreshness
+from order_history.api import freshness
+from order_history.api.freshness import max_staleness_of, snapshot
+from order_history.projection.positions import PartitionFreshness
 
 NOW = dt.datetime(2026, 12, 7, 10, 15, 0, tzinfo=dt.UTC)
 

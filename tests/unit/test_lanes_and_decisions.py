@@ -6,8 +6,8 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
-from order_history.apply import Decision, decide
-from order_history.lanes import Lanes
+from order_history.consumer.lanes import Lanes
+from order_history.projection.apply import Decision, decide
 
 A, B, C, D = (TopicPartition("order.events", p) for p in range(4))
 

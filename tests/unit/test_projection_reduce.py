@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from order_history.projections import reduce_events
+from order_history.projection.statements import reduce_events
 from shared.events import Event, GoodsData, GoodsDeletedData, OrderData, new_event
 
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
@@ -33,7 +33,7 @@ def test_duplicates_collapse_and_orders_and_goods_stay_apart() -> None:
 
 
 def test_only_goods_created_in_the_batch_are_marked_for_a_plain_insert_and_only_on_request() -> None:
-    from order_history.projections import prepare
+    from order_history.projection.statements import prepare
 
     created = new_event("goods.created", 1, 1, GoodsData(id=1, order_id=7, name=None, created_at=NOW, updated_at=NOW))
     # goods 1: created, then updated in the same batch; goods 2: only an update (created earlier).
@@ -48,7 +48,7 @@ def test_only_goods_created_in_the_batch_are_marked_for_a_plain_insert_and_only_
 def test_a_partition_stays_on_its_lane_while_its_messages_wait_and_new_ones_go_to_the_least_loaded() -> None:
     from aiokafka import TopicPartition
 
-    from order_history.lanes import Lanes
+    from order_history.consumer.lanes import Lanes
 
     g0, g1, g2, o0 = TopicPartition("g", 0), TopicPartition("g", 1), TopicPartition("g", 2), TopicPartition("o", 0)
     lanes = Lanes(2)
@@ -78,7 +78,7 @@ def test_timestamps_become_microseconds_since_1970_in_utc_whatever_their_zone() 
 
     from pydantic import TypeAdapter
 
-    from order_history.projections import _micros_array
+    from order_history.projection.statements import _micros_array
 
     parsed = TypeAdapter(dt.datetime).validate_json
     values: list[dt.datetime | None] = [

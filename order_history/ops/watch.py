@@ -12,7 +12,7 @@ port. Every `divergence_interval` it:
    session's idle timeout (a hung or stopped process), loses its session and
    so the lock; another takes it over and resumes the pass from the state in
    the read database;
-2. if it holds the lock, runs one sampler step (order_history/sampler.py),
+2. if it holds the lock, runs one sampler step (order_history/ops/sampler.py),
    reading the command databases through their reader roles;
 3. reads the figures from the read database (the sampler's state, which
    every instance exports alike, and the orphan goods) into the metrics.
@@ -32,8 +32,9 @@ from typing import Final
 
 import asyncpg
 
-from order_history import metrics, orphans, sampler
-from order_history.reconcile import Reconciler
+from order_history.consumer import metrics
+from order_history.ops import orphans, sampler
+from order_history.ops.reconcile import Reconciler
 from order_history.settings import Settings
 from shared.backoff import Backoff
 

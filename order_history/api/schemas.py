@@ -8,7 +8,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from order_history import cursors
+from order_history.api import cursors
 from shared.events import MAX_ID
 
 # RFC 3339's date-time with its zone (section 5.6; JSON Schema's "date-time"), within what a datetime

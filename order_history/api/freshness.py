@@ -1,7 +1,7 @@
 """How current every order-history answer is, and reads with a bounded staleness (docs/freshness.md).
 
 Per partition the consumer records, in the read database beside its position
-(order_history/positions.py): the newest `occurred_at` it applied, and the
+(order_history/projection/positions.py): the newest `occurred_at` it applied, and the
 latest time it saw the partition's log end at or below its applied position
 (`caught_up_at`). Either is an instant before which every event appended to
 the partition is in the read model; the later of the two is the partition's
@@ -41,7 +41,7 @@ from typing import Final
 import asyncpg
 from pydantic import Field
 
-from order_history.positions import PartitionFreshness, Positions
+from order_history.projection.positions import PartitionFreshness, Positions
 from shared import consistency
 from shared.database import UNAVAILABLE_ERRORS
 from shared.events import TOPICS

@@ -3,7 +3,7 @@ removed; and the operator's way out of a stuck partition.
 
 A dead letter is named by its origin, `TOPIC:PARTITION:OFFSET` (the Kafka
 topic, e.g. `goods.events:1:42`), and kept in the read database with its
-reason, time and raw message (order_history/dead_letters.py); the DLQ topic
+reason, time and raw message (order_history/projection/dead_letters.py); the DLQ topic
 keeps its copy, which Kafka cannot delete one by one. A parked record is a
 row of the same table that is not on the DLQ topic (`parked`), with what could
 be kept of it; the commands treat both alike.
@@ -38,10 +38,10 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from order_history.dead_letters import RECORD, Rejected, identity, row, stand_in
-from order_history.operations import OperationError, log_bounds
-from order_history.positions import Positions
-from order_history.projections import apply_prepared, apply_resynced, prepare, reduce_events
+from order_history.ops.operations import OperationError, log_bounds
+from order_history.projection.dead_letters import RECORD, Rejected, identity, row, stand_in
+from order_history.projection.positions import Positions
+from order_history.projection.statements import apply_prepared, apply_resynced, prepare, reduce_events
 from order_history.settings import Settings
 from shared import progress
 from shared.database import REFUSED_DATA_ERRORS, WAIT_OUT_ERRORS

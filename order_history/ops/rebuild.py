@@ -38,9 +38,9 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from order_history.operations import OperationError, log_bounds
-from order_history.positions import RETIRED
-from order_history.runner import HistoryConsumer
+from order_history.consumer.runner import HistoryConsumer
+from order_history.ops.operations import OperationError, log_bounds
+from order_history.projection.positions import RETIRED
 from order_history.settings import Settings
 from shared import progress
 from shared.database import WAIT_OUT_ERRORS

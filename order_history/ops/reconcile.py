@@ -45,7 +45,7 @@ from typing import Any
 
 import asyncpg
 
-from order_history.columns import GOODS, ORDERS, Entity
+from order_history.projection.columns import GOODS, ORDERS, Entity
 from order_history.settings import Settings
 from shared import progress
 from shared.database import WAIT_OUT_ERRORS
@@ -80,7 +80,7 @@ class Check:
 
 
 def _rows_check(entity: Entity, source: str, live: str) -> Check:
-    """The check of an entity's compared columns (order_history/columns.py): the same names in its
+    """The check of an entity's compared columns (order_history/projection/columns.py): the same names in its
     command database's table and in the read model's, where `live` says which read rows count."""
     fields = ", ".join(entity.compared)
     return Check(

@@ -49,12 +49,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError, RecordTooLargeError
 
-from order_history import metrics
-from order_history.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
-from order_history.consistency import CHANNEL as APPLIED_CHANNEL
-from order_history.dead_letters import DLQ_MAX_BYTES, DeadLetters, Rejected, stand_in
-from order_history.lanes import Lanes
-from order_history.positions import Misfit, Positions, PositionsRetired, misfits
+from order_history.api.consistency import CHANNEL as APPLIED_CHANNEL
+from order_history.consumer import metrics
+from order_history.consumer.lanes import Lanes
+from order_history.projection.apply import Applier, BatchStats, Decision, Decoded, Part, Records, decide, offset_ranges
+from order_history.projection.dead_letters import DLQ_MAX_BYTES, DeadLetters, Rejected, stand_in
+from order_history.projection.positions import Misfit, Positions, PositionsRetired, misfits
 from order_history.settings import Settings
 from shared.backoff import Backoff
 from shared.database import WAIT_OUT_ERRORS, create_pool
@@ -119,7 +119,7 @@ class HistoryConsumer:
         self.publish_dead_letters = publish_dead_letters
         self.positions = Positions(settings.consumer_group)
         self.pool: asyncpg.Pool | None = None
-        # Wakes the APIs' reads that wait for a Consistency-Token (order_history/consistency.py).
+        # Wakes the APIs' reads that wait for a Consistency-Token (order_history/api/consistency.py).
         self.applied: Notifier | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None

@@ -6,8 +6,8 @@ its position has not moved for ORDER_HISTORY_STUCK_AFTER seconds: a record holds
 it, see `order-history dlq skip`); the consumers in the group; the dead letters
 and parked records; how long ago the newest change in the read model happened;
 what the divergence sampler found (rows counted divergent, with the first of
-them, and how long ago the newest complete pass began: order_history/sampler.py)
-and the orphan goods (order_history/orphans.py); how current the read model is,
+them, and how long ago the newest complete pass began: order_history/ops/sampler.py)
+and the orphan goods (order_history/ops/orphans.py); how current the read model is,
 as the API tells it in every answer (watermark and staleness, in all and per
 partition: docs/freshness.md).
 Read from the read database (positions, dead letters, rows, the sampler's
@@ -28,9 +28,10 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from order_history import freshness, orphans, sampler
-from order_history.operations import OperationError, group_members, log_bounds
-from order_history.positions import PartitionFreshness
+from order_history.api import freshness
+from order_history.ops import orphans, sampler
+from order_history.ops.operations import OperationError, group_members, log_bounds
+from order_history.projection.positions import PartitionFreshness
 from order_history.settings import Settings
 from shared.database import WAIT_OUT_ERRORS
 from shared.events import TOPICS

@@ -1,6 +1,6 @@
 """The divergence sampler: `reconcile`'s comparison, a few id ranges at a time, all the time.
 
-Contract of `Sampler.step()` (one interval's work; order_history/watch.py calls it
+Contract of `Sampler.step()` (one interval's work; order_history/ops/watch.py calls it
 in the one consumer instance that holds the sampler's lock):
 
 - it compares at most `divergence_ranges` id ranges (of `divergence_range_size`
@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from order_history.reconcile import CHECKS, Check, Difference, Reconciler
+from order_history.ops.reconcile import CHECKS, Check, Difference, Reconciler
 from shared.database import Connection
 
 log = logging.getLogger(__name__)

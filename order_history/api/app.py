@@ -1,8 +1,8 @@
 """HTTP entrypoint of order-history: one router for the order-history resource.
 
 Every read waits for what it asks before it queries (`read_conditions`): the
-writes its Consistency-Token names (order_history/consistency.py), and the
-bound of `Prefer: max-staleness` (order_history/freshness.py); its answer says
+writes its Consistency-Token names (order_history/api/consistency.py), and the
+bound of `Prefer: max-staleness` (order_history/api/freshness.py); its answer says
 how current the read model was when the query began (Read-Model-Watermark,
 Read-Model-Staleness).
 """
@@ -18,10 +18,10 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from order_history import cursors, freshness, queries
-from order_history.consistency import ReadModelWatch
-from order_history.freshness import FreshnessWatch, TooStale, TooStaleBody
-from order_history.schemas import GOODS_LIMIT, MAX_GOODS_LIMIT, HistoryPage, HistoryQuery, OrderHistoryDetail
+from order_history.api import cursors, freshness, queries
+from order_history.api.consistency import ReadModelWatch
+from order_history.api.freshness import FreshnessWatch, TooStale, TooStaleBody
+from order_history.api.schemas import GOODS_LIMIT, MAX_GOODS_LIMIT, HistoryPage, HistoryQuery, OrderHistoryDetail
 from order_history.settings import DEV_CURSOR_KEY, Settings
 from shared import consistency
 from shared.events import MAX_ID

@@ -30,9 +30,9 @@ import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from order_history.dead_letters import DeadLetters, Rejected
-from order_history.positions import TRACKED_CTES, TRACKED_PARAMS, Positions, PositionsRetired
-from order_history.projections import (
+from order_history.projection.dead_letters import DeadLetters, Rejected
+from order_history.projection.positions import TRACKED_CTES, TRACKED_PARAMS, Positions, PositionsRetired
+from order_history.projection.statements import (
     PreparedBatch,
     apply_prepared,
     apply_resynced,

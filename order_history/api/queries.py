@@ -30,7 +30,7 @@ Each statement's text depends only on its shape (first band, which filters,
 the order); they run as prepared statements with generic plans (planned once
 per connection), with sorts, hash and merge joins and parallel plans disabled
 for this pool so that the merge and the nested loop are the plan PostgreSQL
-picks (see order_history/api.py).
+picks (see order_history/api/app.py).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from typing import Final, Literal
 
 import asyncpg
 
-from order_history import cursors
-from order_history.cursors import After, fingerprint, micros
-from order_history.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
+from order_history.api import cursors
+from order_history.api.cursors import After, fingerprint, micros
+from order_history.api.schemas import GoodsItem, HistoryItem, OrderHistoryDetail
 from shared.database import Connection
 from shared.migrations import MIGRATIONS_ROOT
 

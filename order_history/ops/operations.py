@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from order_history.positions import Positions
+from order_history.projection.positions import Positions
 from order_history.settings import Settings
 from shared.backoff import Backoff
 from shared.events import TOPICS

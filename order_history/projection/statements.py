@@ -41,7 +41,7 @@ from typing import Any, Final
 import orjson
 import pydantic_core
 
-from order_history.columns import GOODS, ORDERS, Column, Entity, Kind
+from order_history.projection.columns import GOODS, ORDERS, Column, Entity, Kind
 from shared.database import Connection
 from shared.events import (
     CATALOGUE,

@@ -12,7 +12,7 @@ process; an event from the future counts as applied when it was), staleness
 whether the consumer has halted on positions that do not fit the log.
 
 The read model's trust figures (`TRUST`) are read from the read database by
-order_history/watch.py every sampler interval, in every consumer process: the
+order_history/ops/watch.py every sampler interval, in every consumer process: the
 divergence sampler's counts and full-pass age, and the orphan goods. The ages
 go on growing between two reads (and while the database cannot be read), so
 a sampler that stopped shows as an old pass rather than a frozen one.
@@ -29,11 +29,11 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from order_history import orphans, sampler
-from order_history.apply import BatchStats
+from order_history.ops import orphans, sampler
+from order_history.projection.apply import BatchStats
 
 if TYPE_CHECKING:
-    from order_history.runner import HistoryConsumer
+    from order_history.consumer.runner import HistoryConsumer
 
 APPLIED: Final = Counter("consumer_events_applied_total", "Events applied to the read model", ["event_type"])
 DEAD_LETTERS: Final = Counter("consumer_dead_letters_total", "Messages sent to a dead-letter topic")
