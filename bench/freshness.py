@@ -24,7 +24,7 @@ import httpx
 from tqdm import tqdm
 
 from devstack.processes import ManagedProcess
-from shared.outbox import UNPUBLISHED_SQL
+from shared.command.outbox import UNPUBLISHED_SQL
 
 from .config import Scale
 from .env import BenchStack, log

@@ -27,8 +27,8 @@ from typing import Any
 from tqdm import tqdm
 
 from devstack.processes import ManagedProcess
+from shared.command.outbox import UNPUBLISHED_SQL
 from shared.events import OrderData, new_event
-from shared.outbox import UNPUBLISHED_SQL
 
 from .config import Scale
 from .env import BenchStack, log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from goods.repository import GOODS
 from goods.settings import Settings
-from shared.command_api import command_main
+from shared.command.api import command_main
 
 
 def main() -> None:

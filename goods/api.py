@@ -1,4 +1,4 @@
-"""HTTP entrypoint of the goods service: the goods resource (shared.command_api)."""
+"""HTTP entrypoint of the goods service: the goods resource (shared.command.api)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from goods import repository
 from goods.repository import GOODS
 from goods.schemas import GoodsCreate, GoodsUpdate
 from goods.settings import Settings
-from shared.command_api import Resource, create_command_app
+from shared.command.api import Resource, create_command_app
 
 RESOURCE = Resource(
     entity=GOODS,

@@ -1,7 +1,7 @@
 """SQL for the goods table. Every function runs on the caller's connection.
 
 A write is one statement: the goods row and its outbox event (built by
-`shared.outbox.insert_sql`) commit together, in one round trip.
+`shared.command.outbox.insert_sql`) commit together, in one round trip.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, Final
 import asyncpg
 
 from goods.schemas import GoodsCreate, GoodsPublic, GoodsUpdate
-from shared import outbox
-from shared.command_service import Entity
+from shared.command import outbox
+from shared.command.service import Entity
 from shared.database import Connection
 
 # The goods' own fields, each declared once: what the API takes, the table stores

@@ -11,8 +11,8 @@ import asyncpg
 from goods import repository
 from goods.repository import GOODS
 from goods.schemas import GoodsPublic
-from shared import command_service
 from shared.batching import Batcher
+from shared.command import service as command_service
 
 Item = tuple[int, str | None]  # (order_id, name) of a create
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from order.repository import ORDER
 from order.settings import Settings
-from shared.command_api import command_main
+from shared.command.api import command_main
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""HTTP entrypoint of the order service: the order resource (shared.command_api)."""
+"""HTTP entrypoint of the order service: the order resource (shared.command.api)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from order import repository
 from order.repository import ORDER
 from order.schemas import OrderCreate, OrderUpdate
 from order.settings import Settings
-from shared.command_api import Resource, create_command_app
+from shared.command.api import Resource, create_command_app
 
 RESOURCE = Resource(
     entity=ORDER,

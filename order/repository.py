@@ -1,7 +1,7 @@
 """SQL for the orders table. Every function runs on the caller's connection.
 
 A write is one statement: the order row and its outbox event (built by
-`shared.outbox.insert_sql`) commit together, in one round trip.
+`shared.command.outbox.insert_sql`) commit together, in one round trip.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from order.schemas import OrderPublic
-from shared import outbox
-from shared.command_service import Entity
+from shared.command import outbox
+from shared.command.service import Entity
 from shared.database import Connection
 
 ORDER = Entity(

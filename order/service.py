@@ -7,8 +7,8 @@ import asyncpg
 from order import repository
 from order.repository import ORDER
 from order.schemas import OrderPublic
-from shared import command_service
 from shared.batching import Batcher
+from shared.command import service as command_service
 
 
 def order_creator(pool: asyncpg.Pool) -> Batcher[int, asyncpg.Record]:

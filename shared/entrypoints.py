@@ -15,12 +15,12 @@ from typing import Any
 
 import uvicorn
 
+from shared.command.relay import OutboxRelay
 from shared.http.metrics import MULTIPROC_ENV
 from shared.kafka import KafkaRefused
 from shared.logs import configure_logging, logging_config
 from shared.metrics import serve as serve_metrics
 from shared.migrations import migrate
-from shared.relay import OutboxRelay
 from shared.settings import CommandServiceSettings, CommonSettings
 
 log = logging.getLogger(__name__)

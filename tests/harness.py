@@ -34,9 +34,9 @@ from order.settings import Settings as OrderSettings
 from order_history.api.app import create_app as create_history_app
 from order_history.consumer.runner import HistoryConsumer
 from order_history.settings import Settings as HistorySettings
+from shared.command.outbox import UNPUBLISHED_SQL
+from shared.command.relay import OutboxRelay
 from shared.events import GOODS_TOPIC, ORDER_TOPIC, TOPICS, dlq_topic
-from shared.outbox import UNPUBLISHED_SQL
-from shared.relay import OutboxRelay
 
 _counter = itertools.count(1)
 # Env.journal_outbox's trigger, function and table; also before creating them (a test that died may have left them).

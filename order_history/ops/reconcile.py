@@ -25,7 +25,7 @@ is asked for with `--remove-unassigned` and the highest version the read model
 holds for those rows: an id its service deleted is published as deleted for
 good; one its sequence has not handed out yet (another producer's, or lost by
 a restore from backup) as removed at that version, which is also where the
-service will start the entity it later creates with that id (shared/resync.py).
+service will start the entity it later creates with that id (shared/command/resync.py).
 The repair waits only for the snapshots the services say they published, and
 stops waiting for one that can no longer apply: the read model holds a newer
 version of its entity than the snapshot and than the command side.

@@ -418,7 +418,7 @@ async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
 # yet be created): GONE_VERSION for an id its service deleted, so nothing comes
 # after it; for an id its service has not handed out yet, the version the row
 # had, above which the service will start the entity it later creates there
-# (shared/resync.py). Either way the row stays as a tombstone, and the version
+# (shared/command/resync.py). Either way the row stays as a tombstone, and the version
 # guard of every later event decides, as for a delete. goods_count is then
 # recounted, not maintained, for every order they touch: a repaired row may
 # have been counted wrongly before.

@@ -22,7 +22,7 @@ AggregateVersion = Annotated[int, Field(ge=1, le=MAX_VERSION, strict=True)]
 # The aggregate_version of a snapshot saying "no such entity" of an id its service
 # deleted: deleted for good, so no later event of it can exist, and no late one may
 # resurrect it. (An id the service has not handed out yet is removed at a lower
-# version: shared/resync.py.)
+# version: shared/command/resync.py.)
 GONE_VERSION: Final = MAX_VERSION
 
 

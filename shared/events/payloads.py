@@ -92,7 +92,7 @@ class _Resynced(_Payload):
     `exists` false: the service has no such entity, and the state fields are
     absent. At GONE_VERSION for an id it deleted (ids are never handed out
     twice); at a lower version for an id its sequence has not handed out yet,
-    where the entity it creates later starts above that version (shared/resync.py).
+    where the entity it creates later starts above that version (shared/command/resync.py).
     The consumer applies a snapshot also over a read row that claims the same
     version (a repair, not a duplicate), never over a newer one (README, "Events").
     """

@@ -19,12 +19,12 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from shared.command.outbox import NOTIFY_CHANNEL
 from shared.database import create_pool, ping
 from shared.http.errors import install_error_handlers
 from shared.http.limits import BodyLimit
 from shared.http.metrics import RequestMetrics, ScrapeGauges, metrics_endpoint
 from shared.notify import Notifier
-from shared.outbox import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def create_service_app(
     """A FastAPI app with a database pool in `app.state.pool`, errors and health endpoints.
 
     `direct_routes` are plain Starlette routes put ahead of FastAPI's (see
-    `shared.command_api`): the same endpoints, inside the same middleware and
+    `shared.command.api`): the same endpoints, inside the same middleware and
     error handlers, without FastAPI's request handler; FastAPI's routes of the
     same paths stay for the OpenAPI document.
     `state(pool)` names more objects built on the pool (a service's batchers), set on `app.state`;

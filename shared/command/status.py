@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
+from shared.command.outbox import BACKLOG_SQL
+from shared.command.relay import LEADER_LOCK_KEY
 from shared.database import WAIT_OUT_ERRORS
-from shared.outbox import BACKLOG_SQL
-from shared.relay import LEADER_LOCK_KEY
 from shared.settings import CommandServiceSettings
 
 # Relays name their sessions `outbox-relay-<service>`; the leader holds the

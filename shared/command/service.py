@@ -17,8 +17,8 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 from pydantic import BaseModel
 
-from shared import outbox
 from shared.batching import Batcher, RunBatch
+from shared.command import outbox
 from shared.database import Connection
 from shared.refusals import NotFound, VersionMismatch
 

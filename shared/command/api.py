@@ -25,8 +25,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from shared import asyncapi, command_service, command_status, consistency, outbox, resync
+from shared import asyncapi, consistency
 from shared.batching import RunBatch
+from shared.command import outbox, resync
+from shared.command import service as command_service
+from shared.command import status as command_status
 from shared.database import UNAVAILABLE_ERRORS
 from shared.entrypoints import at_least, run_api, run_migrations, run_relay
 from shared.events import MAX_ID, MAX_VERSION, TOPIC_OF_TYPE

@@ -42,9 +42,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared import logs
 from shared.backoff import Backoff
+from shared.command.outbox import NOTIFY_CHANNEL
 from shared.database import WAIT_OUT_ERRORS
 from shared.kafka import close_producer, deliver, start_producer
-from shared.outbox import NOTIFY_CHANNEL
 from shared.settings import CommandServiceSettings
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Transactional outbox, the writing side: the SQL that puts a command's event in the
 `outbox` table within the command's own statement. The NOTIFY that wakes the
 relay after commits is `shared.notify.Notifier` on NOTIFY_CHANNEL; the relay
-that publishes the rows is `shared.relay`.
+that publishes the rows is `shared.command.relay`.
 """
 
 from __future__ import annotations

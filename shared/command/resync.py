@@ -44,10 +44,10 @@ from typing import Any
 import asyncpg
 
 from shared import progress
-from shared.command_service import Entity
+from shared.command.outbox import BACKLOG_SQL, NOTIFY_CHANNEL, insert_sql
+from shared.command.service import Entity
 from shared.database import WAIT_OUT_ERRORS
 from shared.events import GONE_VERSION, MAX_ID, MAX_VERSION
-from shared.outbox import BACKLOG_SQL, NOTIFY_CHANNEL, insert_sql
 
 # What ends the command with a message: the database's state, or a stalled relay.
 _FAILURES: tuple[type[Exception], ...] = (*WAIT_OUT_ERRORS, RuntimeError)
