@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import httpx
 import pytest
 
-from tests.blackbox.model import Expected, Load, writes
+from tests.blackbox.model import Expected, Load, client, writes
 from tests.blackbox.targets import CONSUMER, ORDER_RELAY, Target
 
 TOPICS = ("order.events", "goods.events")
@@ -56,7 +56,7 @@ async def converged(target: Target, expected: Expected, timeout: float = 180) ->
     ids = sorted(set(expected.orders) | expected.deleted_orders)
     assert ids, "nothing was written"
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=target.urls["order_history"], timeout=30) as history:
+    async with client(target.urls["order_history"]) as history:
         pending = ids
         while True:
             wrong = await mismatches(history, expected, pending)
@@ -110,17 +110,17 @@ async def reconciled(target: Target) -> None:
 
 
 async def test_apis_answer_and_the_history_shows_every_write(target: Target) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10) as prober:
         for service, url in target.urls.items():
             for probe in ("/healthz", "/readyz"):
-                r = await client.get(url + probe)
+                r = await prober.get(url + probe)
                 assert r.status_code == 200, f"{service} {probe}: {r.status_code} {r.text}"
     expected = await writes(target.urls, 150, seed=11)
     await converged(target, expected)
 
     # The list: every order of ours with goods, with its count; none of ours without.
     listed: dict[int, int] = {}
-    async with httpx.AsyncClient(base_url=target.urls["order_history"], timeout=30) as history:
+    async with client(target.urls["order_history"]) as history:
         cursor: str | None = None
         while True:
             params: dict[str, str | int] = {"threshold": 0, "limit": 1000, **({"cursor": cursor} if cursor else {})}
@@ -140,8 +140,8 @@ async def test_every_accepted_write_is_one_event_and_a_refused_one_none(target: 
     before = await log_ends(target)
     expected = await writes(target.urls, 120, seed=12)
     async with (
-        httpx.AsyncClient(base_url=target.urls["order"], timeout=10) as order,
-        httpx.AsyncClient(base_url=target.urls["goods"], timeout=10) as goods,
+        client(target.urls["order"]) as order,
+        client(target.urls["goods"]) as goods,
     ):
         assert (await order.patch("/v1/order/999999999", json={"user_id": 1})).status_code == 404
         assert (await order.post("/v1/order", json={})).status_code == 422
