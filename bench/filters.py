@@ -35,7 +35,7 @@ from .timing import HttpClient, timed_batch
 # The loaded orders' created_at: 2026-01-01 plus 30 s per id (bench/query.py).
 _START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 _SORT_SQL = {"id": "id", "-created_at": "created_at DESC, id DESC"}
-# Ours is explained for these (the plans of the README).
+# Ours is explained for these (the plans in docs/benchmarks.md, "Query").
 _EXPLAINED = (f"user with {USER_MAX_ORDERS:,} orders, 30 days, sort=id", "no filter, sort=-created_at")
 # Every run of the plain plan stops after this long (it reads the whole table in some combinations).
 _PLAIN_TIMEOUT_S = 60

@@ -14,7 +14,7 @@ removes): it is then published as removed at that version (or at the id's
 floor, if one is higher), and the same transaction records that version as the
 id's floor (`version_floors`), above which the entity the sequence later hands
 the id to starts. The read model's version guard then lets that entity in, and
-keeps out every copy of the removed row's events (README, "Repair").
+keeps out every copy of the removed row's events (docs/commands.md, "reconcile").
 
 Safe while the service runs: each batch is one statement that reads its rows
 and inserts their snapshots (one short transaction), without locking the rows.

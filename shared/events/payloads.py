@@ -94,7 +94,7 @@ class _Resynced(_Payload):
     twice); at a lower version for an id its sequence has not handed out yet,
     where the entity it creates later starts above that version (shared/command/resync.py).
     The consumer applies a snapshot also over a read row that claims the same
-    version (a repair, not a duplicate), never over a newer one (README, "Events").
+    version (a repair, not a duplicate), never over a newer one (docs/events.md, "Snapshots").
     """
 
     # The fields an existing entity's snapshot must carry (also in its JSON Schema: `_required_when_exists`).

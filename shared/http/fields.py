@@ -2,9 +2,9 @@
 
 The original Go clients send form or query fields (`userId=7`); the writes
 accept them beside JSON unless the service is told not to (`accept_form`:
-HTML forms can be posted across sites, JSON bodies cannot; see the README's
-"CSRF"). Form and query integers must be plain digits; JSON is strict (`"7"`
-is not an integer).
+HTML forms can be posted across sites, JSON bodies cannot; see docs/api.md,
+"Form and query-field writes (CSRF)"). Form and query integers must be plain
+digits; JSON is strict (`"7"` is not an integer).
 """
 
 from __future__ import annotations

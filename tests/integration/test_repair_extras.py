@@ -1,7 +1,7 @@
 """`reconcile --repair` against rows the read model has and the command databases do not.
 
 Two ways such rows come about, and what the repair does with each
-(README, "Repair"; docs/operations.md):
+(docs/commands.md, "reconcile"; docs/operations.md):
 
 - events of another producer, for ids at or below a command sequence that the
   service never wrote (an insert that rolled back still used its id): the id
