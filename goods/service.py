@@ -14,7 +14,7 @@ from goods.schemas import GoodsPublic
 from shared.batching import Batcher
 from shared.command import service as command_service
 
-Item = tuple[int, str | None]  # (order_id, name) of a create
+Item = tuple[int, str | None, int | None]  # (order_id, name, price_cents) of a create: repository.FIELDS
 
 
 def goods_creator(pool: asyncpg.Pool) -> Batcher[Item, asyncpg.Record]:
@@ -22,8 +22,10 @@ def goods_creator(pool: asyncpg.Pool) -> Batcher[Item, asyncpg.Record]:
     return command_service.creator(pool, repository.insert_many)
 
 
-async def create_goods(creator: Batcher[Item, asyncpg.Record], order_id: int, name: str | None) -> GoodsPublic:
-    return await command_service.create(GOODS, creator, (order_id, name))
+async def create_goods(
+    creator: Batcher[Item, asyncpg.Record], order_id: int, name: str | None, price_cents: int | None = None
+) -> GoodsPublic:
+    return await command_service.create(GOODS, creator, (order_id, name, price_cents))  # repository.FIELDS order
 
 
 async def get_goods(pool: asyncpg.Pool, goods_id: int) -> GoodsPublic:
@@ -37,9 +39,13 @@ async def update_goods(
     set_name: bool,
     name: str | None,
     expected_version: int | None,
+    *,
+    set_price: bool = False,
+    price_cents: int | None = None,
 ) -> GoodsPublic:
-    """Move (order_id not None) and/or rename (set_name) the goods."""
-    args = (order_id is not None, order_id, set_name, name)  # per field of repository.FIELDS: set it?, value
+    """Move (order_id not None), rename (set_name) and/or reprice (set_price) the goods."""
+    # per field of repository.FIELDS: set it?, value
+    args = (order_id is not None, order_id, set_name, name, set_price, price_cents)
     return await command_service.update(pool, GOODS, repository.UPDATE, goods_id, args, expected_version)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from order_history.ops import dlq
-from order_history.ops.reconcile import Reconciler
+from order_history.ops.reconciler import Reconciler
 from shared import events
 from shared.events import GONE_VERSION, GoodsData, GoodsResyncedData, new_event
 from tests.harness import GOODS, Env, command
@@ -173,9 +173,9 @@ async def test_a_snapshot_overwrites_its_own_version_but_never_a_newer_one(env: 
 
 async def test_dead_letters_are_listed_shown_replayed_after_an_upcaster_and_purged(env: Env) -> None:
     await env.start_consumer()
-    # A goods service one release ahead publishes goods.created v2, which adds a colour.
+    # A goods service one release ahead publishes goods.created v3, which adds a colour.
     newer = orjson.loads(goods_event(7, 1, 3, "lamp").to_json())
-    newer |= {"schema_version": 2, "event_id": str(uuid.uuid4())}
+    newer |= {"schema_version": 3, "event_id": str(uuid.uuid4())}
     newer["data"]["colour"] = "red"
     await env.produce([*encode([order_created(3, 1)]), (GOODS, b"7", orjson.dumps(newer)), (GOODS, b"8", b"not json")])
     await env.wait_caught_up()
@@ -184,25 +184,29 @@ async def test_dead_letters_are_listed_shown_replayed_after_an_upcaster_and_purg
     assert listed.returncode == 0, listed.stderr
     letters = {d.get("event_type", "?"): d for d in json.loads(listed.stdout)}
     assert set(letters) == {"goods.created", "?"}
-    v2, junk = letters["goods.created"], letters["?"]
-    assert "unknown schema_version 2" in v2["reason"] and v2["topic"] == env.topic(GOODS)
-    shown = await command(env, "order_history", "dlq", "show", v2["id"])
+    v3, junk = letters["goods.created"], letters["?"]
+    assert "unknown schema_version 3" in v3["reason"] and v3["topic"] == env.topic(GOODS)
+    shown = await command(env, "order_history", "dlq", "show", v3["id"])
     assert json.loads(json.loads(shown.stdout)["value"])["data"]["colour"] == "red"
     table = await command(env, "order_history", "dlq", "list")
     assert table.stdout.splitlines()[-1] == "2 dead letter(s)"
 
-    # The deployed code still knows v1 only: the replay refuses it again, and says so.
-    again = await command(env, "order_history", "dlq", "replay", v2["id"])
-    assert again.returncode == 1 and "still refused: unknown schema_version 2" in again.stderr
+    # The deployed code knows v1 and v2 only: the replay refuses it again, and says so.
+    again = await command(env, "order_history", "dlq", "replay", v3["id"])
+    assert again.returncode == 1 and "still refused: unknown schema_version 3" in again.stderr
 
-    # The next release knows goods.created v2 (and lifts v1 to it): the replay applies the event.
-    class GoodsDataV2(GoodsData):
+    # The next release knows goods.created v3 (and lifts v2 to it): the replay applies the event.
+    class GoodsDataV3(GoodsData):
         colour: str | None = None
 
     created = events.CATALOGUE["goods.created"]
-    upgraded = replace(created, models={1: GoodsData, 2: GoodsDataV2}, upcasters={1: lambda d: {**d, "colour": None}})
+    upgraded = replace(
+        created,
+        models={**created.models, 3: GoodsDataV3},
+        upcasters={**created.upcasters, 2: lambda d: {**d, "colour": None}},
+    )
     codec = events.Codec({**events.CATALOGUE, "goods.created": upgraded})
-    origin = dlq.Origin.parse(v2["id"])
+    origin = dlq.Origin.parse(v3["id"])
     settings = env.history_settings().model_copy(update={"kafka_topic_prefix": env.prefix, "consumer_group": env.group})
     outcome = await dlq.replay_letters(settings, [origin], codec)
     assert outcome.applied == [origin] and outcome.refused == []
