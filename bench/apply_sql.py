@@ -37,8 +37,8 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
+from order_history.consumer.clients import SESSION_SETTINGS
 from order_history.consumer.lanes import Lanes
-from order_history.consumer.runner import SESSION_SETTINGS
 from order_history.projection.statements import PreparedBatch, apply_prepared, prepare, reduce_events
 from order_history.settings import Settings
 from shared.events import Event
@@ -58,18 +58,24 @@ def batches_of(events: int, batch: int, ways: int) -> tuple[Generator, Batches]:
     partitions = list(range(PARTITIONS))
     out: Batches = []
     current: dict[TopicPartition, list[Event]] = {}
+    # Each event's position as the consumer would read it (the rows record their source).
+    sources: dict[TopicPartition, list[tuple[int, int]]] = {}
+    offsets: dict[TopicPartition, int] = {}
     for i in range(events):
         event = gen.next(i)
         tp = TopicPartition(event.topic, partitioner(event.key, partitions, partitions))
         current.setdefault(tp, []).append(event)
+        sources.setdefault(tp, []).append((tp.partition, offsets.get(tp, 0)))
+        offsets[tp] = offsets.get(tp, 0) + 1
         if (i + 1) % batch == 0 or i + 1 == events:
             parts = []
             # each batch on its own: its partitions split evenly over the lanes
             for _, group in sorted(Lanes(ways).route({tp: len(m) for tp, m in current.items()}).items()):
                 part = [e for tp in group for e in current[tp]]
-                parts.append((len(part), prepare(reduce_events(part), insert_created=True)))
+                at = [s for tp in group for s in sources[tp]]
+                parts.append((len(part), prepare(reduce_events(part, at), insert_created=True)))
             out.append(parts)
-            current = {}
+            current, sources = {}, {}
     return gen, out
 
 

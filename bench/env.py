@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
+from devstack.config import StackConfig
 from devstack.databases import DATABASES
+from devstack.paths import REPO
 from devstack.processes import ManagedProcess, free_port
 from devstack.progress import say
 from devstack.progress import step as devstack_step
-from devstack.stack import REPO, Stack, StackConfig, readyz
+from devstack.stack import Stack
+from devstack.startup import readyz
 from shared.events import TOPICS, dlq_topic
 
 from .stats import children_of, median

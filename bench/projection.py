@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from tqdm import tqdm
 
-from devstack.stack import REPO
+from devstack.paths import REPO
 from shared.events import (
     Event,
     GoodsData,

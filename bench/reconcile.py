@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack.stack import REPO
-from order_history.ops.reconcile import CHECKS, Check, Reconciler
+from devstack.paths import REPO
+from order_history.ops.checks import CHECKS, Check
+from order_history.ops.reconciler import Reconciler
 from order_history.ops.sampler import Sampler
 from order_history.settings import Settings
 

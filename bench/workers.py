@@ -109,7 +109,7 @@ async def naive(bootstrap: str, prefix: str, dsn: str, group: str, seconds: floa
                         first = time.monotonic()
                     event = decode_event(m.value, contract)
                     async with conn.transaction():
-                        await apply_batch(conn, reduce_events([event]))
+                        await apply_batch(conn, reduce_events([event], [(tp.partition, m.offset)]))
                         await positions.advance(conn, {tp: m.offset + 1})
                     count += 1
                     if time.monotonic() >= deadline:

@@ -6,10 +6,13 @@ import argparse
 import os
 import sys
 
+from devstack.config import StackConfig
 from devstack.databases import init_sql
 from devstack.errors import StackError
-from devstack.kafka import install_jars
-from devstack.stack import Stack, StackConfig, dump, kafka_libs_dir, render_status
+from devstack.kafka_jars import install_jars
+from devstack.paths import kafka_libs_dir
+from devstack.stack import Stack
+from devstack.status import dump, render_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "clean":
             stack.clean()
         else:
-            # Exit status 0 only if everything runs (STATUS_* in devstack/stack.py).
+            # Exit status 0 only if everything runs (STATUS_* in devstack/status.py).
             status = stack.status()
             text, code = render_status(status)
             print(dump(status) if args.json else text)

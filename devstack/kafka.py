@@ -1,18 +1,24 @@
-"""A real Apache Kafka (KRaft) assembled from Maven Central jars: one node, or a cluster of
-combined broker/controller nodes on loopback.
+"""`KafkaCluster`: a real Apache Kafka (KRaft) assembled from Maven Central jars: one node, or a
+cluster of combined broker/controller nodes on loopback.
 
 With three nodes or more, topics get replication factor 3 and
 `min.insync.replicas=2`: an acknowledged write (acks=all) is on two nodes at
 least, and any one node may die. Every node can also open a SASL listener (and
-a SASL_SSL one, with a certificate authority made here by `openssl`), so that
+a SASL_SSL one, with a certificate authority made by `openssl`), so that
 tests run the clients through authentication and TLS.
+
+Contract: `start()` prepares what is missing (the jars: devstack/kafka_jars.py;
+the TLS files: devstack/kafka_security.py; each node's configuration and
+formatted storage: devstack/kafka_node.py), starts the nodes that do not run,
+and returns once each accepts connections and the topics exist with a leader
+for every partition (devstack/kafka_topics.py); else StackError. `stop()`,
+`kill9()`, `pause()` and `resume()` act on every node at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import shutil
 import signal
 import sys
@@ -23,216 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack import kafka_topics
 from devstack.errors import StackError
-from devstack.processes import ManagedProcess, port_accepts, port_is_free, run
-from devstack.progress import say, step
-from shared import events
-
-HERE = Path(__file__).resolve().parent
-POM = HERE / "kafka" / "pom.xml"
-LOG4J2 = HERE / "kafka" / "log4j2.properties"
-
-# The event topics (from the event catalogue) and their dead-letter topics.
-TOPICS: tuple[str, ...] = (*events.TOPICS, *(events.dlq_topic(t) for t in events.TOPICS))
-
-# The one account of the SASL listeners (local stacks and tests only), known to
-# the broker as PLAIN and as SCRAM-SHA-256 / SCRAM-SHA-512 credentials.
-SASL_USERNAME = "order-history"
-SASL_PASSWORD = "order-history-dev-secret"
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-def install_jars(libs_dir: Path) -> Path:
-    """Fetch the broker's jars once (`mvn dependency:copy-dependencies`)."""
-    stamp = libs_dir / ".pom-sha256"
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text().strip() == digest:
-        return libs_dir
-    if shutil.which("java") is None:
-        raise StackError(
-            "Java is not installed: the Kafka broker needs Java 17+ (apt-get install -y openjdk-17-jre-headless)."
-        )
-    if shutil.which("mvn") is None:
-        raise StackError("Maven is not installed: it fetches the Kafka broker's jars (apt-get install -y maven).")
-    if libs_dir.exists():
-        shutil.rmtree(libs_dir)
-    with step(f"downloading Apache Kafka jars from Maven Central into {libs_dir} (first run only)"):
-        run(
-            ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={libs_dir}"],
-            "mvn dependency:copy-dependencies (Kafka jars)",
-        )
-    stamp.write_text(digest + "\n")
-    return libs_dir
-
-
-def make_tls(directory: Path) -> Path:
-    """A certificate authority and a broker certificate for 127.0.0.1 (once); the CA's file.
-
-    `ca.pem` is what clients trust (KAFKA_SSL_CAFILE); `broker.pem` holds the
-    broker's unencrypted PKCS#8 key and certificate, Kafka's PEM key store.
-    """
-    ca = directory / "ca.pem"
-    keystore = directory / "broker.pem"
-    if ca.exists() and keystore.exists():
-        return ca
-    if shutil.which("openssl") is None:
-        raise StackError("openssl is not installed: the SASL_SSL listener needs it (apt-get install -y openssl).")
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        run(["openssl", *args], "openssl " + args[0], cwd=str(directory))
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=order-history dev CA",
-            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "broker.key",
-            "-out", "broker.csr")  # fmt: skip
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "3650", "-extfile", "san.cnf", "-out", "broker.crt")  # fmt: skip
-    openssl("pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.p8")
-    keystore.write_text((directory / "broker.p8").read_text() + (directory / "broker.crt").read_text())
-    return ca
-
-
-@dataclass
-class KafkaNode:
-    """One combined broker/controller process."""
-
-    home: Path  # config, data and PID file live here
-    libs_dir: Path
-    node_id: int = 1
-    port: int = 9092
-    controller_port: int = 9093
-    sasl_port: int = 0  # SASL_PLAINTEXT listener (0: none)
-    sasl_ssl_port: int = 0  # SASL_SSL listener (0: none)
-    heap: str = "512m"
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
-    def config_file(self) -> Path:
-        return self.home / "server.properties"
-
-    @property
-    def ports(self) -> tuple[int, ...]:
-        return tuple(p for p in (self.port, self.controller_port, self.sasl_port, self.sasl_ssl_port) if p)
-
-    @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            name=f"kafka-{self.node_id}",
-            argv=[
-                "java",
-                f"-Xmx{self.heap}",
-                f"-Xms{self.heap}",
-                "-XX:+UseG1GC",
-                f"-Dlog4j2.configurationFile={LOG4J2}",
-                f"-Dkafka.logs.dir={self.home / 'logs'}",
-                "-cp",
-                f"{self.libs_dir}/*",
-                "kafka.Kafka",
-                str(self.config_file),
-            ],
-            pid_file=self.home / "kafka.pid",
-            log_file=self.home / "kafka.log",
-        )
-
-    def write_config(self, settings: dict[str, str], tls: Path) -> None:
-        """`settings`: the cluster's; `tls`: where `make_tls` put the broker's key store."""
-        listeners = {"PLAINTEXT": self.port, "CONTROLLER": self.controller_port}
-        if self.sasl_port:
-            listeners["SASL_PLAINTEXT"] = self.sasl_port
-        if self.sasl_ssl_port:
-            listeners["SASL_SSL"] = self.sasl_ssl_port
-        own = {
-            "node.id": str(self.node_id),
-            "listeners": ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items()),
-            "advertised.listeners": ",".join(
-                f"{name}://127.0.0.1:{port}" for name, port in listeners.items() if name != "CONTROLLER"
-            ),
-            "listener.security.protocol.map": ",".join(
-                f"{name}:{'PLAINTEXT' if name == 'CONTROLLER' else name}" for name in listeners
-            ),
-            "log.dirs": str(self.data_dir),
-        }
-        if self.sasl_port or self.sasl_ssl_port:
-            own |= _sasl_settings([name for name in listeners if name.startswith("SASL")])
-        if self.sasl_ssl_port:
-            own |= {
-                "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
-                "listener.name.sasl_ssl.ssl.keystore.location": str(tls / "broker.pem"),
-            }
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in {**settings, **own}.items()))
-
-    def formatted(self) -> bool:
-        return (self.data_dir / "meta.properties").exists()
-
-    def format(self, cluster_id: str) -> None:
-        if self.formatted():
-            return
-        scram = [f"{m}=[name={SASL_USERNAME},password={SASL_PASSWORD}]" for m in SASL_MECHANISMS if "SCRAM" in m]
-        run(
-            [
-                "java",
-                "-Xmx256m",
-                f"-Dlog4j2.configurationFile={LOG4J2}",
-                "-cp",
-                f"{self.libs_dir}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(self.config_file),
-                "--ignore-formatted",
-                *(arg for s in scram for arg in ("--add-scram", s)),
-            ],
-            f"kafka StorageTool format (node {self.node_id})",
-        )
-
-    def running(self) -> bool:
-        return self.process.running()
-
-    def start(self) -> None:
-        if self.running():
-            return
-        for port in self.ports:
-            if not port_is_free(port):
-                raise StackError(
-                    f"Kafka port {port} on 127.0.0.1 is taken by another process; stop it or "
-                    "choose other ports with KAFKA_PORT=... KAFKA_CONTROLLER_PORT=..."
-                )
-        self.process.start()
-
-    def stop(self, timeout: float = 30) -> None:
-        self.process.stop(timeout=timeout)
-
-    def kill9(self) -> None:
-        """A crash: the node killed at once; returns when its ports can be bound again (for the next start)."""
-        self.process.kill9()
-        deadline = time.monotonic() + 90
-        while not all(port_is_free(p) for p in self.ports):
-            if time.monotonic() > deadline:
-                raise StackError(f"Kafka's ports {self.ports} still taken after SIGKILL")
-            time.sleep(0.2)
-
-
-def _sasl_settings(listeners: Sequence[str]) -> dict[str, str]:
-    plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USERNAME}="{SASL_PASSWORD}";'
-    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-    out = {"sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS)}
-    for listener in listeners:
-        for mechanism in SASL_MECHANISMS:
-            module = plain if mechanism == "PLAIN" else scram
-            out[f"listener.name.{listener.lower()}.{mechanism.lower()}.sasl.jaas.config"] = module
-    return out
+from devstack.kafka_jars import install_jars
+from devstack.kafka_node import KafkaNode
+from devstack.kafka_security import make_tls
+from devstack.kafka_topics import TOPICS
+from devstack.processes import port_accepts
+from devstack.progress import step
 
 
 @dataclass
@@ -385,79 +189,15 @@ class KafkaCluster:
         self, topics: Sequence[str], deadline: float | None = None, partitions: int | None = None
     ) -> None:
         """Create those of `topics` that do not exist, with `partitions` (default: the cluster's) each."""
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
         deadline = deadline or time.monotonic() + 60
         partitions = partitions or self.partitions
-        configs = {
-            # Event topics keep everything: the read model can be rebuilt from them.
-            "retention.ms": "-1",
-            "min.insync.replicas": str(self.min_insync_replicas),
-        }
-        while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000)
-            try:
-                await admin.start()
-                existing = set(await admin.list_topics())
-                missing = [t for t in topics if t not in existing]
-                if missing:
-                    response = await admin.create_topics(
-                        [NewTopic(t, partitions, self.replication_factor, topic_configs=configs) for t in missing]
-                    )
-                    for topic, code, *_ in getattr(response, "topic_errors", []):
-                        if code not in (0, TopicAlreadyExistsError.errno):
-                            raise KafkaError(f"create topic {topic}: error {code}")
-                    say(
-                        f"created topics {', '.join(missing)} with {partitions} partitions, "
-                        f"replication factor {self.replication_factor}"
-                    )
-                    await self._wait_led(missing, partitions, deadline)
-                return
-            except TopicAlreadyExistsError:
-                return
-            except (KafkaError, OSError) as exc:
-                if time.monotonic() > deadline:
-                    raise StackError(f"Kafka is not answering on {self.bootstrap}: {exc}") from exc
-                await asyncio.sleep(0.5)
-            finally:
-                await admin.close()
-
-    async def _wait_led(self, topics: Sequence[str], partitions: int, deadline: float) -> None:
-        """Until every node's metadata names a leader for each partition of the new topics: a creation
-        is acknowledged by the controller before the other nodes know of it."""
-        from aiokafka.errors import KafkaError
-
-        want = {(t, p) for t in topics for p in range(partitions)}
-        while True:
-            try:
-                led = {tp for tp, p in (await self.describe(topics)).items() if p["leader"] >= 0}
-                if want <= led:
-                    return
-            except KafkaError:
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"the new topics {', '.join(topics)} have no leader for every partition in time")
-            await asyncio.sleep(0.2)
+        await kafka_topics.ensure_topics(
+            self.bootstrap, topics, partitions, self.replication_factor, self.min_insync_replicas, deadline
+        )
 
     async def describe(self, topics: Sequence[str]) -> dict[tuple[str, int], dict[str, Any]]:
         """(topic, partition) → {"leader": node id, "replicas": [...], "isr": [...]}, as the cluster sees it."""
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000)
-        try:
-            await admin.start()
-            out: dict[tuple[str, int], dict[str, Any]] = {}
-            for topic in await admin.describe_topics(list(topics)):
-                for p in topic["partitions"]:
-                    out[(topic["topic"], p["partition"])] = {
-                        "leader": p["leader"],
-                        "replicas": list(p["replicas"]),
-                        "isr": list(p["isr"]),
-                    }
-            return out
-        finally:
-            await admin.close()
+        return await kafka_topics.describe(self.bootstrap, topics)
 
     def stop(self) -> None:
         running = [n for n in self.nodes if n.running()]

@@ -1,4 +1,4 @@
-"""`order-history api|consumer|migrate|reset|reset-positions|status|orphans|reconcile|dlq|rebuild`.
+"""`order-history api|consumer|migrate|reset|reset-positions|status|orphans|reconcile|explain|dlq|rebuild`.
 
 Also `python -m order_history ...`.
 """
@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from order_history.consumer.runner import HistoryConsumer
-from order_history.ops import dlq, operations, orphans, rebuild, reconcile
+from order_history.ops import dlq, explain, operations, orphans, rebuild, reconcile
 from order_history.ops import status as read_side_status
 from order_history.ops.watch import TrustWatch
 from order_history.settings import Settings
@@ -100,6 +100,21 @@ def _repair_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         default=120.0,
         help="seconds to wait for the resynced entities (120)",
     )
+    explain_parser = commands.add_parser(
+        "explain",
+        parents=[common],
+        help="one order's read-model row and its goods: versions, the event last applied, agreement, dead letters",
+        description="Print the read model's row of ORDER_ID and of its live goods: each one's version and its "
+        "service's, the topic, partition and offset of the last event applied to it, whether the command databases "
+        "agree (reconcile's comparison), and the dead letters and parked records of the order and its goods. "
+        "Exit 0: the read model has the order; 1: a database cannot be read; 2: usage; 3: the read model has no "
+        "such order.",
+    )
+    explain_parser.add_argument("order_id", type=explain.order_id, metavar="ORDER_ID", help="the order's id")
+    explain_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    explain_parser.add_argument(
+        "--goods-limit", type=at_least(0), default=100, help="show at most N of its goods, by id (100)"
+    )
     rebuild_parser = commands.add_parser(
         "rebuild",
         parents=[common],
@@ -183,6 +198,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dlq(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "skip":
+        return asyncio.run(dlq.skip(settings, args.topic, args.partition, args.offset, args.reason))
+    ids = getattr(args, "ids", [])
+    every = getattr(args, "all", False)
+    if ids and every:
+        parser.error("give dead letter ids or --all, not both")
+    as_json, full = getattr(args, "json", False), getattr(args, "full", False)
+    return asyncio.run(dlq.run(settings, args.action, ids, every, as_json, full))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -197,18 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(operations.reset(settings)))
     elif args.command == "reconcile":
         sys.exit(asyncio.run(reconcile.run(settings, args.repair, args.json, args.range_size, args.repair_timeout)))
+    elif args.command == "explain":
+        sys.exit(asyncio.run(explain.run(settings, args.order_id, args.json, args.goods_limit)))
     elif args.command == "rebuild":
         configure_logging("WARNING", settings.log_format)
         sys.exit(asyncio.run(rebuild.run(settings, args.switch_lag, args.keep_old)))
-    elif args.command == "dlq" and args.action == "skip":
-        sys.exit(asyncio.run(dlq.skip(settings, args.topic, args.partition, args.offset, args.reason)))
     elif args.command == "dlq":
-        ids = getattr(args, "ids", [])
-        every = getattr(args, "all", False)
-        if ids and every:
-            parser.error("give dead letter ids or --all, not both")
-        as_json, full = getattr(args, "json", False), getattr(args, "full", False)
-        sys.exit(asyncio.run(dlq.run(settings, args.action, ids, every, as_json, full)))
+        sys.exit(_dlq(parser, args, settings))
     elif args.command == "status":
         sys.exit(asyncio.run(read_side_status.status(settings, args.json)))
     elif args.command == "orphans":

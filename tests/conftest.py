@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from devstack.config import StackConfig
 from devstack.errors import StackError
+from devstack.paths import REPO
 from devstack.processes import free_port, pid_alive
-from devstack.stack import REPO, Stack, StackConfig
+from devstack.stack import Stack
 from tests.harness import Env, fresh_env
 
 

@@ -25,8 +25,9 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from devstack.kafka import KafkaCluster
+from devstack.paths import REPO
 from devstack.processes import ManagedProcess
-from devstack.stack import REPO, Stack
+from devstack.stack import Stack
 from goods.api import create_app as create_goods_app
 from goods.settings import Settings as GoodsSettings
 from order.api import create_app as create_order_app

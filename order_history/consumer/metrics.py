@@ -11,29 +11,27 @@ process; an event from the future counts as applied when it was), staleness
 (what the API reports, as this process knows it: docs/freshness.md), and
 whether the consumer has halted on positions that do not fit the log.
 
-The read model's trust figures (`TRUST`) are read from the read database by
-order_history/ops/watch.py every sampler interval, in every consumer process: the
-divergence sampler's counts and full-pass age, and the orphan goods. The ages
-go on growing between two reads (and while the database cannot be read), so
-a sampler that stopped shows as an old pass rather than a frozen one.
+The scrape reads a consumer through `ConsumerState` alone, so this module
+imports nothing of the consumer: the runner registers itself in `LIVE`.
+`Gauge` and `ScrapedGauges` are the helpers for gauges computed at scrape
+time; order_history/ops/watch.py builds the read model's trust figures on them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import weakref
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol
 
+from aiokafka import TopicPartition
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from order_history.ops import orphans, sampler
 from order_history.projection.apply import BatchStats
-
-if TYPE_CHECKING:
-    from order_history.consumer.runner import HistoryConsumer
 
 APPLIED: Final = Counter("consumer_events_applied_total", "Events applied to the read model", ["event_type"])
 DEAD_LETTERS: Final = Counter("consumer_dead_letters_total", "Messages sent to a dead-letter topic")
@@ -52,12 +50,6 @@ APPLY_SECONDS: Final = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 REBALANCES: Final = Counter("consumer_rebalances_total", "Partition revocations this consumer went through")
-SAMPLED_RANGES: Final = Counter(
-    "read_model_reconcile_ranges_total", "Id ranges the divergence sampler of this process compared"
-)
-SAMPLED_SECONDS: Final = Counter(
-    "read_model_reconcile_seconds_total", "Seconds the divergence sampler of this process spent comparing id ranges"
-)
 
 
 def record_part(stats: BatchStats, took: float) -> None:
@@ -71,34 +63,82 @@ def record_part(stats: BatchStats, took: float) -> None:
     APPLY_SECONDS.observe(took)
 
 
-class LiveState(Collector):
+@dataclass(frozen=True)
+class Gauge:
+    """A gauge computed at scrape time: its name (written here once), what it means, its labels."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+    def family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=list(self.labels))
+
+    def of(self, value: float) -> GaugeMetricFamily:
+        """The unlabelled gauge with one value."""
+        family = self.family()
+        family.add_metric([], value)
+        return family
+
+
+class ScrapedGauges(Collector):
+    """A collector of `gauges`, computed by `collect` at each scrape."""
+
+    gauges: tuple[Gauge, ...] = ()
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, without computing anything (prometheus-client checks for duplicates).
+        for gauge in self.gauges:
+            yield gauge.family()
+
+
+class ConsumerState(Protocol):
+    """What a scrape reads of a live consumer (order_history/consumer/runner.py's `HistoryConsumer`)."""
+
+    @property
+    def halted(self) -> Collection[object]: ...  # not empty: it applies nothing more
+
+    @property
+    def newest_applied(self) -> dt.datetime | None: ...
+
+    def lag(self) -> dict[TopicPartition, int]: ...
+
+    def stuck(self) -> dict[TopicPartition, float]: ...
+
+    def staleness(self) -> float | None: ...
+
+
+_LAG: Final = Gauge(
+    "consumer_lag_events",
+    "Messages in the log not yet applied: log end offset (at most seconds old) minus the next offset to apply",
+    ("topic", "partition"),
+)
+_STUCK: Final = Gauge(
+    "consumer_partition_stuck_seconds",
+    "Seconds since the partition's position last moved while it has lag (0 without lag)",
+    ("topic", "partition"),
+)
+_FRESHNESS: Final = Gauge(
+    "read_model_freshness_seconds", "Now minus occurred_at of the newest event applied by this process"
+)
+_STALENESS: Final = Gauge(
+    "read_model_staleness_seconds",
+    "Now minus the instant before which every event appended to the assigned partitions is applied: "
+    "the caught-up time or the newest occurred_at applied, the later, of the least current partition",
+)
+_HALTED: Final = Gauge("consumer_halted", "1 while the consumer applies nothing: stored positions do not fit the log")
+
+
+class LiveState(ScrapedGauges):
     """Lag, freshness and halt of every consumer of this process, computed at scrape time."""
 
+    gauges = (_LAG, _STUCK, _FRESHNESS, _STALENESS, _HALTED)
+
     def __init__(self) -> None:
-        self.consumers: weakref.WeakSet[HistoryConsumer] = weakref.WeakSet()
+        self.consumers: weakref.WeakSet[ConsumerState] = weakref.WeakSet()
 
     def collect(self) -> Iterable[Metric]:
-        lag = GaugeMetricFamily(
-            "consumer_lag_events",
-            "Messages in the log not yet applied: log end offset (at most seconds old) minus the next offset to apply",
-            labels=["topic", "partition"],
-        )
-        stuck = GaugeMetricFamily(
-            "consumer_partition_stuck_seconds",
-            "Seconds since the partition's position last moved while it has lag (0 without lag)",
-            labels=["topic", "partition"],
-        )
-        freshness = GaugeMetricFamily(
-            "read_model_freshness_seconds", "Now minus occurred_at of the newest event applied by this process"
-        )
-        staleness = GaugeMetricFamily(
-            "read_model_staleness_seconds",
-            "Now minus the instant before which every event appended to the assigned partitions is applied: "
-            "the caught-up time or the newest occurred_at applied, the later, of the least current partition",
-        )
-        halted = GaugeMetricFamily(
-            "consumer_halted", "1 while the consumer applies nothing: stored positions do not fit the log"
-        )
+        lag, stuck, freshness, staleness, halted = (gauge.family() for gauge in self.gauges)
         # One process runs one consumer; should it run several (tests), each
         # partition's largest lag, the freshest model and any halt are shown.
         consumers = list(self.consumers)
@@ -130,78 +170,6 @@ class LiveState(Collector):
         yield staleness
         yield halted
 
-    def describe(self) -> Iterable[Metric]:
-        # Names only, without touching the consumers (prometheus-client checks for duplicates).
-        yield GaugeMetricFamily("consumer_lag_events", "", labels=["topic", "partition"])
-        yield GaugeMetricFamily("consumer_partition_stuck_seconds", "", labels=["topic", "partition"])
-        yield GaugeMetricFamily("read_model_freshness_seconds", "")
-        yield GaugeMetricFamily("read_model_staleness_seconds", "")
-        yield GaugeMetricFamily("consumer_halted", "")
-
 
 LIVE: Final = LiveState()
 REGISTRY.register(LIVE)
-
-
-class TrustFigures(Collector):
-    """The divergence and orphan figures as last read from the read database; nothing until the first read."""
-
-    def __init__(self) -> None:
-        self._read: tuple[sampler.Figures, orphans.Figures, float] | None = None
-
-    def update(self, divergence: sampler.Figures, waiting: orphans.Figures) -> None:
-        self._read = (divergence, waiting, time.monotonic())
-
-    def collect(self) -> Iterable[Metric]:
-        read = self._read
-        if read is None:
-            return
-        divergence, waiting, read_at = read
-        since = time.monotonic() - read_at
-        yield _gauge(
-            "read_model_divergent_rows",
-            "Rows (entity and id) whose difference from the command side lasted the settle time, "
-            "as the divergence sampler last found them",
-            divergence.divergent,
-        )
-        yield _gauge(
-            "read_model_divergence_unconfirmed_rows",
-            "Differences the divergence sampler saw and has not confirmed yet (in flight, or not yet settled)",
-            divergence.unconfirmed,
-        )
-        if divergence.full_pass_age is not None:
-            yield _gauge(
-                "read_model_reconcile_full_pass_age_seconds",
-                "Seconds since the newest complete pass of the divergence sampler began: every id range has "
-                "been compared since (before the first pass: since the sampler first ran)",
-                divergence.full_pass_age + since,
-            )
-        yield _gauge("read_model_orphan_goods", "Live goods whose order the read model has not received", waiting.goods)
-        yield _gauge(
-            "read_model_oldest_orphan_age_seconds",
-            "Seconds since the oldest orphan goods item was created (0 without orphans)",
-            0.0 if waiting.oldest_age is None else waiting.oldest_age + since,
-        )
-
-    def describe(self) -> Iterable[Metric]:
-        for name in _TRUST_NAMES:
-            yield GaugeMetricFamily(name, "")
-
-
-_TRUST_NAMES: Final = (
-    "read_model_divergent_rows",
-    "read_model_divergence_unconfirmed_rows",
-    "read_model_reconcile_full_pass_age_seconds",
-    "read_model_orphan_goods",
-    "read_model_oldest_orphan_age_seconds",
-)
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation)
-    family.add_metric([], value)
-    return family
-
-
-TRUST: Final = TrustFigures()
-REGISTRY.register(TRUST)

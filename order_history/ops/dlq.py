@@ -229,7 +229,7 @@ async def replay_letters(settings: Settings, ids: Sequence[Origin] | None, codec
                 event = decode(letter.value, o.topic.removeprefix(settings.kafka_topic_prefix))
                 async with conn.transaction():
                     await positions.lock(conn, [TopicPartition(o.topic, o.partition)])
-                    batch = reduce_events([event])
+                    batch = reduce_events([event], [(o.partition, o.offset)])  # its rows: read there
                     await apply_prepared(conn, prepare(batch).upserts_only())
                     if batch.has_resynced:
                         await apply_resynced(conn, batch)

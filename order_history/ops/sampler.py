@@ -4,7 +4,7 @@ Contract of `Sampler.step()` (one interval's work; order_history/ops/watch.py ca
 in the one consumer instance that holds the sampler's lock):
 
 - it compares at most `divergence_ranges` id ranges (of `divergence_range_size`
-  ids, for each check of reconcile.CHECKS in turn) at the cursor, which runs
+  ids, for each check of checks.CHECKS in turn) at the cursor, which runs
   through every range of every check: a pass. A pass covers the ranges up to the
   highest id either side held when it began; when the cursor reaches its end the
   pass is complete and the next step begins another. A range is compared as
@@ -44,7 +44,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from order_history.ops.reconcile import CHECKS, Check, Difference, Reconciler
+from order_history.ops.checks import CHECKS, Check, Difference
+from order_history.ops.reconciler import Reconciler
 from shared.database import Connection
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,10 @@ Nothing here stops or slows the consumer: its connections are its own, a
 failure (a database down, a reader role that cannot log in, a bug) is logged
 and retried at the next interval after a backoff, and the ages the metrics
 export go on growing meanwhile, so that the alerts see a sampler that stopped.
+
+Those metrics are defined here, beside the only code that writes them, and
+come out of the consumer's /metrics port with its own (they use the gauge
+helpers of order_history/consumer/metrics.py, which imports nothing of ops).
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Iterable
 from typing import Final
 
 import asyncpg
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import Metric
 
-from order_history.consumer import metrics
+from order_history.consumer.metrics import Gauge, ScrapedGauges
 from order_history.ops import orphans, sampler
-from order_history.ops.reconcile import Reconciler
+from order_history.ops.reconciler import Reconciler
 from order_history.settings import Settings
 from shared.backoff import Backoff
 
@@ -42,6 +50,61 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY: Final = 0x73616D706C6572  # "sampler": one sampling instance per read database
 _COMMAND_TIMEOUT: Final = 60.0
+
+SAMPLED_RANGES: Final = Counter(
+    "read_model_reconcile_ranges_total", "Id ranges the divergence sampler of this process compared"
+)
+SAMPLED_SECONDS: Final = Counter(
+    "read_model_reconcile_seconds_total", "Seconds the divergence sampler of this process spent comparing id ranges"
+)
+
+_DIVERGENT: Final = Gauge(
+    "read_model_divergent_rows",
+    "Rows (entity and id) whose difference from the command side lasted the settle time, "
+    "as the divergence sampler last found them",
+)
+_UNCONFIRMED: Final = Gauge(
+    "read_model_divergence_unconfirmed_rows",
+    "Differences the divergence sampler saw and has not confirmed yet (in flight, or not yet settled)",
+)
+_FULL_PASS_AGE: Final = Gauge(
+    "read_model_reconcile_full_pass_age_seconds",
+    "Seconds since the newest complete pass of the divergence sampler began: every id range has "
+    "been compared since (before the first pass: since the sampler first ran)",
+)
+_ORPHANS: Final = Gauge("read_model_orphan_goods", "Live goods whose order the read model has not received")
+_OLDEST_ORPHAN: Final = Gauge(
+    "read_model_oldest_orphan_age_seconds", "Seconds since the oldest orphan goods item was created (0 without orphans)"
+)
+
+
+class TrustFigures(ScrapedGauges):
+    """The divergence and orphan figures as last read from the read database; nothing until the first read."""
+
+    gauges = (_DIVERGENT, _UNCONFIRMED, _FULL_PASS_AGE, _ORPHANS, _OLDEST_ORPHAN)
+
+    def __init__(self) -> None:
+        self._read: tuple[sampler.Figures, orphans.Figures, float] | None = None
+
+    def update(self, divergence: sampler.Figures, waiting: orphans.Figures) -> None:
+        self._read = (divergence, waiting, time.monotonic())
+
+    def collect(self) -> Iterable[Metric]:
+        read = self._read
+        if read is None:
+            return
+        divergence, waiting, read_at = read
+        since = time.monotonic() - read_at
+        yield _DIVERGENT.of(divergence.divergent)
+        yield _UNCONFIRMED.of(divergence.unconfirmed)
+        if divergence.full_pass_age is not None:
+            yield _FULL_PASS_AGE.of(divergence.full_pass_age + since)
+        yield _ORPHANS.of(waiting.goods)
+        yield _OLDEST_ORPHAN.of(0.0 if waiting.oldest_age is None else waiting.oldest_age + since)
+
+
+TRUST: Final = TrustFigures()
+REGISTRY.register(TRUST)
 
 
 class TrustWatch:
@@ -81,7 +144,7 @@ class TrustWatch:
         try:
             await self._sample(state)
         finally:
-            metrics.TRUST.update(await sampler.figures(state), await orphans.figures(state))
+            TRUST.update(await sampler.figures(state), await orphans.figures(state))
 
     async def _sample(self, state: asyncpg.Connection[asyncpg.Record]) -> None:
         if not self.holding:
@@ -100,8 +163,8 @@ class TrustWatch:
         step = await sampler.Sampler(
             state, reconciler, self.settings.divergence_ranges, self.settings.divergence_settle
         ).step()
-        metrics.SAMPLED_RANGES.inc(step.ranges)
-        metrics.SAMPLED_SECONDS.inc(step.seconds)
+        SAMPLED_RANGES.inc(step.ranges)
+        SAMPLED_SECONDS.inc(step.seconds)
         if step.passes_completed:
             log.info("divergence sampler: pass complete", extra={"instance": self.instance})
 

@@ -32,14 +32,9 @@ from aiokafka.errors import KafkaError
 
 from order_history.projection.dead_letters import DeadLetters, Rejected
 from order_history.projection.positions import TRACKED_CTES, TRACKED_PARAMS, Positions, PositionsRetired
-from order_history.projection.statements import (
-    PreparedBatch,
-    apply_prepared,
-    apply_resynced,
-    apply_sql,
-    prepare,
-    reduce_events,
-)
+from order_history.projection.reduce import Source, reduce_events
+from order_history.projection.snapshots import apply_resynced
+from order_history.projection.statements import PreparedBatch, apply_prepared, apply_sql, prepare
 from shared import logs
 from shared.database import REFUSED_DATA_ERRORS, WAIT_OUT_ERRORS
 from shared.events import Event
@@ -75,10 +70,19 @@ class Part:
 
     @classmethod
     def of(cls, records: Records, decoded: Decoded) -> Part:
-        by_partition = {tp: [o for o in decoded[tp] if isinstance(o, Event)] for tp in records}
-        events = [e for valid in by_partition.values() for e in valid]
+        by_partition: dict[TopicPartition, list[Event]] = {}
+        events: list[Event] = []
+        sources: list[Source] = []  # where each of `events` was read: the rows record it
+        for tp, messages in records.items():
+            valid = by_partition[tp] = []
+            partition = tp.partition
+            for message, outcome in zip(messages, decoded[tp], strict=True):
+                if isinstance(outcome, Event):
+                    valid.append(outcome)
+                    sources.append((partition, message.offset))
+            events += valid
         try:
-            batch = reduce_events(events)
+            batch = reduce_events(events, sources)
             applies = Applied.of_partitions(by_partition)
             return cls(records, decoded, prepare(batch, insert_created=True), applies, batch.has_resynced)
         except Exception as exc:  # any record may hold anything: never a reason to stop
@@ -230,6 +234,7 @@ class Applier:
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await self.positions.lock(conn, list(records))
             events: list[Event] = []
+            sources: list[Source] = []
             by_partition: dict[TopicPartition, list[Event]] = {}
             poison: list[tuple[ConsumerRecord, Rejected]] = []
             next_offsets: dict[TopicPartition, int] = {}
@@ -246,6 +251,7 @@ class Applier:
                         poison.append((message, outcome))
                     else:
                         new.append(outcome)
+                        sources.append((tp.partition, message.offset))
                 events.extend(new)
                 if messages:
                     next_offsets[tp] = max(floor, messages[-1].offset + 1)
@@ -254,7 +260,7 @@ class Applier:
                 stats.dead_lettered, stats.parked = recorded.dead_lettered, recorded.parked
             batch = None
             if prepared is None or stats.skipped_seen or refused is not None:
-                batch = reduce_events(events)  # some were applied before: not the prefetched set
+                batch = reduce_events(events, sources)  # some were applied before: not the prefetched set
                 prepared = prepare(batch)
             if len(prepared):
                 # Upserts only: a goods.created may be here again (see projections: `inserted`).

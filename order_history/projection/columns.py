@@ -8,6 +8,14 @@ with the command databases, and the goods fields the detail query reads.
 Adding a field to goods is a line here, its payload field (shared/events.py),
 its column (a migration) and, to show it, its field in the API's schema.
 
+A column may also come from the Kafka record that carried the event rather
+than from its payload (`origin`): every entity's `source_partition` and
+`source_offset`, the position of the event that last changed the row (the one
+whose version the row holds; its topic is the entity's), for `order-history
+explain`. They go through the batch and the snapshot statements as the payload's
+columns do; NULL for a placeholder order and for rows written before migration
+0014 (or by a caller that gives no positions). Never compared.
+
 The columns every entity has and that no event names (id, version, deleted;
 for orders known and goods_count, for goods counted_in_before) are the
 projection's own.
@@ -29,6 +37,12 @@ Kind = Literal["int", "text", "time"]
 # - "keep_if_absent": a value the event does not carry (null) keeps the stored one.
 Rule = Literal["take", "keep_on_delete", "keep_if_absent"]
 
+# Where a column's value comes from: the payload's field of the same name, or the
+# partition or offset of the Kafka record that carried the event.
+Origin = Literal["payload", "partition", "offset"]
+# The record's columns, in this order, follow an entity's payload columns (`prepare` relies on it).
+RECORD_ORIGINS: Final = ("partition", "offset")
+
 
 @dataclass(frozen=True)
 class Column:
@@ -37,6 +51,7 @@ class Column:
     kind: Kind
     rule: Rule
     compared: bool = False  # `order-history reconcile` compares it with the command database
+    origin: Origin = "payload"
 
     @property
     def array_type(self) -> str:
@@ -51,11 +66,29 @@ class Entity:
     name: str  # the entity: "order" or "goods" (shared/events.py CATALOGUE)
     table: str
     prefix: str  # of its batch parameters: o_user_id, g_name, ...
-    columns: tuple[Column, ...]
+    columns: tuple[Column, ...]  # the payload's, then the record's (RECORD_ORIGINS)
+
+    def __post_init__(self) -> None:
+        origins = tuple(c.origin for c in self.columns if c.origin != "payload")
+        if origins != RECORD_ORIGINS or any(c.origin != "payload" for c in self.columns[: -len(origins)]):
+            raise ValueError(f"{self.table}: the payload's columns, then the record's {RECORD_ORIGINS}")
+        if any(c.compared for c in self.columns if c.origin != "payload"):
+            raise ValueError(f"{self.table}: a record's column is not compared with the command database")
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Every column the statements write."""
         return tuple(c.name for c in self.columns)
+
+    @property
+    def payload(self) -> tuple[str, ...]:
+        """The columns whose values the event's payload carries, under the same names."""
+        return tuple(c.name for c in self.columns if c.origin == "payload")
+
+    @property
+    def record(self) -> tuple[str, ...]:
+        """The columns the record that carried the event fills: its partition, then its offset."""
+        return tuple(c.name for c in self.columns if c.origin != "payload")
 
     @property
     def compared(self) -> tuple[str, ...]:
@@ -65,6 +98,12 @@ class Entity:
         return f"{self.prefix}_{column}"
 
 
+# Where the event that last changed the row was read (its topic is the entity's).
+SOURCE: Final = (
+    Column("source_partition", "integer", "int", "take", origin="partition"),
+    Column("source_offset", "bigint", "int", "take", origin="offset"),
+)
+
 ORDERS: Final = Entity(
     name="order",
     table="orders",
@@ -73,6 +112,7 @@ ORDERS: Final = Entity(
         Column("user_id", "bigint", "int", "keep_if_absent", compared=True),
         Column("created_at", "timestamptz", "time", "keep_if_absent"),
         Column("updated_at", "timestamptz", "time", "keep_if_absent"),
+        *SOURCE,
     ),
 )
 
@@ -87,5 +127,6 @@ GOODS: Final = Entity(
         Column("price_cents", "bigint", "int", "keep_on_delete", compared=True),
         Column("created_at", "timestamptz", "time", "keep_if_absent"),
         Column("updated_at", "timestamptz", "time", "keep_if_absent"),
+        *SOURCE,
     ),
 )

@@ -21,6 +21,10 @@ is missing or refuses it, a batch the Kafka client cannot read, a copy Kafka
 did not acknowledge on the last try (`park_undelivered`), or a record an
 operator skipped. The table keeps its origin, both reasons, the sizes and
 SHA-256 of its key and value, and at most KEPT_VALUE_BYTES of the value.
+
+Each row also names, where the record says, the entity it is about and the
+order it concerns (`subject`; migration 0014), so that `order-history explain`
+finds the dead letters of an order and of its goods.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeEr
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from shared.database import Connection
-from shared.events import dlq_topic
+from shared.events import GOODS_TOPIC, ORDER_TOPIC, dlq_topic
 from shared.kafka import DeliveryTimeout
 
 log = logging.getLogger(__name__)
@@ -53,8 +57,10 @@ KEPT_KEY_BYTES: Final = 64 * 1024
 KEPT_VALUE_BYTES: Final = DLQ_MAX_BYTES
 
 RECORD = """INSERT INTO dead_letters (topic, partition, "offset", reason, message_key, message_value,
-                                      parked, parked_reason, key_size, value_size, value_sha256)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"""
+                                      parked, parked_reason, key_size, value_size, value_sha256, entity_id, order_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING"""
+# The ids a bigint column holds; a larger one names no entity of ours.
+_BIGINT: Final = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,42 @@ def row(message: ConsumerRecord, rejected: Rejected, parked: str | None) -> tupl
         None if key is None else len(key),
         None if value is None else len(value),
         None if value is None else hashlib.sha256(value).digest(),
+        *subject(message.topic, key, value),
     )
+
+
+def _an_id(value: object) -> int | None:
+    return value if type(value) is int and value in _BIGINT else None
+
+
+def subject(topic: str, key: bytes | None, value: bytes | None) -> tuple[int | None, int | None]:
+    """(entity_id, order_id) of a record, as far as it says: the entity from its key (the aggregate
+    id as a decimal string, as producers key events), else from its value's aggregate_id; the order
+    it concerns: on an order topic the entity, on a goods topic its value's data.order_id.
+    `topic` may carry the deployment's prefix. Never raises, whatever the record holds: recording
+    it must not fail."""
+    try:
+        return _subject(topic, key, value)
+    except Exception:  # nothing a record holds may stop it from being recorded
+        return None, None
+
+
+def _subject(topic: str, key: bytes | None, value: bytes | None) -> tuple[int | None, int | None]:
+    entity_id = int(key) if key is not None and 0 < len(key) <= 18 and key.isdigit() else None
+    goods = topic.endswith(GOODS_TOPIC)
+    raw: object = None
+    if (entity_id is None or goods) and value is not None and len(value) <= KEPT_VALUE_BYTES:
+        try:
+            raw = orjson.loads(value)
+        except ValueError:
+            raw = None
+    fields = raw if isinstance(raw, dict) else {}
+    if entity_id is None:
+        entity_id = _an_id(fields.get("aggregate_id"))
+    if topic.endswith(ORDER_TOPIC):
+        return entity_id, entity_id
+    data = fields.get("data") if goods else None
+    return entity_id, _an_id(data.get("order_id")) if isinstance(data, dict) else None
 
 
 class DeadLetters:

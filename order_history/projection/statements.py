@@ -1,7 +1,8 @@
 """The projection: applies a batch of decoded events to the read model, set-based.
 
 Events carry the entity's whole state, so a batch is first reduced to the newest
-version of each entity; then one statement applies it, whatever its size:
+version of each entity (reduce.py); then one statement applies it, whatever its
+size (snapshots, `*.resynced`, are applied beside it: snapshots.py):
 
 1. upsert goods, guarded by `stored.version < event.version`: a duplicate, or
    an older version arriving late, changes nothing, and a deleted entity is a
@@ -26,81 +27,43 @@ goods of every partition: the upsert locks them in id order, and adds its change
 to the latest row version, so concurrent consumers neither deadlock nor lose a
 count.
 
+Each row written records where the event that wrote it was read (its
+partition and offset: columns.SOURCE), from the positions the caller gave
+`reduce_events`: two more arrays per entity in the same statement.
+
 The caller runs this in the same transaction that advances the consumer's
 tracking records, so the read model is a deterministic function of the log.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from operator import attrgetter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import orjson
-import pydantic_core
-
 from order_history.projection.columns import GOODS, ORDERS, Column, Entity, Kind
+from order_history.projection.encoders import ENCODERS, as_columns, int_array, payload_fields
+from order_history.projection.encoders import micros_array as _micros_array
+from order_history.projection.reduce import ReducedBatch, reduce_events
+from order_history.projection.snapshots import apply_resynced
 from shared.database import Connection
-from shared.events import (
-    CATALOGUE,
-    Event,
-    GoodsData,
-    GoodsDeletedData,
-    GoodsResyncedData,
-    OrderData,
-    OrderDeletedData,
-    OrderResyncedData,
-)
+from shared.events import CATALOGUE, GoodsData, GoodsDeletedData, OrderData, OrderDeletedData
 
-
-@dataclass
-class ReducedBatch:
-    orders: dict[int, Event] = field(default_factory=dict)
-    goods: dict[int, Event] = field(default_factory=dict)
-    # Goods whose goods.created event is in the batch: the read model has no row
-    # for them, unless the event was delivered before (see `prepare`).
-    created_goods: set[int] = field(default_factory=set)
-    # Snapshots (*.resynced) that won their entity: applied by `apply_resynced`, not by the batch statement.
-    resynced_orders: dict[int, Event] = field(default_factory=dict)
-    resynced_goods: dict[int, Event] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.orders) + len(self.goods)
-
-    @property
-    def has_resynced(self) -> bool:
-        return bool(self.resynced_orders or self.resynced_goods)
-
-
-def reduce_events(events: Iterable[Event]) -> ReducedBatch:
-    """Keep, per entity, the event with the highest aggregate_version (a snapshot wins a tie:
-    it may be a repair of a row that claims its version); snapshots are then set apart."""
-    batch = ReducedBatch()
-    snapshots = False
-    for event in events:
-        kind = CATALOGUE[event.event_type]
-        if kind.entity == "order":
-            target = batch.orders
-        else:
-            target = batch.goods
-            if kind.change == "created":
-                batch.created_goods.add(event.aggregate_id)
-        seen = target.get(event.aggregate_id)
-        if (
-            seen is None
-            or event.aggregate_version > seen.aggregate_version
-            or (kind.change == "resynced" and event.aggregate_version == seen.aggregate_version)
-        ):
-            target[event.aggregate_id] = event
-        snapshots = snapshots or kind.change == "resynced"
-    if snapshots:
-        for source, resynced in ((batch.orders, batch.resynced_orders), (batch.goods, batch.resynced_goods)):
-            for entity_id, event in list(source.items()):
-                if CATALOGUE[event.event_type].change == "resynced":
-                    resynced[entity_id] = source.pop(entity_id)
-    return batch
+# Also the names of reduce.py and snapshots.py that callers import from here (and an encoder its tests do).
+__all__ = [
+    "BATCH_PARAMS",
+    "ApplyResult",
+    "PreparedBatch",
+    "ReducedBatch",
+    "_micros_array",
+    "apply_batch",
+    "apply_prepared",
+    "apply_resynced",
+    "apply_sql",
+    "numbered",
+    "prepare",
+    "reduce_events",
+]
 
 
 @dataclass
@@ -110,7 +73,7 @@ class ApplyResult:
 
 
 # The whole batch, in one statement. Each input is a set of arrays, one per
-# column, sent as array literals (see _array). No
+# column, sent as array literals (see encoders.py). No
 # step scans a table: rows are reached by primary key, so the cost of a batch
 # does not grow with the tables.
 #
@@ -272,55 +235,6 @@ def apply_sql(before: str = "", guard: str = "true", select: str = "", params: S
 _APPLY = apply_sql()
 
 
-def _array(values: Sequence[Any]) -> str:
-    """A PostgreSQL array literal of ints or booleans (None is NULL).
-
-    orjson writes them as a JSON array: numbers and true/false/null, which is
-    also PostgreSQL's array syntax once the brackets are braces. asyncpg's
-    binary array encoding costs several times as much.
-    """
-    return "{" + orjson.dumps(values)[1:-1].decode() + "}"
-
-
-_EPOCH_DAY: Final = dt.date(1970, 1, 1).toordinal()
-# tzinfo classes whose utcoffset() is one fixed offset: the one pydantic decodes into, and the standard library's.
-_FIXED_OFFSET_ZONES: Final = (pydantic_core.TzInfo, dt.timezone)
-
-
-def _micros_array(values: Sequence[dt.datetime | None]) -> str:
-    """A PostgreSQL array literal of microseconds since 1970-01-01 UTC (see _timestamp).
-
-    A naive datetime is taken as UTC, as the consumer's session (timezone UTC) takes one.
-    Computed from the fields, not as `(v - epoch) // 1 µs`, which asks the
-    tzinfo pydantic decodes into for its offset through `datetime.utcoffset()`:
-    1.9 µs per value against 1.0 here, and it was 15% of the consumer's own time
-    (py-spy). A fixed-offset zone's offset does not depend on the date, so it is
-    asked for without one.
-    """
-    out: list[int | None] = []
-    for v in values:
-        if v is None:
-            out.append(None)
-            continue
-        us = ((v.toordinal() - _EPOCH_DAY) * 86400 + v.hour * 3600 + v.minute * 60 + v.second) * 1_000_000
-        tz = v.tzinfo
-        if tz is not None:
-            offset = tz.utcoffset(None) if type(tz) in _FIXED_OFFSET_ZONES else v.utcoffset()
-            if offset:
-                us -= (offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds
-        out.append(us + v.microsecond)
-    return _array(out)
-
-
-def _text_array(values: Sequence[str | None]) -> str:
-    """A PostgreSQL array literal of text: each element double-quoted, `\\` and `"` escaped."""
-    return (
-        "{"
-        + ",".join("NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
-        + "}"
-    )
-
-
 @dataclass(frozen=True)
 class PreparedBatch:
     """A reduced batch as the statement's parameters, built ahead of the transaction."""
@@ -340,38 +254,20 @@ class PreparedBatch:
     def upserts_only(self) -> PreparedBatch:
         """The same batch with every goods row upserted: for when a goods.created
         of it may have been applied before (a redelivery)."""
-        return replace(self, created=_array([False] * self.goods))
+        return replace(self, created=int_array([False] * self.goods))
 
 
 _GOODS_DATA: Final = (GoodsData, GoodsDeletedData)
 _ORDER_DATA: Final = (OrderData, OrderDeletedData)
-# Each column kind's array literal (see columns.Kind).
-_ENCODERS: Final[dict[Kind, Callable[[Sequence[Any]], str]]] = {
-    "int": _array,
-    "text": _text_array,
-    "time": _micros_array,
-}
-
-
-def _fields(entity: Entity) -> Callable[[Any], tuple[Any, ...]]:
-    """The payload's values of the entity's columns, as a tuple (one C call per event)."""
-    get = attrgetter(*entity.names)
-    return get if len(entity.names) > 1 else lambda data: (get(data),)
-
-
-_GOODS_FIELDS: Final = _fields(GOODS)
-_ORDER_FIELDS: Final = _fields(ORDERS)
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
-    """Rows of `width` values as `width` columns."""
-    return list(zip(*rows, strict=True)) if rows else [()] * width
+_NO_SOURCE: Final[tuple[None, None]] = (None, None)
+_GOODS_FIELDS: Final = payload_fields(GOODS)
+_ORDER_FIELDS: Final = payload_fields(ORDERS)
 
 
 def _encoded(entity: Entity, rows: list[tuple[Any, ...]]) -> list[str]:
     """Rows of (id, columns..., version, deleted) as the batch statement's arrays, in BATCH_PARAMS order."""
     kinds: list[Kind] = ["int", *(c.kind for c in entity.columns), "int", "int"]
-    return [_ENCODERS[kind](values) for kind, values in zip(kinds, _columns(rows, len(kinds)), strict=True)]
+    return [ENCODERS[kind](values) for kind, values in zip(kinds, as_columns(rows, len(kinds)), strict=True)]
 
 
 def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
@@ -382,20 +278,24 @@ def prepare(batch: ReducedBatch, insert_created: bool = False) -> PreparedBatch:
     """
     goods = []  # one tuple per row, turned into one sequence per column by zip
     created = []
+    source = batch.goods_sources.get
     for e in batch.goods.values():
         g = e.data
         assert isinstance(g, _GOODS_DATA)
         deleted = CATALOGUE[e.event_type].change == "deleted"
-        goods.append((e.aggregate_id, *_GOODS_FIELDS(g), e.aggregate_version, deleted))
+        at = source(e.aggregate_id, _NO_SOURCE)
+        goods.append((e.aggregate_id, *_GOODS_FIELDS(g), *at, e.aggregate_version, deleted))
         created.append(insert_created and e.aggregate_id in batch.created_goods)
     orders = []
+    source = batch.order_sources.get
     for e in batch.orders.values():
         o = e.data
         assert isinstance(o, _ORDER_DATA)
         deleted = CATALOGUE[e.event_type].change == "deleted"
-        orders.append((e.aggregate_id, *_ORDER_FIELDS(o), e.aggregate_version, deleted))
+        at = source(e.aggregate_id, _NO_SOURCE)
+        orders.append((e.aggregate_id, *_ORDER_FIELDS(o), *at, e.aggregate_version, deleted))
     params = (*_encoded(GOODS, goods), *_encoded(ORDERS, orders))
-    return PreparedBatch(params, _array(created), len(batch), len(goods))
+    return PreparedBatch(params, int_array(created), len(batch), len(goods))
 
 
 async def apply_prepared(conn: Connection, prepared: PreparedBatch) -> ApplyResult:
@@ -408,96 +308,3 @@ async def apply_prepared(conn: Connection, prepared: PreparedBatch) -> ApplyResu
 async def apply_batch(conn: Connection, batch: ReducedBatch) -> ApplyResult:
     """Apply `batch`; call inside a transaction."""
     return await apply_prepared(conn, prepare(batch))
-
-
-# Snapshots (*.resynced, written by `resync`), a few statements per part: rare
-# repairs, not the hot path. Each overwrites a row whose version is not newer
-# (`<=`: the row may wrongly claim the snapshot's version). One of an entity the
-# command side does not have marks the row deleted at the snapshot's version, if
-# the read model has it as created by its own events (a placeholder order may
-# yet be created): GONE_VERSION for an id its service deleted, so nothing comes
-# after it; for an id its service has not handed out yet, the version the row
-# had, above which the service will start the entity it later creates there
-# (shared/command/resync.py). Either way the row stays as a tombstone, and the version
-# guard of every later event decides, as for a delete. goods_count is then
-# recounted, not maintained, for every order they touch: a repaired row may
-# have been counted wrongly before.
-def _snapshot_input(entity: Entity) -> str:
-    """The CTE `s` of a snapshot statement: rows (id, present, columns..., version) from typed arrays."""
-    names = ["id", "present", *entity.names, "version"]
-    types = ["bigint", "boolean", *(c.sql_type for c in entity.columns), "integer"]
-    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
-    return f"s AS (\n    SELECT * FROM unnest({arrays})\n        AS t({', '.join(names)})\n)"
-
-
-def _snapshot_write(entity: Entity, alias: str, own: dict[str, str]) -> str:
-    """The INSERT of a snapshot's present rows, over any row that is not newer; `own`: the values
-    of the projection's own columns (deleted, known...) it also sets."""
-    names = ", ".join(entity.names)
-    taken = ", ".join(f"{n} = EXCLUDED.{n}" for n in entity.names)
-    return f"""INSERT INTO {entity.table} AS {alias} (id, {names}, version, {", ".join(own)})
-    SELECT id, {names}, version, {", ".join(own.values())} FROM s WHERE present ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        {taken}, version = EXCLUDED.version, {", ".join(f"{k} = {v}" for k, v in own.items())}
-    WHERE {alias}.version <= EXCLUDED.version"""
-
-
-_RESYNC_GOODS = f"""WITH {_snapshot_input(GOODS)}, before AS (
-    SELECT g.id, g.order_id FROM goods g JOIN s USING (id) WHERE NOT g.deleted
-), written AS (
-    {_snapshot_write(GOODS, "g", {"deleted": "false", "counted_in_before": "NULL"})}
-    RETURNING g.id, g.order_id
-), gone AS (
-    UPDATE goods g SET deleted = true, version = s.version, counted_in_before = NULL
-    FROM s WHERE g.id = s.id AND NOT s.present AND g.version <= s.version
-    RETURNING g.id
-)
-SELECT array(SELECT order_id FROM written
-             UNION SELECT b.order_id FROM before b JOIN (SELECT id FROM written UNION ALL SELECT id FROM gone) c
-                   USING (id)) AS orders"""
-_RESYNC_ORDERS = f"""WITH {_snapshot_input(ORDERS)}, written AS (
-    {_snapshot_write(ORDERS, "o", {"known": "true", "deleted": "false"})}
-    RETURNING o.id
-), gone AS (
-    UPDATE orders o SET deleted = true, version = s.version
-    FROM s WHERE o.id = s.id AND NOT s.present AND o.known AND o.version <= s.version
-    RETURNING o.id
-)
-SELECT array(SELECT id FROM written UNION ALL SELECT id FROM gone) AS orders"""
-# Orders named by goods get a row (a placeholder) if they have none, then every
-# order to recount is locked, in id order, before the count is taken: in READ
-# COMMITTED the count's snapshot then postdates every committed change of those
-# orders' goods, and a change not committed yet waits for the lock and adds its
-# delta to the recounted value.
-_PLACEHOLDERS = """INSERT INTO orders (id) SELECT id FROM unnest($1::bigint[]) AS t(id) ORDER BY id
-                   ON CONFLICT DO NOTHING"""
-_LOCK_ORDERS = "SELECT id FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
-_RECOUNT = """UPDATE orders o SET goods_count = c.n
-              FROM (SELECT t.id, (SELECT count(*) FROM goods g WHERE g.order_id = t.id AND NOT g.deleted)::integer
-                    FROM unnest($1::bigint[]) AS t(id)) AS c(id, n)
-              WHERE o.id = c.id AND o.goods_count <> c.n"""
-
-
-async def apply_resynced(conn: Connection, batch: ReducedBatch) -> None:
-    """Apply the batch's snapshots; call inside the transaction that applied the rest of it."""
-    recount: set[int] = set()
-    if batch.resynced_goods:
-        rows: list[tuple[Any, ...]] = []
-        for e in batch.resynced_goods.values():
-            g = e.data
-            assert isinstance(g, GoodsResyncedData)
-            rows.append((e.aggregate_id, g.exists, *_GOODS_FIELDS(g), e.aggregate_version))
-        named = await conn.fetchval(_RESYNC_GOODS, *_columns(rows, len(GOODS.columns) + 3))
-        await conn.execute(_PLACEHOLDERS, named)
-        recount.update(named)
-    if batch.resynced_orders:
-        rows = []
-        for e in batch.resynced_orders.values():
-            o = e.data
-            assert isinstance(o, OrderResyncedData)
-            rows.append((e.aggregate_id, o.exists, *_ORDER_FIELDS(o), e.aggregate_version))
-        recount.update(await conn.fetchval(_RESYNC_ORDERS, *_columns(rows, len(ORDERS.columns) + 3)))
-    if recount:
-        ids = sorted(recount)
-        await conn.execute(_LOCK_ORDERS, ids)
-        await conn.execute(_RECOUNT, ids)

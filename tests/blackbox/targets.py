@@ -24,8 +24,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from devstack.config import StackConfig
+from devstack.paths import REPO
 from devstack.processes import ManagedProcess, free_port
-from devstack.stack import REPO, Stack, StackConfig
+from devstack.stack import Stack
 
 # Services the tests kill or stop, as docker-compose.yml names them.
 CONSUMER = "order-history-consumer"

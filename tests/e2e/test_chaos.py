@@ -33,7 +33,7 @@ import httpx
 import pytest
 
 from devstack.processes import ManagedProcess
-from devstack.stack import readyz
+from devstack.startup import readyz
 from tests.e2e.test_end_to_end import assert_read_model_matches_command_databases, wait_ready
 from tests.harness import Env, wait_until
 

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from devstack.processes import ManagedProcess
-from devstack.stack import readyz
+from devstack.startup import readyz
 from tests.harness import Env, command, wait_until
 from tests.readmodel import command_snapshot, read_model_snapshot, recount_mismatches
 from tests.workload import Workload, http_workload

@@ -32,7 +32,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from devstack.kafka import KafkaNode
+from devstack.kafka_node import KafkaNode
 from devstack.processes import free_port
 from devstack.stack import Stack
 from shared.events import ORDER_TOPIC, TOPICS

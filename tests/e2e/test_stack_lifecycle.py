@@ -23,9 +23,11 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.config import StackConfig
+from devstack.paths import REPO
 from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD
 from devstack.processes import free_port, pid_alive, port_is_free
-from devstack.stack import REPO, Stack, StackConfig
+from devstack.stack import Stack
 
 SERVICE_PORTS = ("ORDER_PORT", "GOODS_PORT", "ORDER_HISTORY_PORT")
 

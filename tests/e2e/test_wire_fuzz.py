@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from devstack.processes import free_port
-from devstack.stack import readyz
+from devstack.startup import readyz
 from shared.events import CATALOGUE, GOODS_TOPIC, MAX_ID, ORDER_TOPIC, Event, PoisonMessage, decode_event, new_event
 from tests.harness import Env, command, wait_until
 from tests.readmodel import ExpectedModel, Snapshot, random_stream

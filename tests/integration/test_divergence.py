@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import ManagedProcess, free_port
-from devstack.stack import readyz
+from devstack.startup import readyz
 from order_history.ops.watch import TrustWatch
 from tests.harness import Env, command, wait_until
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from devstack.kafka import SASL_PASSWORD, SASL_USERNAME
+from devstack.kafka_security import SASL_PASSWORD, SASL_USERNAME
 from tests.harness import Env, command, wait_until
 
 

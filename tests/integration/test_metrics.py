@@ -10,7 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import children_of, free_port
-from devstack.stack import readyz
+from devstack.startup import readyz
 from tests.harness import Env, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 
-from devstack.stack import REPO
+from devstack.paths import REPO
 from tests.harness import ORDER, Env, wait_until
 from tests.readmodel import encode, order_created, read_model_snapshot
 

@@ -23,7 +23,7 @@ import yaml
 from devstack import prometheus
 from devstack.processes import ManagedProcess, free_port
 from devstack.prometheus import DEPLOY, PrometheusServer
-from devstack.stack import readyz
+from devstack.startup import readyz
 from tests.harness import GOODS, ORDER, Env, wait_until
 from tests.readmodel import order_created
 

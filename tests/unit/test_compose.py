@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.config import StackConfig
 from devstack.databases import init_sql
 from devstack.kafka import KafkaCluster
-from devstack.stack import REPO, Stack, StackConfig
+from devstack.paths import REPO
+from devstack.stack import Stack
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 POSTGRES_INIT = REPO / "docker" / "postgres-init.sql"
@@ -190,7 +192,7 @@ def test_postgres_init_creates_the_local_roles_databases_and_privileges() -> Non
 
 def test_compose_creates_the_topics_of_the_event_catalogue() -> None:
     """The topic-creating container names exactly the dev stack's topics (the catalogue's and their DLQs)."""
-    from devstack.kafka import TOPICS
+    from devstack.kafka_topics import TOPICS
 
     text = COMPOSE_FILE.read_text()
     match = re.search(r"for topic in ([^;]+);", text)

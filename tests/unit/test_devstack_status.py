@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from devstack.paths import REPO
 from devstack.processes import EXITED, RUNNING, STOPPED
 from devstack.readiness import ConsumerView, from_log
-from devstack.stack import REPO, STATUS_ALL_RUNNING, STATUS_EXITED, STATUS_STOPPED, render_status
+from devstack.status import STATUS_ALL_RUNNING, STATUS_EXITED, STATUS_STOPPED, render_status
 
 
 def log(*records: Mapping[str, object]) -> str:

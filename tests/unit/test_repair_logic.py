@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
+from order_history.ops.checks import CHECKS, Difference, differences
 from order_history.ops.dlq import DlqError, Origin
-from order_history.ops.reconcile import CHECKS, Difference, Request, differences, out_of_reach, requests
+from order_history.ops.repair import Request, out_of_reach, requests
 from order_history.projection.statements import reduce_events
 from shared.command.resync import Outcome, parse_ids, parse_removal_version, parse_since
 from shared.events import MAX_VERSION, Event, GoodsResyncedData, OrderResyncedData, new_event

@@ -15,7 +15,7 @@ import pytest
 
 from devstack.compose.images import BASE_IMAGE, PROJECT_IMAGE, STANDINS, STANDINS_DIR
 from devstack.kafka import KafkaCluster
-from devstack.stack import REPO
+from devstack.paths import REPO
 from tests.unit.test_compose import env_of, load_compose
 
 CONFIGURE = STANDINS_DIR / "kafka" / "docker" / "configure"
