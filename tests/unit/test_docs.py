@@ -36,9 +36,6 @@ PATH_ROOTS = (
     "docs/",
 )
 PATH_ENDINGS = (".py", ".sql", ".md", ".yml", ".json", ".sh", "/")
-# The order_history/ package is being regrouped into subpackages (consumer/, projection/, api/, ops/),
-# so the pages' paths under it are not checked yet: the regrouping will remove this exemption.
-PATHS_CHECKED_LATER = ("order_history/",)
 # Made by a run, git-ignored, so absent from a fresh clone.
 MADE_BY_RUNS = ("bench/results/",)
 
@@ -190,7 +187,7 @@ def test_named_repository_paths_exist(page: Path) -> None:
     missing = [
         f"line {number}: {path}"
         for number, path in named_paths(page)
-        if not path.startswith(PATHS_CHECKED_LATER + MADE_BY_RUNS) and not (REPO / path).exists()
+        if not path.startswith(MADE_BY_RUNS) and not (REPO / path).exists()
     ]
     assert not missing, f"{page_id(page)} names paths that do not exist:\n" + "\n".join(missing)
 
@@ -210,3 +207,57 @@ def test_named_repository_paths_exist(page: Path) -> None:
 )
 def test_slugs_are_githubs(heading: str, anchor: str) -> None:
     assert slug(heading) == anchor
+
+
+# "migration 0008", "migrations 0008 and 0009": numbers a page cites.
+MIGRATION_CITED = re.compile(r"\bmigrations? ((?:\d{4}(?:,? (?:and |or )?)?)+)")
+# A module named by its file name alone (`runner.py`), as the "How do I" answers do.
+BARE_MODULE = re.compile(r"[a-z_][a-z0-9_]*\.py")
+# "`path/to/module.py` `Name`": a name the page says that module defines.
+PATH_THEN_NAME = re.compile(r"`([a-z_][a-z0-9_/]*\.py)`[ \n]+`([A-Za-z_][A-Za-z0-9_]*)")
+SOURCE_ROOTS = ("order", "goods", "order_history", "shared", "devstack", "bench", "tests")
+
+
+@cache
+def module_names() -> frozenset[str]:
+    """The file names of every Python module of the repository's packages, tests and bench."""
+    return frozenset(path.name for root in SOURCE_ROOTS for path in (REPO / root).rglob("*.py"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_cited_migration_numbers_exist(page: Path) -> None:
+    numbers = {path.name[:4] for path in (REPO / "migrations").glob("*/*.sql")}
+    missing = [
+        f"line {start + text.count(chr(10), 0, match.start())}: migration {number}"
+        for start, text in paragraphs(page)
+        for match in MIGRATION_CITED.finditer(text)
+        for number in re.findall(r"\d{4}", match.group(1))
+        if number not in numbers
+    ]
+    assert not missing, f"{page_id(page)} cites migrations that do not exist:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_modules_named_by_their_file_name_exist(page: Path) -> None:
+    missing = [
+        f"line {start + text.count(chr(10), 0, offset)}: {content}"
+        for start, text in paragraphs(page)
+        for offset, content in spans(text)
+        if BARE_MODULE.fullmatch(content.strip()) and content.strip() not in module_names()
+    ]
+    assert not missing, f"{page_id(page)} names modules no package has:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_names_said_to_be_in_a_module_are_there(page: Path) -> None:
+    wrong = []
+    for start, text in paragraphs(page):
+        for match in PATH_THEN_NAME.finditer(text):
+            path, name = REPO / match.group(1), match.group(2)
+            if "/" not in match.group(1):  # a file name alone: the one module of that name, if only one
+                same = [found for root in SOURCE_ROOTS for found in (REPO / root).rglob(match.group(1))]
+                path = same[0] if len(same) == 1 else path
+            if path.is_file() and not re.search(rf"\b{re.escape(name)}\b", path.read_text(encoding="utf-8")):
+                line = start + text.count("\n", 0, match.start())
+                wrong.append(f"line {line}: {match.group(1)} has no {name}")
+    assert not wrong, f"{page_id(page)}:\n" + "\n".join(wrong)
