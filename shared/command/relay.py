@@ -44,7 +44,7 @@ from shared import logs
 from shared.backoff import Backoff
 from shared.command.outbox import NOTIFY_CHANNEL
 from shared.database import WAIT_OUT_ERRORS
-from shared.kafka import close_producer, deliver, start_producer
+from shared.kafka import DeliveryTimeout, close_producer, deliver, start_producer
 from shared.settings import CommandServiceSettings
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,19 @@ class OutboxRelay:
         producer = await self._ensure_producer()
         prefix = self.settings.kafka_topic_prefix
         started = time.monotonic()
-        futures = [
-            await producer.send(prefix + r["topic"], value=r["payload"].encode(), key=r["message_key"].encode())
-            for r in rows
-        ]
-        sent = await deliver(futures, self.settings.relay_delivery_timeout - (time.monotonic() - started))
+        timeout = self.settings.relay_delivery_timeout
+        try:
+            # Inside the deadline too: send() itself waits while the producer's buffer for a
+            # partition is full (up to aiokafka's request timeout), and a leader waiting that
+            # long, idle on its lease connection, loses the lease without giving the batch up.
+            async with asyncio.timeout(timeout):
+                futures = [
+                    await producer.send(prefix + r["topic"], value=r["payload"].encode(), key=r["message_key"].encode())
+                    for r in rows
+                ]
+        except TimeoutError:
+            raise DeliveryTimeout(f"Kafka took no more of {len(rows)} messages within {timeout:.0f}s") from None
+        sent = await deliver(futures, timeout - (time.monotonic() - started))
         self._set_kafka(True)
         async with work.transaction():
             await work.execute(_DELETE, [r["id"] for r in rows], timeout=_COMMAND_TIMEOUT)

@@ -25,7 +25,7 @@ from tests.integration.test_order_api import (
 )
 from tests.integration.test_order_api import check_refusals as _check_refusals
 
-GOODS_KEYS = {"id", "order_id", "name", "created_at", "updated_at", "version"}
+GOODS_KEYS = {"id", "order_id", "name", "price_cents", "created_at", "updated_at", "version"}
 NAMES_ORDER_ID = ("order_id", "orderid")
 
 

@@ -84,7 +84,12 @@ async def test_the_default_page_and_what_every_page_holds(filled: tuple[Env, lis
         assert (body["id"], body["user_id"], body["goods_count"]) == (ORDER, 1, LIVE)
         assert [g["id"] for g in body["goods"]] == live[:100]
         assert body["goods_next"] == live[99]
-        assert body["goods"][0] == {"id": live[0], "name": f"g{live[0]}", "created_at": body["goods"][0]["created_at"]}
+        assert body["goods"][0] == {
+            "id": live[0],
+            "name": f"g{live[0]}",
+            "price_cents": None,
+            "created_at": body["goods"][0]["created_at"],
+        }
         assert dt.datetime.fromisoformat(body["goods"][0]["created_at"]) == T0 + dt.timedelta(seconds=live[0])
         # goods_after need not be the id of a goods item: the page starts after it
         i = next(i for i in range(LIVE - 1) if live[i + 1] - live[i] > 1)

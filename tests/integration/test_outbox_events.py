@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from aiokafka import ConsumerRecord
 
-from shared.events import decode_event
+from shared.events import CATALOGUE, decode_event
 from tests.harness import GOODS, ORDER, Env, wait_until
 from tests.integration.test_order_api import parse_time
 
@@ -30,7 +30,7 @@ ENVELOPE_KEYS = {
 }
 DATA_KEYS = {
     ORDER: {"id", "user_id", "created_at", "updated_at"},
-    GOODS: {"id", "order_id", "name", "created_at", "updated_at"},
+    GOODS: {"id", "order_id", "name", "price_cents", "created_at", "updated_at"},
 }
 TIMESTAMPS = ("created_at", "updated_at")
 
@@ -116,7 +116,7 @@ def check_message(msg: ConsumerRecord, expected: Expected) -> dict[str, Any]:
     uuid.UUID(value["event_id"])
     assert value["event_type"] == expected.event_type
     assert type(value["schema_version"]) is int
-    assert value["schema_version"] == 1
+    assert value["schema_version"] == CATALOGUE[expected.event_type].current  # producers write the newest
     assert type(value["aggregate_id"]) is int
     assert value["aggregate_id"] == expected.aggregate_id
     assert type(value["aggregate_version"]) is int
