@@ -40,10 +40,10 @@ def micros_array(values: Sequence[dt.datetime | None]) -> str:
 
     A naive datetime is taken as UTC, as the consumer's session (timezone UTC) takes one.
     Computed from the fields, not as `(v - epoch) // 1 µs`, which asks the
-    tzinfo pydantic decodes into for its offset through `datetime.utcoffset()`:
-    1.9 µs per value against 1.0 here, and it was 15% of the consumer's own time
-    (py-spy). A fixed-offset zone's offset does not depend on the date, so it is
-    asked for without one.
+    tzinfo pydantic decodes into for its offset through `datetime.utcoffset()`,
+    which a profile of the consumer showed among its costliest calls
+    (docs/benchmarks.md). A fixed-offset zone's offset does not depend on the
+    date, so it is asked for without one.
     """
     out: list[int | None] = []
     for v in values:

@@ -103,9 +103,8 @@ def _timestamp(micros: str) -> str:
     """SQL for the timestamptz `micros` microseconds after 1970-01-01 UTC, exactly.
 
     Timestamps travel as microseconds since the epoch: PostgreSQL parses a
-    bigint far faster than timestamptz text (`timestamptz_in` was 4% of the
-    backend's time), and the statement got 9-12% faster (docs/benchmarks.md,
-    sixth round). Seconds and microseconds are added separately because
+    bigint far faster than timestamptz text (the figures: docs/benchmarks.md,
+    History). Seconds and microseconds are added separately because
     interval multiplication goes through a double, which holds every count of
     seconds exactly, and a count of microseconds only within about 285 years of
     1970.

@@ -99,7 +99,7 @@ EXTREMES: list[Any] = [
     "order.exploded",
 ]
 FIELDS = ["event_id", "event_type", "schema_version", "aggregate_id", "aggregate_version", "occurred_at", "data"]
-DATA_FIELDS = ["id", "user_id", "order_id", "name", "created_at", "updated_at", "exists"]
+DATA_FIELDS = ["id", "user_id", "order_id", "name", "price_cents", "created_at", "updated_at", "exists"]
 # Values just under and over the dead-letter producer's and the broker's limits (1 MiB each).
 SIZES = [DLQ_LIMIT - 2_000, DLQ_LIMIT + 2_000, 3 * DLQ_LIMIT]
 
@@ -116,10 +116,11 @@ def _envelope(event_type: str, entity_id: int, version: int) -> dict[str, Any]:
     else:
         data["order_id"] = entity_id + 1
         data["name"] = "lamp"
+        data["price_cents"] = 1250
     return {
         "event_id": str(uuid.uuid4()),
         "event_type": event_type,
-        "schema_version": 1,
+        "schema_version": CATALOGUE[event_type].current,  # the version producers write
         "aggregate_id": entity_id,
         "aggregate_version": version,
         "occurred_at": "2026-11-22T10:00:01+00:00",
