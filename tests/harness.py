@@ -354,6 +354,17 @@ class Env:
 
         await wait_until(caught_up, timeout, "the consumer to reach the end of the topics")
 
+    async def start_pipeline(self) -> None:
+        """Both outbox relays and a consumer: writes through the APIs reach the read model."""
+        self.start_relay("order")
+        self.start_relay("goods")
+        await self.start_consumer()
+
+    async def settle(self) -> None:
+        """Until every accepted write is published and applied."""
+        await self.wait_outbox_drained()
+        await self.wait_caught_up()
+
     async def wait_outbox_drained(self, timeout: float = 60.0) -> None:
         async def drained() -> bool:
             for service in ("order", "goods"):

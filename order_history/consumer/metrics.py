@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import weakref
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -142,19 +142,9 @@ class LiveState(ScrapedGauges):
         # One process runs one consumer; should it run several (tests), each
         # partition's largest lag, the freshest model and any halt are shown.
         consumers = list(self.consumers)
-        behind: dict[tuple[str, str], int] = {}
-        for consumer in consumers:
-            for tp, n in consumer.lag().items():
-                key = (tp.topic, str(tp.partition))
-                behind[key] = max(n, behind.get(key, 0))
-        for labels, n in sorted(behind.items()):
+        for labels, n in _largest_per_partition(c.lag() for c in consumers):
             lag.add_metric(list(labels), n)
-        still: dict[tuple[str, str], float] = {}
-        for consumer in consumers:
-            for tp, seconds in consumer.stuck().items():
-                key = (tp.topic, str(tp.partition))
-                still[key] = max(seconds, still.get(key, 0.0))
-        for labels, seconds in sorted(still.items()):
+        for labels, seconds in _largest_per_partition(c.stuck() for c in consumers):
             stuck.add_metric(list(labels), seconds)
         newest = [c.newest_applied for c in consumers if c.newest_applied is not None]
         if newest:
@@ -173,3 +163,13 @@ class LiveState(ScrapedGauges):
 
 LIVE: Final = LiveState()
 REGISTRY.register(LIVE)
+
+
+def _largest_per_partition(values: Iterable[Mapping[TopicPartition, float]]) -> list[tuple[tuple[str, str], float]]:
+    """Per (topic, partition) label pair, the largest of the consumers' values, sorted by labels."""
+    largest: dict[tuple[str, str], float] = {}
+    for per_partition in values:
+        for tp, value in per_partition.items():
+            key = (tp.topic, str(tp.partition))
+            largest[key] = max(value, largest.get(key, value))
+    return sorted(largest.items())

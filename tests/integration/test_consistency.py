@@ -30,12 +30,6 @@ def _waiting(tokens: str) -> dict[str, str]:
     return {H: tokens, "Prefer": "wait=10"}
 
 
-async def _pipeline(env: Env) -> None:
-    env.start_relay("order")
-    env.start_relay("goods")
-    await env.start_consumer()
-
-
 async def test_every_write_names_itself_and_the_version_it_made(env: Env) -> None:
     async with env.client("order") as orders, env.client("goods") as goods:
         created = await orders.post("/v1/order", json={"user_id": 4})
@@ -53,7 +47,7 @@ async def test_every_write_names_itself_and_the_version_it_made(env: Env) -> Non
 
 
 async def test_a_read_right_after_each_write_sees_it(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     async with env.client("order") as orders, env.client("goods") as goods, env.client("order_history") as history:
         for i in range(40):
             created = await orders.post("/v1/order", json={"user_id": 100 + i})

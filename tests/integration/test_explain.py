@@ -23,17 +23,6 @@ from tests.readmodel import encode, goods_event
 Position = tuple[int, int, int]  # version, partition, offset
 
 
-async def _pipeline(env: Env) -> None:
-    env.start_relay("order")
-    env.start_relay("goods")
-    await env.start_consumer()
-
-
-async def _settle(env: Env) -> None:
-    await env.wait_outbox_drained()
-    await env.wait_caught_up()
-
-
 async def _last_applied(env: Env, topic: str) -> dict[int, Position]:
     """Per entity, from the topic itself: its highest version, and the first record that carried it
     (a later copy of the same version changes nothing, so the row keeps the first one's position)."""
@@ -75,9 +64,9 @@ async def _history(env: Env) -> tuple[int, list[int]]:
 
 
 async def test_explain_reports_versions_sources_agreement_and_dead_letters(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     oid, gids = await _history(env)
-    await _settle(env)
+    await env.settle()
     orders_at, goods_at = await _last_applied(env, ORDER_TOPIC), await _last_applied(env, GOODS_TOPIC)
 
     report = await _explain(env, str(oid))
@@ -140,7 +129,7 @@ async def test_explain_reports_versions_sources_agreement_and_dead_letters(env: 
     resync = await command(env, "goods", "resync", "--ids", str(max(gids)))
     assert resync.returncode == 0, resync.stderr
     await history.execute("UPDATE orders SET user_id = 8 WHERE id = $1", oid)
-    await _settle(env)
+    await env.settle()
     repaired = await _explain(env, str(oid))
     assert repaired["agrees"] is True
     snapshot_at = (await _last_applied(env, GOODS_TOPIC))[max(gids)]

@@ -15,17 +15,6 @@ from tests.harness import GOODS, Env, command
 from tests.readmodel import goods_event, order_created
 
 
-async def _pipeline(env: Env) -> None:
-    env.start_relay("order")
-    env.start_relay("goods")
-    await env.start_consumer()
-
-
-async def _settle(env: Env) -> None:
-    await env.wait_outbox_drained()
-    await env.wait_caught_up()
-
-
 async def _detail_goods(env: Env, order_id: int) -> list[dict[str, Any]]:
     async with env.client("order_history") as history:
         answer = await history.get(f"/v1/order-history/{order_id}")
@@ -35,7 +24,7 @@ async def _detail_goods(env: Env, order_id: int) -> list[dict[str, Any]]:
 
 
 async def test_a_price_goes_from_the_goods_api_to_the_order_history_detail(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     async with env.client("order") as orders, env.client("goods") as goods:
         order_id = (await orders.post("/v1/order", json={"user_id": 7})).json()["id"]
         priced = await goods.post("/v1/goods", json={"order_id": order_id, "name": "lamp", "price_cents": 1999})
@@ -44,7 +33,7 @@ async def test_a_price_goes_from_the_goods_api_to_the_order_history_detail(env: 
         assert unpriced["price_cents"] is None
         assert (await goods.post("/v1/goods", json={"order_id": order_id, "price_cents": -1})).status_code == 422
         assert (await goods.post("/v1/goods", json={"order_id": order_id, "price_cents": "3"})).status_code == 422
-        await _settle(env)
+        await env.settle()
         assert [(g["name"], g["price_cents"]) for g in await _detail_goods(env, order_id)] == [
             ("lamp", 1999),
             (None, None),
@@ -52,11 +41,11 @@ async def test_a_price_goes_from_the_goods_api_to_the_order_history_detail(env: 
         # A change of the price alone; then its removal; the name stays.
         changed = await goods.patch(f"/v1/goods/{priced.json()['id']}", json={"price_cents": 2499})
         assert changed.status_code == 200 and changed.json()["name"] == "lamp" and changed.json()["version"] == 2
-        await _settle(env)
+        await env.settle()
         assert (await _detail_goods(env, order_id))[0]["price_cents"] == 2499
         cleared = await goods.patch(f"/v1/goods/{priced.json()['id']}", json={"price_cents": None})
         assert cleared.json()["price_cents"] is None and cleared.json()["name"] == "lamp"
-        await _settle(env)
+        await env.settle()
         assert (await _detail_goods(env, order_id))[0]["price_cents"] is None
     events = await env.read_topic(GOODS, expect=5)
     assert {orjson.loads(m.value)["schema_version"] for m in events} == {2}
@@ -76,11 +65,11 @@ async def test_a_version_1_goods_event_is_lifted_and_applied_without_a_price(env
 
 
 async def test_reconcile_compares_the_price_and_repair_restores_it(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     async with env.client("order") as orders, env.client("goods") as goods:
         order_id = (await orders.post("/v1/order", json={"user_id": 7})).json()["id"]
         goods_id = (await goods.post("/v1/goods", json={"order_id": order_id, "price_cents": 500})).json()["id"]
-    await _settle(env)
+    await env.settle()
     await env.as_owner("order_history", f"UPDATE goods SET price_cents = 1 WHERE id = {goods_id}")
     found = await command(env, "order_history", "reconcile", "--json")
     assert found.returncode == 1, found.stderr

@@ -23,17 +23,6 @@ from tests.readmodel import T0, command_snapshot, encode, goods_event, order_cre
 from tests.workload import Workload
 
 
-async def _pipeline(env: Env) -> None:
-    env.start_relay("order")
-    env.start_relay("goods")
-    await env.start_consumer()
-
-
-async def _settle(env: Env) -> None:
-    await env.wait_outbox_drained()
-    await env.wait_caught_up()
-
-
 async def _some_history(env: Env) -> tuple[list[int], list[int]]:
     """12 orders, 40 goods spread over them, some renamed, moved and deleted; returns the live ids."""
     async with env.client("order") as orders, env.client("goods") as goods:
@@ -63,9 +52,9 @@ async def _agree(env: Env) -> None:
 
 
 async def test_reconcile_finds_drift_and_repair_fixes_it(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     order_ids, goods_ids = await _some_history(env)
-    await _settle(env)
+    await env.settle()
     status, report = await _reconcile(env)
     assert status == 0 and report["differences"] == []
     # Counts: also the deleted order, which goods still name.
@@ -103,9 +92,9 @@ async def test_reconcile_finds_drift_and_repair_fixes_it(env: Env) -> None:
 
 
 async def test_resync_restores_tampered_rows_and_deletes_what_is_gone(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     order_ids, goods_ids = await _some_history(env)
-    await _settle(env)
+    await env.settle()
     history = await env.pool("order_history")
     versions = {r["id"]: r["version"] for r in await history.fetch("SELECT id, version FROM goods")}
     # Rows that claim their true version but hold other data: the version guard alone would keep them.
@@ -121,7 +110,7 @@ async def test_resync_restores_tampered_rows_and_deletes_what_is_gone(env: Env) 
     result = await command(env, "goods", "resync", "--ids", f"{goods_ids[0]},{deleted}", "--ids", "999999")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("resynced 1 goods(s); 1 deleted (published as exists: false); 1 never created")
-    await _settle(env)
+    await env.settle()
     await _agree(env)
     assert await history.fetchval("SELECT version FROM goods WHERE id = $1", deleted) == GONE_VERSION
     assert await history.fetchval("SELECT version FROM goods WHERE id = $1", goods_ids[0]) == versions[goods_ids[0]]
@@ -137,7 +126,7 @@ async def test_resync_restores_tampered_rows_and_deletes_what_is_gone(env: Env) 
         "SELECT count(*) FROM outbox_journal WHERE payload->>'event_type' = 'goods.resynced'"
     )
     assert resynced == len(goods_ids)
-    await _settle(env)
+    await env.settle()
     await _agree(env)
     rows = await history.fetch("SELECT id, version FROM goods WHERE version < $1", GONE_VERSION)
     assert {r["id"]: r["version"] for r in rows} == {gid: v for gid, v in versions.items() if gid != deleted}
@@ -223,9 +212,9 @@ async def test_dead_letters_are_listed_shown_replayed_after_an_upcaster_and_purg
 
 async def test_reconcile_in_process_agrees_with_the_snapshot_oracle(env: Env) -> None:
     """The Reconciler the fault tests use as their second oracle, on a fresh pipeline."""
-    await _pipeline(env)
+    await env.start_pipeline()
     await _some_history(env)
-    await _settle(env)
+    await env.settle()
     async with Reconciler(env.history_settings()) as reconciler:
         report = await reconciler.compare()
     assert report.differences == []
@@ -257,7 +246,7 @@ async def test_resync_waits_for_the_relay_and_fails_clearly_when_none_publishes(
 
 async def test_resync_all_while_writes_go_on_never_lets_a_snapshot_undo_a_change(env: Env) -> None:
     """Snapshots read while the same entities change: whichever arrives last, the newest version wins."""
-    await _pipeline(env)
+    await env.start_pipeline()
     workload = Workload(await env.pool("order"), await env.pool("goods"))
     await workload.run(accepted=400, seed=11)
     done = asyncio.Event()
@@ -267,7 +256,7 @@ async def test_resync_all_while_writes_go_on_never_lets_a_snapshot_undo_a_change
         assert result.returncode == 0, result.stderr
     done.set()
     await writes
-    await _settle(env)
+    await env.settle()
     await _agree(env)
     status, report = await _reconcile(env)
     assert status == 0, report

@@ -27,17 +27,6 @@ from tests.harness import GOODS, ORDER, Env, command
 from tests.readmodel import command_snapshot, encode, goods_event, order_created, read_model_snapshot
 
 
-async def _pipeline(env: Env) -> None:
-    env.start_relay("order")
-    env.start_relay("goods")
-    await env.start_consumer()
-
-
-async def _settle(env: Env) -> None:
-    await env.wait_outbox_drained()
-    await env.wait_caught_up()
-
-
 async def _agree(env: Env) -> None:
     expected = await command_snapshot(await env.pool("order"), await env.pool("goods"))
     assert await read_model_snapshot(await env.pool("order_history")) == expected
@@ -68,7 +57,7 @@ def _of(records: list[ConsumerRecord], ids: set[int]) -> list[tuple[str, bytes, 
 
 
 async def test_repair_removes_extra_rows_below_and_beyond_the_sequences_without_waiting(env: Env) -> None:
-    await _pipeline(env)
+    await env.start_pipeline()
     order_db, goods_db = await env.pool("order"), await env.pool("goods")
     async with env.client("order") as orders, env.client("goods") as goods:
         order_ids = [(await orders.post("/v1/order", json={"user_id": 10 + i})).json()["id"] for i in range(4)]
@@ -90,7 +79,7 @@ async def test_repair_removes_extra_rows_below_and_beyond_the_sequences_without_
             lost_goods.append(created.json()["id"])
         for _ in range(2):
             assert (await goods.patch(f"/v1/goods/{lost_goods[2]}", json={"name": "lost, renamed"})).status_code == 200
-    await _settle(env)
+    await env.settle()
     # What the topics hold of the lost rows: sent again at the end, as late copies.
     copies = _of(await env.read_topic(ORDER), {*lost_orders}) + _of(await env.read_topic(GOODS), {*lost_goods})
     assert len(copies) == 2 + 1 + 3 + 2
@@ -161,7 +150,7 @@ async def test_repair_removes_extra_rows_below_and_beyond_the_sequences_without_
         assert [g["id"] for g in goods_again] == lost_goods
         assert [g["version"] for g in goods_again] == [4, 4, 4]
         assert (await goods.patch(f"/v1/goods/{lost_goods[2]}", json={"name": "new 3, renamed"})).status_code == 200
-    await _settle(env)
+    await env.settle()
     await _agree(env)
     history = await env.pool("order_history")
     assert await history.fetchval("SELECT user_id FROM orders WHERE id = $1", lost_orders[1]) == 71
@@ -179,10 +168,10 @@ async def test_repair_removes_extra_rows_below_and_beyond_the_sequences_without_
 
 async def test_repair_does_not_wait_for_snapshots_that_cannot_apply(env: Env) -> None:
     """Rows no resync can fix: the repair says so at once instead of waiting out its timeout."""
-    await _pipeline(env)
+    await env.start_pipeline()
     async with env.client("order") as orders:
         order_id = (await orders.post("/v1/order", json={"user_id": 1})).json()["id"]
-    await _settle(env)
+    await env.settle()
     # Another producer's newer version of an order the service has at version 1: the service's
     # snapshot (version 1) cannot overwrite it. And a row at the highest version there is, beyond
     # the sequence: no version is left to start the service's entity above it, so it is not removed.
