@@ -177,7 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     reset_positions.add_argument("topic", help="the topic as the contract names it: order.events or goods.events")
     reset_positions.add_argument("--to", choices=["start", "end"], required=True, help="the log's start or end")
-    reset_positions.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
+    reset_positions.add_argument(
+        "--partition", type=at_least(0), action="append", help="only this partition (repeatable)"
+    )
     status = commands.add_parser(
         "status",
         parents=[common],

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import logging.config
+import math
 import os
 import shutil
 import signal
@@ -123,14 +124,20 @@ async def run_migrations(service: str, database_url: str, settings: CommonSettin
     log.info("migrations up to date", extra={"service": service, "applied_now": applied})
 
 
+_BIGINT_MAX = 2**63 - 1
+
+
 def at_least(minimum: float, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
-    """An argparse `type`: a number of `kind` not below `minimum` (else a usage error naming it)."""
+    """An argparse `type`: a finite number of `kind` from `minimum` to PostgreSQL's bigint maximum
+    (else a usage error naming it): every such number is stored or compared somewhere."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value > _BIGINT_MAX:
+            raise argparse.ArgumentTypeError(f"out of range: {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
         return value
