@@ -54,10 +54,10 @@ test-fast: $(STAMP) ## the suite without the slow fault-injection tests
 compose-test: $(STAMP) ## docker-compose.yml for real: its own dockerd, images built here, black-box tests on it and its cluster profile
 	@$(PY) -m devstack.compose test
 
-chaos: ## the longer fault and fuzz runs: 3 chaos rounds (24 kill -9, broker stopped 30 s), >= 1,000 fuzzed requests per API, 1,000 fuzzed batches of Kafka records
-	@CHAOS_ROUNDS=3 CHAOS_BROKER_STOP=30 FUZZ_MAX_EXAMPLES=100 FUZZ_MIN_REQUESTS=1000 \
+chaos: ## the longer fault and fuzz runs: 3 chaos rounds (24 kill -9, broker stopped 30 s), 5 Kafka node outages, >= 1,000 fuzzed requests per API, 1,000 fuzzed batches of Kafka records
+	@CHAOS_ROUNDS=3 CHAOS_BROKER_STOP=30 CLUSTER_FAULTS=5 FUZZ_MAX_EXAMPLES=100 FUZZ_MIN_REQUESTS=1000 \
 		WIRE_FUZZ_EXAMPLES=1000 WIRE_FUZZ_SEED=$${WIRE_FUZZ_SEED:-$$(date +%s)} $(MAKE) --no-print-directory test \
-		PYTEST_ARGS='-s tests/e2e/test_chaos.py tests/e2e/test_fuzz_apis.py tests/e2e/test_wire_fuzz.py tests/integration/test_hostile_events.py tests/integration/test_wire_records.py'
+		PYTEST_ARGS='-s tests/e2e/test_chaos.py tests/e2e/test_kafka_cluster.py tests/e2e/test_fuzz_apis.py tests/e2e/test_wire_fuzz.py tests/integration/test_hostile_events.py tests/integration/test_wire_records.py'
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -270,7 +270,10 @@ class Env:
     async def read_topic(
         self, contract_topic: str, expect: int | None = None, timeout: float = 30.0
     ) -> list[ConsumerRecord]:
-        """Every message of a topic from the beginning (waiting for `expect` of them)."""
+        """Every message of a topic from the beginning: its log end, or at least `expect` of them.
+
+        Fewer than `expect` by the timeout fails: a test that waits for a count must not pass on
+        what happened to arrive (nor spend the whole timeout on a count that cannot come)."""
         topic = self.topic(contract_topic)
         consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
@@ -294,6 +297,8 @@ class Env:
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):
                     break
+            if expect is not None and len(out) < expect:
+                raise AssertionError(f"{len(out)} of the {expect} records expected on {topic} within {timeout}s")
             return out
         finally:
             await consumer.stop()

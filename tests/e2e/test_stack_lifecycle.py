@@ -254,9 +254,9 @@ def test_a_consumer_that_never_takes_its_partitions_fails_up() -> None:
         return run_devstack({**env, **more}, *args)
 
     try:
-        failed = devstack("up", ORDER_HISTORY_SESSION_TIMEOUT_MS="3600000", READY_TIMEOUT="30")
+        failed = devstack("up", ORDER_HISTORY_SESSION_TIMEOUT_MS="3600000", READY_TIMEOUT="15")
         assert failed.returncode == 1, failed.stderr
-        assert "error: not ready after 30s: no consumer holds goods.events[0]" in failed.stderr, failed.stderr
+        assert "error: not ready after 15s: no consumer holds goods.events[0]" in failed.stderr, failed.stderr
         assert f"(without a partition: {CONSUMER})" in failed.stderr, failed.stderr
         assert "InvalidSessionTimeoutError" in failed.stderr, failed.stderr  # from the consumer's log
         stop_process(env, CONSUMER)
