@@ -167,6 +167,7 @@ class Engine:
         if stale is not None:  # left by a run that was killed before it could stop its engine
             log(f"stopping the dockerd a previous run left (pid {stale})")
             self._stop_pid(stale)
+        self.release_mounts()  # a killed engine leaves its containers' mounts behind
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
         argv = [
@@ -203,7 +204,21 @@ class Engine:
         self._stop_pid(pid)
         self.process.wait(timeout=5)
         self.process = None
+        self.release_mounts()
         log(f"dockerd stopped (pid {pid})")
+
+    def release_mounts(self) -> None:
+        """Unmount what is mounted under the cache once no engine runs on it.
+
+        dockerd keeps its network namespace bound under the exec root after it exits, and one
+        killed with its containers running leaves their overlay mounts: either makes the cache
+        impossible to delete. Deepest first, lazily, so that a busy mount cannot fail the run.
+        """
+        prefix = str(self.root.resolve()) + "/"
+        with open("/proc/self/mountinfo", encoding="utf-8") as table:
+            points = [line.split()[4] for line in table]
+        for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
     def _stop_pid(self, pid: int, timeout: float = 60) -> None:
         try:
