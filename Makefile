@@ -38,9 +38,9 @@ down: ## stop everything `make up` started (data stays)
 status: ## show what runs, with PIDs and log files
 	@$(PY) -m devstack status
 
-clean: ## stop and delete all local data and logs (also a cluster kept under /var/tmp)
-	@if [ -x $(PY) ]; then $(PY) -m devstack clean; fi
-	rm -rf .devstack/pgdata .devstack/kafka .devstack/kafka-cluster .devstack/kafka-nodes .devstack/pgdata-replica .devstack/pg-replica-port .devstack/logs .devstack/run .devstack/test-*
+clean: ## stop and delete all local data and logs (also a cluster kept under /var/tmp), and test stacks whose session has ended
+	@if [ -x $(PY) ]; then $(PY) -m devstack clean; else rm -rf .devstack/test-*; fi
+	rm -rf .devstack/pgdata .devstack/kafka .devstack/kafka-cluster .devstack/kafka-nodes .devstack/pgdata-replica .devstack/pg-replica-port .devstack/logs .devstack/run
 
 test: ## install what is missing and run the whole test suite against fresh servers
 	@bash devstack/install-system.sh --test

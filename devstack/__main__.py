@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from devstack import sessions
 from devstack.config import StackConfig
 from devstack.databases import init_sql
 from devstack.errors import StackError
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.down()
         elif args.command == "clean":
             stack.clean()
+            sessions.clean_abandoned(announce=True)
         else:
             # Exit status 0 only if everything runs (STATUS_* in devstack/status.py).
             status = stack.status()

@@ -1,39 +1,23 @@
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from devstack import sessions
 from devstack.config import StackConfig
 from devstack.errors import StackError
-from devstack.paths import REPO
-from devstack.processes import free_port, pid_alive
+from devstack.processes import free_port
 from devstack.stack import Stack
 from tests.harness import Env, fresh_env
 
 
-def _stop_abandoned_test_stacks() -> None:
-    """Stacks of earlier test sessions that died before their teardown (by their PID files)."""
-    for state_dir in (REPO / ".devstack").glob("test-*"):
-        owner = state_dir / "owner.pid"
-        try:
-            owner_pid = int(owner.read_text())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(owner_pid):
-            continue
-        Stack(StackConfig(state_dir=state_dir)).down()
-        shutil.rmtree(state_dir, ignore_errors=True)
-
-
 def _new_stack() -> Stack:
-    state_dir = REPO / ".devstack" / f"test-{free_port()}"
+    state_dir = sessions.SESSIONS / f"test-{free_port()}"
     shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True)
-    (state_dir / "owner.pid").write_text(str(os.getpid()))
+    sessions.claim(state_dir)
     return Stack(
         StackConfig(
             state_dir=state_dir,
@@ -56,7 +40,7 @@ def _new_stack() -> Stack:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """A fresh PostgreSQL and Kafka on free ports, started by devstack, migrated."""
-    _stop_abandoned_test_stacks()
+    sessions.clean_abandoned()  # stacks of sessions that died before their teardown
     attempts = 2  # a port picked as free can be taken by someone else before the server binds it
     for attempt in range(1, attempts + 1):
         stack = _new_stack()

@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from devstack import sessions
 from devstack.config import StackConfig
 from devstack.paths import REPO
 from devstack.processes import ManagedProcess, free_port
@@ -115,7 +116,7 @@ class DevstackTarget(Target):
     }
 
     def __init__(self) -> None:
-        self.state_dir = REPO / ".devstack" / f"test-blackbox-{free_port()}"
+        self.state_dir = sessions.SESSIONS / f"test-blackbox-{free_port()}"
         ports = {
             name: str(free_port())
             for name in (
@@ -149,9 +150,7 @@ class DevstackTarget(Target):
         )
 
     def up(self) -> None:
-        self.state_dir.mkdir(parents=True)
-        # As the session's stacks: a later session removes this one if this session dies (tests/conftest.py).
-        (self.state_dir / "owner.pid").write_text(str(os.getpid()))
+        sessions.claim(self.state_dir)  # removed by a later session or `make clean` if this one dies
         self.restore()
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack import sessions
 from devstack.config import StackConfig
 from devstack.paths import REPO
 from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD
@@ -103,7 +104,7 @@ def port_taken(port: int) -> Iterator[None]:
 
 def stack_env(name: str, **more: str) -> tuple[dict[str, str], dict[str, int], Path]:
     """The environment of a stack of its own in .devstack/test-NAME-PORT on free ports, with `more`."""
-    state_dir = REPO / ".devstack" / f"test-{name}-{free_port()}"
+    state_dir = sessions.claim(sessions.SESSIONS / f"test-{name}-{free_port()}")
     ports = free_ports(
         "PG_PORT",
         "KAFKA_PORT",
@@ -129,7 +130,7 @@ def pids_of(status: dict[str, object]) -> list[int]:
 
 @pytest.mark.slow
 def test_up_twice_then_down_leaves_nothing_running() -> None:
-    state_dir = REPO / ".devstack" / f"test-lifecycle-{free_port()}"
+    state_dir = sessions.claim(sessions.SESSIONS / f"test-lifecycle-{free_port()}")
     ports = free_ports(
         "PG_PORT",
         "KAFKA_PORT",
@@ -271,7 +272,7 @@ def test_a_consumer_that_never_takes_its_partitions_fails_up() -> None:
 def test_a_three_node_kafka_and_a_replica_up_then_down() -> None:
     """`make up KAFKA_BROKERS=3 PG_REPLICA=1`: three Kafka nodes and a hot standby that the
     order-history API reads; remembered by `status` and `down`; one node refused afterwards."""
-    state_dir = REPO / ".devstack" / f"test-cluster-{free_port()}"
+    state_dir = sessions.claim(sessions.SESSIONS / f"test-cluster-{free_port()}")
     # no metrics ports: this test is about the cluster
     ports = free_ports("PG_PORT", "PG_REPLICA_PORT", *SERVICE_PORTS) | dict.fromkeys(
         ("ORDER_RELAY_METRICS_PORT", "GOODS_RELAY_METRICS_PORT", "ORDER_HISTORY_METRICS_PORT"), 0
