@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from shared.command.relay import OutboxRelay
+from shared.events import MAX_ID  # PostgreSQL's bigint maximum, the type of ids and counts alike
 from shared.http.metrics import MULTIPROC_ENV
 from shared.kafka import KafkaRefused
 from shared.logs import configure_logging, logging_config
@@ -124,9 +125,6 @@ async def run_migrations(service: str, database_url: str, settings: CommonSettin
     log.info("migrations up to date", extra={"service": service, "applied_now": applied})
 
 
-_BIGINT_MAX = 2**63 - 1
-
-
 def at_least(minimum: float, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
     """An argparse `type`: a finite number of `kind` from `minimum` to PostgreSQL's bigint maximum
     (else a usage error naming it): every such number is stored or compared somewhere."""
@@ -136,7 +134,7 @@ def at_least(minimum: float, kind: Callable[[str], Any] = int) -> Callable[[str]
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value > _BIGINT_MAX:
+        if not math.isfinite(value) or value > MAX_ID:
             raise argparse.ArgumentTypeError(f"out of range: {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")

@@ -35,7 +35,7 @@ from order_history.ops.reconciler import Reconciler
 from order_history.projection.columns import GOODS, ORDERS, Entity
 from order_history.settings import Settings
 from shared.database import WAIT_OUT_ERRORS
-from shared.events import GOODS_TOPIC, ORDER_TOPIC
+from shared.events import GOODS_TOPIC, MAX_ID, ORDER_TOPIC
 
 NOT_FOUND: Final = 3
 DEAD_LETTERS_SHOWN: Final = 100
@@ -59,7 +59,7 @@ def order_id(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an order id: {text!r}") from None
-    if not 1 <= value < 2**63:
+    if not 1 <= value <= MAX_ID:
         raise argparse.ArgumentTypeError(f"not an order id (1 to 2^63-1): {text!r}")
     return value
 
